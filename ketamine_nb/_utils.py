@@ -1,0 +1,131 @@
+"""Private helpers: errors, atomic writes, deterministic NIfTI and table output."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = [
+    "KetamineNBError",
+    "InputError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "save_nifti",
+    "write_json",
+    "write_tsv",
+]
+
+
+class KetamineNBError(Exception):
+    """Base class of the errors this package raises on purpose.
+
+    The message is one line that names the file or subject, the problem and
+    the fix. The command line prints it without a traceback (``--debug``
+    shows one).
+    """
+
+    exit_code = 2
+
+
+class InputError(KetamineNBError, ValueError):
+    """An input file or table cannot be used as it is."""
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename.
+
+    A reader never sees a half-written file: the bytes go to a temporary
+    file in the same folder, are flushed to disk, and the file is then
+    renamed over ``path`` (atomic on POSIX file systems).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Destination file.
+    data : bytes
+        The whole content.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically; see :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_nifti(img, path, *, compresslevel: int = 1) -> Path:
+    """Save a NIfTI image atomically and byte-reproducibly.
+
+    ``.nii.gz`` files are compressed in memory with a fixed gzip header
+    (``mtime=0``, no file name), so that the same image always gives the
+    same bytes; the file is then written with :func:`atomic_write_bytes`.
+
+    Parameters
+    ----------
+    img : nibabel.Nifti1Image
+        The image, with its affine and header.
+    path : str or pathlib.Path
+        Destination, ending in ``.nii`` or ``.nii.gz``.
+    compresslevel : int, default=1
+        zlib level. Level 1 is nibabel's default: noisy MRI data compress
+        barely better at level 9 and take several times longer.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    path = Path(path)
+    raw = img.to_bytes()
+    if path.name.endswith(".gz"):
+        raw = gzip.compress(raw, compresslevel=compresslevel, mtime=0)
+    return atomic_write_bytes(path, raw)
+
+
+def write_tsv(df, path, *, float_format: str = "%.10g") -> Path:
+    """Write a table as a BIDS TSV (tab-separated, ``n/a`` for missing), atomically.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        The table; its index is not written.
+    path : str or pathlib.Path
+        Destination.
+    float_format : str, default="%.10g"
+        Format of floating-point numbers: ten significant digits are
+        enough for MD in mm²/s and keep files byte-stable across runs.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    text = df.to_csv(sep="\t", index=False, na_rep="n/a", float_format=float_format,
+                     lineterminator="\n")
+    return atomic_write_text(path, text)
+
+
+def write_json(obj, path) -> Path:
+    """Write ``obj`` as indented JSON (sorted keys), atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,138 @@
+"""The ``ketamine-nb`` command line: one subcommand per job, ``--help`` on each."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _add_simulation_args(p: argparse.ArgumentParser) -> None:
+    from .simulate import SimulationParams
+
+    d = SimulationParams()
+    g = p.add_argument_group("simulated cohort")
+    g.add_argument("--subjects", type=int, default=d.n_subjects, metavar="N",
+                   help=f"number of participants, randomised 2:1 (default {d.n_subjects})")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--directions", type=int, default=d.n_directions, metavar="N",
+                   help=f"diffusion directions (default {d.n_directions})")
+    g.add_argument("--b0", type=int, default=d.n_b0, metavar="N",
+                   help=f"b=0 volumes (default {d.n_b0})")
+    g.add_argument("--bval", type=float, default=d.bval,
+                   help=f"b-value in s/mm² (default {d.bval:g})")
+    g.add_argument("--voxel-size", type=float, default=d.voxel_size, metavar="MM",
+                   help=f"isotropic voxel size in mm (default {d.voxel_size:g})")
+    g.add_argument("--snr", type=float, default=d.snr,
+                   help=f"b0 SNR in grey matter (default {d.snr:g})")
+    g.add_argument("--effect-slope", type=float, default=d.effect_slope, metavar="S",
+                   help="planted relative MD change per MADRS point "
+                        f"(default {d.effect_slope:g}; 0 plants no effect)")
+    g.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), metavar="N",
+                   help="worker processes (default: up to 2)")
+
+
+def _params_from_args(args):
+    from .simulate import SimulationParams
+
+    return SimulationParams(n_subjects=args.subjects, n_directions=args.directions,
+                            n_b0=args.b0, bval=args.bval, voxel_size=args.voxel_size,
+                            snr=args.snr, effect_slope=args.effect_slope)
+
+
+def _cmd_simulate(args) -> int:
+    from .simulate import simulate_cohort
+
+    t0 = time.perf_counter()
+    out = simulate_cohort(args.out_dir, params=_params_from_args(args), seed=args.seed,
+                          n_jobs=args.jobs, progress=not args.quiet, overwrite=args.overwrite)
+    print(f"Simulated {args.subjects} participants x 2 sessions in "
+          f"{time.perf_counter() - t0:.0f} s")
+    print(f"  BIDS dataset:  {out}")
+    print(f"  ground truth:  {out / 'derivatives' / 'simulation'}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .datasets import get_demo_dir
+    from .simulate import simulate_cohort
+
+    demo = Path(args.out) if args.out else get_demo_dir(args.data_dir)
+    bids = demo / "bids"
+    t0 = time.perf_counter()
+    if (bids / "dataset_description.json").exists() and not args.force:
+        print(f"Simulated cohort already in {bids} (use --force to make it again)")
+    else:
+        print(f"Simulating the demo cohort ({args.subjects} participants) in {bids}")
+        simulate_cohort(bids, params=_params_from_args(args), seed=args.seed,
+                        n_jobs=args.jobs, progress=not args.quiet, overwrite=True)
+    print(f"Done in {time.perf_counter() - t0:.0f} s.")
+    print(f"  BIDS dataset:  {bids}")
+    print(f"  ground truth:  {bids / 'derivatives' / 'simulation' / 'ground_truth_roi.tsv'}")
+    print("Next: open notebooks/00_start_here.ipynb (ketamine-nb lab), or read "
+          f"{bids / 'participants.tsv'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``ketamine-nb``."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ketamine-nb",
+        description="Reanalyse DTI mean diffusivity before and 24 h after IV ketamine.")
+    parser.add_argument("--version", action="version", version=f"ketamine-nb {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("simulate", help="write the simulated cohort as a BIDS dataset",
+                       description="Write a simulated BIDS cohort with the study's design and "
+                                   "a planted, known ground truth (derivatives/simulation/).")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to create")
+    _add_simulation_args(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("demo", help="prepare the demo: simulate the cohort (and analyse it)",
+                       description="Prepare the demo in the data home (KETAMINE_NB_DATA, else "
+                                   "~/ketamine_nb_data) or in --out.")
+    p.add_argument("--out", metavar="DIR", help="demo folder (default: <data home>/demo)")
+    p.add_argument("--data-dir", metavar="DIR", help="data home (wins over KETAMINE_NB_DATA)")
+    p.add_argument("--force", action="store_true", help="redo every step")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_simulation_args(p)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the command line; return the exit code.
+
+    Exit codes: 0 all done; 1 some subjects failed and the rest completed;
+    2 the invocation or the input cannot be used.
+    """
+    from ._utils import KetamineNBError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KetamineNBError as exc:
+        if args.debug:
+            raise
+        print(f"ketamine-nb {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ketamine-nb: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
