@@ -94,10 +94,10 @@ class SimulationParams:
         Non-diffusion-weighted volumes, spread through the series.
     snr : float, default=25.0
         b0 signal-to-noise ratio in pure grey matter.
-    noise_sigma : float, default=4.0
+    noise_sigma : float, default=2.0
         Noise standard deviation in stored integer units: it sets the
-        scale of the int16 data (GM b0 = snr * noise_sigma = 100 units).
-        Rounding adds a variance of 1/12 unit², 0.5 % of the noise variance.
+        scale of the int16 data (GM b0 = snr * noise_sigma = 50 units).
+        Rounding adds a variance of 1/12 unit², 2 % of the noise variance.
     max_rotation : float, default=3.0
         Head rotation about each axis, uniform in +/- this (degrees).
     max_translation : float, default=4.0
@@ -423,7 +423,7 @@ def _native_grid(voxel_size: float, margin: float = 6.0):
 def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
                      head_transform=None, md_multiplier: float = 1.0,
                      region_change: dict | None = None, rng=None,
-                     return_truth: bool = False):
+                     noise: bool = True, return_truth: bool = False):
     """Simulate one DWI session.
 
     Parameters
@@ -441,6 +441,9 @@ def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
     rng : numpy.random.Generator, optional
         Source of the noise and the bias field; a fresh one from ``seed`` if
         omitted.
+    noise : bool, default=True
+        Add Rician noise and round to int16. With ``False`` the image holds
+        the noise-free float32 signal (for tests and teaching).
     return_truth : bool, default=False
         Also return the noise-free tissue fractions and region weights in
         native space.
@@ -448,7 +451,7 @@ def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
     Returns
     -------
     dwi : nibabel.Nifti1Image
-        4D int16 image on the scanner grid.
+        4D int16 image on the scanner grid (float32 without noise).
     bvals, bvecs : numpy.ndarray
         The gradient scheme (b-vectors in the voxel frame, FSL layout).
     truth : dict
@@ -519,11 +522,14 @@ def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
     n = int(np.prod(shape))
     clean = np.zeros((n, bvals.size), dtype=np.float32)
     clean[idx] = sig
-    sigma = np.float32(params.noise_sigma)
-    re = clean + sigma * rng.standard_normal(clean.shape, dtype=np.float32)
-    im = sigma * rng.standard_normal(clean.shape, dtype=np.float32)
-    mag = np.sqrt(re * re + im * im)
-    data = np.rint(mag).astype(np.int16).reshape(*shape, bvals.size)
+    if noise:
+        sigma = np.float32(params.noise_sigma)
+        re = clean + sigma * rng.standard_normal(clean.shape, dtype=np.float32)
+        im = sigma * rng.standard_normal(clean.shape, dtype=np.float32)
+        mag = np.sqrt(re * re + im * im)
+        data = np.rint(mag).astype(np.int16).reshape(*shape, bvals.size)
+    else:
+        data = clean.reshape(*shape, bvals.size)
 
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units("mm", "sec")

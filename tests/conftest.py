@@ -1,0 +1,93 @@
+"""Test configuration: Agg backend, closed figures, a seeded rng, no network.
+
+As in nilearn's ``conftest.py``: figures never pop up and are closed after
+each test, and every test runs with the network blocked (only loopback and
+Unix sockets are allowed, which Jupyter kernels and a local JupyterLab use).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    """Use Agg, and keep the package's caches (atlases, anatomy) in one test data home."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    if "KETAMINE_NB_DATA" not in os.environ:
+        home = REPO / ".pytest_cache" / "ketamine_nb_data"
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["KETAMINE_NB_DATA"] = str(home)
+
+
+class NetworkBlockedError(RuntimeError):
+    """A test tried to reach a host that is not this machine."""
+
+
+def _is_local(address) -> bool:
+    if not isinstance(address, tuple):  # AF_UNIX path
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _guarded_connect(self, address):
+    if not _is_local(address):
+        raise NetworkBlockedError(f"network access blocked in tests: {address!r}")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    if not _is_local(address):
+        raise NetworkBlockedError(f"network access blocked in tests: {address!r}")
+    return _real_connect_ex(self, address)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Block every connection that leaves the machine."""
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", _guarded_connect_ex)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Close all matplotlib figures after each test."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+@pytest.fixture
+def rng():
+    """Return a seeded random generator."""
+    return np.random.default_rng(42)
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory):
+    """Simulate a 6-participant cohort once per test session (read-only in tests)."""
+    from ketamine_nb.simulate import SimulationParams, simulate_cohort
+
+    out = tmp_path_factory.mktemp("cohort") / "bids"
+    simulate_cohort(out, params=SimulationParams(n_subjects=6), seed=3, progress=False)
+    return out

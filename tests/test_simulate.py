@@ -1,0 +1,279 @@
+"""The simulated cohort: physics, design, ground truth, BIDS validity, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from dipy.core.gradients import gradient_table
+from dipy.reconst.dti import TensorModel
+
+from ketamine_nb._utils import InputError
+from ketamine_nb.regions import STUDY_REGIONS
+from ketamine_nb.simulate import (
+    DEFAULT_PATTERN,
+    SimulationParams,
+    _design,
+    gradient_scheme,
+    simulate_cohort,
+    simulate_session,
+    tensor_signal,
+)
+
+
+def _tree_hashes(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------
+# Physics
+
+
+def test_gradient_scheme_is_a_unit_single_shell():
+    bvals, bvecs = gradient_scheme(30, 3, 1000.0)
+    assert bvals.shape == (33,) and bvecs.shape == (33, 3)
+    assert np.count_nonzero(bvals == 0) == 3 and bvals[0] == 0
+    assert set(bvals[bvals > 0]) == {1000.0}
+    dw = bvecs[bvals > 0]
+    np.testing.assert_allclose(np.linalg.norm(dw, axis=1), 1.0, atol=1e-12)
+    # Spread out: no two directions (or their antipodes) closer than 15 degrees.
+    cos = np.abs(dw @ dw.T)
+    np.fill_diagonal(cos, 0)
+    assert np.degrees(np.arccos(cos.max())) > 15
+
+
+@pytest.mark.parametrize("evals", [(0.9e-3, 0.75e-3, 0.75e-3), (1.4e-3, 0.35e-3, 0.35e-3)])
+def test_known_tensor_fits_back_to_its_md(evals, rng):
+    """As dipy's test_dti: simulate a tensor with known eigenvalues, fit, check MD."""
+    bvals, bvecs = gradient_scheme(30, 3, 1000.0)
+    gtab = gradient_table(bvals, bvecs=bvecs)
+    e1 = rng.normal(size=(20, 3))
+    e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
+    signal = 100.0 * tensor_signal(evals, e1, bvals, bvecs)
+    fit = TensorModel(gtab, fit_method="OLS").fit(signal)
+    np.testing.assert_allclose(fit.md, np.mean(evals), rtol=1e-10)
+    np.testing.assert_allclose(np.sort(fit.evals, axis=1)[:, ::-1],
+                               np.tile(evals, (20, 1)), rtol=1e-8, atol=1e-12)
+
+
+def test_pure_tissue_voxels_of_a_session_fit_back_to_planted_md():
+    """Noise-free, GM and WM share one tensor, CSF gives no signal: every voxel is pure."""
+    gm = (0.9e-3, 0.75e-3, 0.75e-3)
+    params = SimulationParams(wm_evals=gm, s0_csf=0.0)
+    mult, change = 1.07, -0.04
+    img, bvals, bvecs, truth = simulate_session(
+        params, head_transform=np.eye(4), md_multiplier=mult,
+        region_change={"BA10_R": change}, noise=False, return_truth=True)
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    frac = truth["fractions"].get_fdata()
+    weight = truth["region_weight"].get_fdata()[..., truth["names"].index("BA10_R")]
+    gtab = gradient_table(bvals, bvecs=bvecs)
+    pure = frac[..., :2].sum(-1) > 0.5
+    outside = pure & (weight == 0)
+    inside = pure & (weight == 1)
+    assert outside.sum() > 1000 and inside.sum() > 20
+    md_out = TensorModel(gtab, fit_method="OLS").fit(data[outside]).md
+    md_in = TensorModel(gtab, fit_method="OLS").fit(data[inside]).md
+    np.testing.assert_allclose(md_out, 0.8e-3 * mult, rtol=1e-5)
+    np.testing.assert_allclose(md_in, 0.8e-3 * mult * (1 + change), rtol=1e-5)
+
+
+def test_csf_raises_md_of_a_partial_volume_voxel():
+    params = SimulationParams()
+    img, bvals, bvecs, truth = simulate_session(params, noise=False, return_truth=True)
+    frac = truth["fractions"].get_fdata()
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    gtab = gradient_table(bvals, bvecs=bvecs)
+    csfy = (frac[..., 2] > 0.3) & (frac.sum(-1) > 0.9)
+    clean = (frac[..., 2] < 0.01) & (frac.sum(-1) > 0.9)
+    md_csfy = TensorModel(gtab).fit(data[csfy]).md
+    md_clean = TensorModel(gtab).fit(data[clean]).md
+    assert np.median(md_clean) == pytest.approx(0.75e-3, rel=0.08)
+    assert np.median(md_csfy) > 1.3e-3
+
+
+def test_rician_noise_level_in_background_and_grey_matter():
+    params = SimulationParams()
+    img, bvals, _, truth = simulate_session(params, rng=np.random.default_rng(1),
+                                            return_truth=True)
+    assert img.get_data_dtype() == np.int16
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    frac = truth["fractions"].get_fdata()
+    background = frac.sum(-1) == 0
+    # Magnitude of pure complex noise is Rayleigh: mean sigma * sqrt(pi / 2).
+    assert data[background].mean() == pytest.approx(2.0 * np.sqrt(np.pi / 2), rel=0.03)
+    gm = frac[..., 0] > 0.95
+    b0 = data[gm][:, bvals == 0]
+    # GM b0 = snr * sigma = 50 units (times a smooth bias within +/- 8 %).
+    assert b0.mean() == pytest.approx(50, rel=0.1)
+
+
+def test_each_session_has_its_own_head_position():
+    params = SimulationParams()
+    T = np.eye(4)
+    T[:3, 3] = [3.0, -2.0, 4.0]
+    ang = np.deg2rad(3.0)
+    T[:3, :3] = [[np.cos(ang), -np.sin(ang), 0], [np.sin(ang), np.cos(ang), 0], [0, 0, 1]]
+    _, _, _, t0 = simulate_session(params, noise=False, return_truth=True)
+    _, _, _, t1 = simulate_session(params, head_transform=T, noise=False, return_truth=True)
+
+    def centroid(truth):
+        f = truth["fractions"].get_fdata()[..., :2].sum(-1)
+        ijk = np.array(np.nonzero(f > 0.5))
+        w = f[f > 0.5]
+        c = (ijk * w).sum(1) / w.sum()
+        aff = truth["fractions"].affine
+        return aff[:3, :3] @ c + aff[:3, 3]
+
+    c0, c1 = centroid(t0), centroid(t1)
+    np.testing.assert_allclose(c1, T[:3, :3] @ c0 + T[:3, 3], atol=0.6)
+
+
+def test_parameters_are_validated():
+    with pytest.raises(InputError, match="n_directions"):
+        SimulationParams(n_directions=3)
+    with pytest.raises(InputError, match="s/mm"):
+        SimulationParams(bval=1.0)
+
+
+# --------------------------------------------------------------------------
+# Design and planted truth (tables only: fast at any n)
+
+
+def test_design_is_randomised_two_to_one():
+    participants, scores, *_ = _design(SimulationParams(), seed=0)
+    assert len(participants) == 98
+    assert participants["participant_id"].tolist() == [f"sub-{i:03d}" for i in range(1, 99)]
+    assert (participants["arm"] == "ketamine").sum() == 65
+    assert (participants["arm"] == "saline").sum() == 33
+    assert participants["age"].between(18, 65).all()
+    assert scores["madrs_pre"].between(20, 60).all()
+    assert scores["qids_pre"].between(0, 27).all()
+
+
+def test_clinical_change_is_larger_under_ketamine_and_qids_tracks_madrs():
+    _, scores, *_ = _design(SimulationParams(n_subjects=3000), seed=5)
+    d = scores["madrs_post"] - scores["madrs_pre"]
+    ket = scores["arm"] == "ketamine"
+    assert d[ket].mean() == pytest.approx(-14, abs=1.0)
+    assert d[~ket].mean() == pytest.approx(-6, abs=1.0)
+    dq = scores["qids_post"] - scores["qids_pre"]
+    assert np.corrcoef(d, dq)[0, 1] > 0.7
+
+
+def test_planted_slopes_follow_the_reported_pattern():
+    params = SimulationParams(n_subjects=4000)
+    _, scores, _, _, changes, _ = _design(params, seed=11)
+    d = (scores["madrs_post"] - scores["madrs_pre"]).to_numpy(float)
+    for region in STUDY_REGIONS:
+        for arm in ("ketamine", "saline"):
+            m = (scores["arm"] == arm).to_numpy()
+            slope = np.polyfit(d[m], changes[region][m], 1)[0]
+            expected = params.effect_slope * DEFAULT_PATTERN[region][arm]
+            assert slope == pytest.approx(expected, abs=2.5e-4), (region, arm)
+
+
+# --------------------------------------------------------------------------
+# The written dataset
+
+
+def test_tables_ground_truth_and_images_agree(small_cohort):
+    root = small_cohort
+    participants = pd.read_csv(root / "participants.tsv", sep="\t")
+    assert participants.columns.tolist() == ["participant_id", "arm", "age", "sex"]
+    sim = root / "derivatives" / "simulation"
+    truth = pd.read_csv(sim / "ground_truth_roi.tsv", sep="\t")
+    wide = pd.read_csv(sim / "scores_wide.tsv", sep="\t")
+    assert len(truth) == len(participants) * 7
+    arms = dict(zip(participants.participant_id, participants.arm, strict=True))
+    assert (truth["arm"] == truth["participant_id"].map(arms)).all()
+    assert (wide["arm"] == wide["participant_id"].map(arms)).all()
+    # written with ten significant digits: MD to 1e-13 mm²/s
+    np.testing.assert_allclose(truth["delta_md"], truth["md_post"] - truth["md_pre"],
+                               rtol=0, atol=1e-12)
+    assert truth["md_pre"].between(0.6e-3, 1.0e-3).all()
+    for row in wide.itertuples():
+        ses = pd.read_csv(root / row.participant_id / f"{row.participant_id}_sessions.tsv",
+                          sep="\t")
+        assert ses["session_id"].tolist() == ["ses-pre", "ses-post"]
+        assert ses["madrs_total"].tolist() == [row.madrs_pre, row.madrs_post]
+        assert ses["qids_total"].tolist() == [row.qids_pre, row.qids_post]
+        for s in ("pre", "post"):
+            pid = row.participant_id
+            stem = root / pid / f"ses-{s}" / "dwi" / f"{pid}_ses-{s}_dwi"
+            img = nib.load(f"{stem}.nii.gz")
+            assert img.ndim == 4 and img.get_data_dtype() == np.int16
+            assert max(img.header.get_zooms()[:3]) <= 3.0
+            bvals = np.loadtxt(f"{stem}.bval")
+            bvecs = np.loadtxt(f"{stem}.bvec")
+            assert bvecs.shape == (3, img.shape[3]) and bvals.shape == (img.shape[3],)
+            assert np.count_nonzero(bvals > 0) >= 20 and np.count_nonzero(bvals == 0) >= 2
+            assert json.loads(open(f"{stem}.json").read())["PhaseEncodingDirection"]
+    motion = pd.read_csv(sim / "head_motion.tsv", sep="\t")
+    assert len(motion) == 2 * len(participants)
+    assert motion[["rot_x_deg", "rot_y_deg", "rot_z_deg"]].abs().max().max() <= 3.0
+    assert motion[["trans_x_mm", "trans_y_mm", "trans_z_mm"]].abs().max().max() <= 4.0
+    params = json.loads((sim / "simulation_parameters.json").read_text())
+    assert params["seed"] == 3 and params["n_subjects"] == 6
+
+
+def test_same_seed_gives_byte_identical_files_serial_or_parallel(tmp_path):
+    params = SimulationParams(n_subjects=3)
+    a = simulate_cohort(tmp_path / "a", params=params, seed=9, progress=False, n_jobs=1)
+    b = simulate_cohort(tmp_path / "b", params=params, seed=9, progress=False, n_jobs=2)
+    ha, hb = _tree_hashes(a), _tree_hashes(b)
+    assert len(ha) > 20 and ha == hb
+    c = simulate_cohort(tmp_path / "c", params=params, seed=10, progress=False)
+    hc = _tree_hashes(c)
+    assert hc["sub-001/ses-pre/dwi/sub-001_ses-pre_dwi.nii.gz"] != \
+        ha["sub-001/ses-pre/dwi/sub-001_ses-pre_dwi.nii.gz"]
+
+
+def test_refuses_a_non_empty_folder(tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    with pytest.raises(InputError, match="not empty"):
+        simulate_cohort(tmp_path, params=SimulationParams(n_subjects=3), progress=False)
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_official_bids_validator_reports_no_error(small_cohort):
+    exe = shutil.which("bids-validator-deno") or str(
+        __import__("pathlib").Path(sys.executable).with_name("bids-validator-deno"))
+    proc = subprocess.run([exe, str(small_cohort), "--format", "json"],
+                          capture_output=True, text=True, timeout=300)
+    report = json.loads(proc.stdout)
+    errors = [i for i in report["issues"]["issues"] if i["severity"] == "error"]
+    assert errors == []
+    assert proc.returncode == 0
+    # The validator looked at the images and found the two sessions.
+    assert set(report["summary"]["sessions"]) == {"ses-pre", "ses-post"} or \
+        set(report["summary"]["sessions"]) == {"pre", "post"}
+    assert report["summary"]["subjects"] and len(report["summary"]["subjects"]) == 6
+
+
+def test_cli_simulate_writes_a_cohort_and_rejects_bad_input(tmp_path):
+    exe = [sys.executable, "-m", "ketamine_nb.cli"]
+    ok = subprocess.run([*exe, "simulate", str(tmp_path / "c"), "--subjects", "3", "--quiet"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "BIDS dataset" in ok.stdout
+    dwi = tmp_path / "c" / "sub-003" / "ses-post" / "dwi" / "sub-003_ses-post_dwi.nii.gz"
+    assert dwi.exists()
+    bad = subprocess.run([*exe, "simulate", str(tmp_path / "d"), "--directions", "4"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "n_directions" in lines[0]
+    again = subprocess.run([*exe, "simulate", str(tmp_path / "c"), "--subjects", "3"],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "not empty" in again.stderr and "--overwrite" in again.stderr
