@@ -57,10 +57,70 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def _config_from_args(args):
+    from .pipeline import PipelineConfig
+
+    return PipelineConfig(fit_method=args.fit_method, denoise=args.denoise,
+                          transform=args.transform, space=args.space,
+                          probability_threshold=args.probability_threshold,
+                          csf_md_threshold=None if args.csf_md_threshold <= 0
+                          else args.csf_md_threshold,
+                          fa_threshold=args.fa_threshold, regions=args.regions)
+
+
+def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    from .pipeline import PipelineConfig
+    from .tensor import FIT_METHODS
+
+    d = PipelineConfig()
+    g = p.add_argument_group("processing")
+    g.add_argument("--fit-method", default=d.fit_method, choices=FIT_METHODS,
+                   help=f"tensor fit (default {d.fit_method})")
+    g.add_argument("--denoise", default=None, choices=["mppca", "patch2self"],
+                   help="denoise before the fit (default: off)")
+    g.add_argument("--transform", default=d.transform, choices=["rigid", "affine"],
+                   help=f"registration to MNI (default {d.transform})")
+    g.add_argument("--space", default=d.space, choices=["native", "MNI"],
+                   help="where MD meets the regions (default native: regions move, MD not)")
+    g.add_argument("--probability-threshold", type=float, default=d.probability_threshold,
+                   metavar="P", help=f"atlas probability threshold, 0-1 "
+                                     f"(default {d.probability_threshold})")
+    g.add_argument("--csf-md-threshold", type=float, default=d.csf_md_threshold, metavar="MD",
+                   help=f"drop voxels with MD above this, mm²/s (default "
+                        f"{d.csf_md_threshold:g}; 0 = keep all)")
+    g.add_argument("--fa-threshold", type=float, default=None, metavar="FA",
+                   help="drop voxels with FA above this (default: off)")
+    g.add_argument("--regions", default=None, metavar="TSV",
+                   help="region table (default: the study's seven regions)")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="N > 1 starts a local Dask cluster of N processes (default 1: no Dask)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="join a running Dask scheduler, e.g. tcp://host:8786")
+
+
+def _cmd_run(args) -> int:
+    from .pipeline import run_pipeline
+
+    t0 = time.perf_counter()
+    res = run_pipeline(args.bids_dir, args.out_dir, pre=args.pre_session,
+                       post=args.post_session, config=_config_from_args(args),
+                       workers=args.workers, scheduler=args.scheduler,
+                       participant_label=args.participant_label, force=args.force,
+                       acq=args.acq, run=args.run, progress=not args.quiet)
+    for problem in res.problems:
+        print(f"note: {problem}", file=sys.stderr)
+    print(f"Done in {time.perf_counter() - t0:.0f} s.")
+    print(res.summary())
+    return res.exit_code
+
+
 def _cmd_demo(args) -> int:
-    from .datasets import get_demo_dir
+    from .datasets import DATA_ENV_VAR, get_demo_dir
+    from .pipeline import run_pipeline
     from .simulate import simulate_cohort
 
+    if args.data_dir:  # the caches (atlases, anatomy) follow the data home too
+        os.environ[DATA_ENV_VAR] = str(Path(args.data_dir).expanduser().resolve())
     demo = Path(args.out) if args.out else get_demo_dir(args.data_dir)
     bids = demo / "bids"
     t0 = time.perf_counter()
@@ -70,12 +130,18 @@ def _cmd_demo(args) -> int:
         print(f"Simulating the demo cohort ({args.subjects} participants) in {bids}")
         simulate_cohort(bids, params=_params_from_args(args), seed=args.seed,
                         n_jobs=args.jobs, progress=not args.quiet, overwrite=True)
+    deriv = demo / "derivatives"
+    print(f"Processing every session into {deriv}")
+    res = run_pipeline(bids, deriv, config=_config_from_args(args), workers=args.workers,
+                       force=args.force, progress=not args.quiet)
     print(f"Done in {time.perf_counter() - t0:.0f} s.")
     print(f"  BIDS dataset:  {bids}")
     print(f"  ground truth:  {bids / 'derivatives' / 'simulation' / 'ground_truth_roi.tsv'}")
-    print("Next: open notebooks/00_start_here.ipynb (ketamine-nb lab), or read "
-          f"{bids / 'participants.tsv'}")
-    return 0
+    print(f"  derivatives:   {deriv}")
+    print(res.summary())
+    print(f"Next: compare {deriv / 'roi_deltas.tsv'} with the ground truth, or open "
+          "notebooks/00_start_here.ipynb in JupyterLab")
+    return res.exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +174,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo every step")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_simulation_args(p)
-    p.set_defaults(func=_cmd_demo)
+    _add_pipeline_args(p)
+    p.set_defaults(func=_cmd_demo, workers=min(2, os.cpu_count() or 1))
+
+    p = sub.add_parser("run", help="process a BIDS study: DWI -> MD maps -> region tables",
+                       description="Process every session of a BIDS DWI study into a "
+                                   "BIDS-Derivatives folder with roi_md.tsv and "
+                                   "roi_deltas.tsv. Done sessions are reused.")
+    p.add_argument("bids_dir", metavar="BIDS_DIR", help="raw BIDS dataset (read only)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="derivatives folder (outside BIDS_DIR)")
+    p.add_argument("--pre-session", default="pre", metavar="LABEL",
+                   help="session label before the infusion (default pre)")
+    p.add_argument("--post-session", default="post", metavar="LABEL",
+                   help="session label after the infusion (default post)")
+    p.add_argument("--participant-label", nargs="+", metavar="LABEL",
+                   help="only these participants (sub- optional)")
+    p.add_argument("--acq", default=None, help="acq- entity of the DWI series to use")
+    p.add_argument("--run", default=None, help="run- entity of the DWI series to use")
+    p.add_argument("--force", action="store_true", help="recompute every session")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_pipeline_args(p)
+    p.set_defaults(func=_cmd_run)
     return parser
 
 

@@ -46,6 +46,8 @@ from .regions import STUDY_REGIONS
 
 __all__ = [
     "DEFAULT_PATTERN",
+    "TRUTH_CSF_MD_THRESHOLD",
+    "region_apparent_md",
     "SimulationParams",
     "gradient_scheme",
     "simulate_cohort",
@@ -550,6 +552,74 @@ def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
     return img, bvals, bvecs, truth
 
 
+#: Voxels whose noise-free MD is above this (mm²/s) are left out of the
+#: ground-truth regional MD, as the pipeline's default partial-volume guard
+#: (:data:`ketamine_nb.roi.DEFAULT_CSF_MD_THRESHOLD`) leaves them out.
+TRUTH_CSF_MD_THRESHOLD = 1.1e-3
+
+
+def region_apparent_md(params: SimulationParams, region: str, md_multiplier, change, *,
+                       csf_md_threshold: float | None = TRUTH_CSF_MD_THRESHOLD):
+    """Noise-free MD a tensor fit would report, averaged over a planted region.
+
+    Per voxel of the 2 mm working grid inside the region (weight >= 0.5),
+    the apparent diffusivity along each gradient of the scheme is
+    ``-ln(S(g) / S0) / b`` for the partial-volume mixture of GM, WM and CSF;
+    its mean over the (evenly spread) directions is the voxel's MD. Voxels
+    whose MD exceeds ``csf_md_threshold`` are left out, then the rest are
+    averaged. This is what the pipeline measures without noise and with
+    perfect registration; ``tissue_md_*`` in the ground truth is the
+    CSF-free tissue MD, which partial volume keeps out of reach.
+
+    Parameters
+    ----------
+    params : SimulationParams
+        Tissue and acquisition parameters.
+    region : str
+        Region name.
+    md_multiplier : float or array-like of shape (n,)
+        Global multiplier(s) of GM and WM diffusivities.
+    change : float or array-like of shape (n,)
+        Relative MD change(s) planted in the region.
+    csf_md_threshold : float or None, default=1.1e-3
+        Partial-volume guard (mm²/s); ``None`` keeps every voxel.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        MD in mm²/s, one per multiplier/change pair.
+    """
+    anat = _anatomy(params)
+    k = anat.region_names.index(region)
+    w = anat.region_weight[..., k]
+    sel = w >= 0.5
+    frac = anat.fractions[sel].astype(np.float64)
+    ok = frac.sum(1) > 1e-6
+    frac, wv = frac[ok], w[sel][ok].astype(np.float64)
+    orient = anat.orientation[sel][ok].astype(np.float64)
+    bvals, bvecs = gradient_scheme(params.n_directions, params.n_b0, params.bval)
+    dw = bvals > 0
+    g, b = bvecs[dw], bvals[dw]
+    s0 = frac[:, 0] * params.s0_gm + frac[:, 1] * params.s0_wm + frac[:, 2] * params.s0_csf
+    cos2 = (orient @ g.T) ** 2
+    adc = [(ev[1] + (ev[0] - ev[1]) * cos2) for ev in (params.gm_evals, params.wm_evals)]
+    csf = frac[:, 2:3] * params.s0_csf * np.exp(-b * params.csf_d)
+    scalar = np.ndim(md_multiplier) == 0 and np.ndim(change) == 0
+    m_all, c_all = np.broadcast_arrays(np.atleast_1d(np.asarray(md_multiplier, float)),
+                                       np.atleast_1d(np.asarray(change, float)))
+    out = np.empty(m_all.size)
+    for n, (m, c) in enumerate(zip(m_all, c_all, strict=True)):
+        mult = (m * (1 + wv * c))[:, None]
+        sig = csf + frac[:, 0:1] * params.s0_gm * np.exp(-b * adc[0] * mult) \
+            + frac[:, 1:2] * params.s0_wm * np.exp(-b * adc[1] * mult)
+        md = np.mean(-np.log(sig / s0[:, None]), axis=1) / b[0] if np.all(b == b[0]) else \
+            np.mean(-np.log(sig / s0[:, None]) / b, axis=1)
+        if csf_md_threshold is not None:
+            md = md[md <= csf_md_threshold]
+        out[n] = md.mean()
+    return float(out[0]) if scalar else out
+
+
 # --------------------------------------------------------------------------
 # The cohort
 
@@ -614,7 +684,7 @@ def _session_task(args):
     from ._utils import atomic_write_text
 
     atomic_write_text(stem.with_name(stem.name + ".bval"),
-                      " ".join(str(int(b)) for b in bvals) + "\n")
+                      " ".join(f"{b:g}" for b in bvals) + "\n")
     atomic_write_text(stem.with_name(stem.name + ".bvec"),
                       "\n".join(" ".join(f"{v:.6f}" for v in row) for row in bvecs.T) + "\n")
     write_json(_DWI_SIDECAR, stem.with_name(stem.name + ".json"))
@@ -696,7 +766,9 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
     QIDS-SR totals per session), ``sessions.json``,
     ``sub-*/ses-{pre,post}/dwi/sub-*_ses-*_dwi.{nii.gz,bval,bvec,json}`` and,
     never read by the pipeline, ``derivatives/simulation/`` with
-    ``ground_truth_roi.tsv`` (MD in mm²/s), ``planted_effects.tsv``,
+    ``ground_truth_roi.tsv`` (MD in mm²/s: ``md_pre``/``md_post`` the
+    noise-free apparent MD of the region, see :func:`region_apparent_md`;
+    ``tissue_md_*`` the CSF-free tissue MD), ``planted_effects.tsv``,
     ``head_motion.tsv`` and ``simulation_parameters.json``.
     """
     from tqdm.auto import tqdm
@@ -705,6 +777,8 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
 
     params = params or SimulationParams()
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; choose a folder name")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out}: folder is not empty; choose a new folder or pass "
                          "--overwrite")
@@ -777,16 +851,23 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
                 "DatasetType": "derivative",
                 "GeneratedBy": [{"Name": "ketamine-nb", "Version": __version__}]},
                sim / "dataset_description.json")
-    rows = []
-    for i, row in participants.iterrows():
-        for r in STUDY_REGIONS:
-            base = anat.baseline_md[r] * subj_mult[i]
-            md_pre = base * sess_mult[i, 0]
-            md_post = base * sess_mult[i, 1] * (1 + changes[r][i])
-            rows.append({"participant_id": row.participant_id, "arm": row.arm, "region": r,
-                         "md_pre": md_pre, "md_post": md_post, "delta_md": md_post - md_pre,
-                         "planted_change": changes[r][i]})
-    write_tsv(pd.DataFrame(rows), sim / "ground_truth_roi.tsv")
+    pids, arms = participants["participant_id"].tolist(), participants["arm"].tolist()
+    m_pre, m_post = subj_mult * sess_mult[:, 0], subj_mult * sess_mult[:, 1]
+    frames = []
+    for r in STUDY_REGIONS:
+        app_pre = region_apparent_md(params, r, m_pre, 0.0)
+        app_post = region_apparent_md(params, r, m_post, changes[r])
+        base = anat.baseline_md[r]
+        frames.append(pd.DataFrame({
+            "participant_id": pids, "arm": arms, "region": r,
+            "md_pre": app_pre, "md_post": app_post, "delta_md": app_post - app_pre,
+            "tissue_md_pre": base * m_pre, "tissue_md_post": base * m_post * (1 + changes[r]),
+            "planted_change": changes[r], "order": np.arange(len(pids))}))
+    truth = pd.concat(frames, ignore_index=True)
+    region_order = {r: i for i, r in enumerate(STUDY_REGIONS)}
+    truth["region_order"] = truth["region"].map(region_order)
+    rows = truth.sort_values(["order", "region_order"]).drop(columns=["order", "region_order"])
+    write_tsv(rows, sim / "ground_truth_roi.tsv")
     eff = pd.DataFrame([{"region": r, "arm": a, "slope_per_madrs_point": params.slope(r, a)}
                         for r in STUDY_REGIONS for a in ("ketamine", "saline")])
     write_tsv(eff, sim / "planted_effects.tsv")

@@ -1,0 +1,310 @@
+"""Load one DWI series, check its gradients, mask the brain and flag QC problems."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ._utils import InputError
+
+__all__ = [
+    "B0_THRESHOLD",
+    "brain_mask",
+    "check_gradients",
+    "load_dwi",
+    "mean_b0",
+    "qc_session",
+    "read_gradients",
+]
+
+#: b-values at or below this (s/mm²) count as b = 0 (dipy's default is 50).
+B0_THRESHOLD = 50.0
+
+
+def read_gradients(bval_path, bvec_path):
+    """Read FSL-style b-values and b-vectors, with one-line errors.
+
+    Parameters
+    ----------
+    bval_path, bvec_path : str or pathlib.Path
+        ``.bval`` (one row of N numbers) and ``.bvec`` (three rows of N
+        numbers; N rows of three are accepted and transposed).
+
+    Returns
+    -------
+    bvals : numpy.ndarray, shape (N,)
+        b-values as written (s/mm² expected; see :func:`check_gradients`).
+    bvecs : numpy.ndarray, shape (N, 3)
+        Gradient directions.
+    """
+    bval_path, bvec_path = Path(bval_path), Path(bvec_path)
+    for p in (bval_path, bvec_path):
+        if not p.is_file():
+            raise InputError(f"{p}: file not found; every DWI series needs its .bval and .bvec "
+                             "next to it with the same name")
+    try:
+        bvals = np.loadtxt(bval_path, ndmin=1)
+    except ValueError:
+        raise InputError(f"{bval_path}: not a list of numbers; write the b-values on one line, "
+                         "separated by spaces") from None
+    try:
+        bvecs = np.loadtxt(bvec_path, ndmin=2)
+    except ValueError:
+        raise InputError(f"{bvec_path}: not a table of numbers; write three rows (x, y, z) of "
+                         "one value per volume") from None
+    bvals = bvals.ravel()
+    if bvecs.shape[0] == 3:
+        bvecs = bvecs.T
+    elif bvecs.shape[1] != 3:
+        raise InputError(f"{bvec_path}: has {bvecs.shape[0]} rows of {bvecs.shape[1]} values; "
+                         "FSL b-vectors are three rows (x, y, z) with one column per volume")
+    return bvals.astype(float), bvecs.astype(float)
+
+
+def check_gradients(bvals, bvecs, n_volumes: int, *, source: str = "gradients",
+                    b0_threshold: float = B0_THRESHOLD):
+    """Check a gradient scheme against its image; raise a one-line error if unusable.
+
+    Checks: one b-value and one b-vector per volume; at least one b = 0
+    volume; b-values in s/mm² (not ms/µm², where b = 1000 s/mm² reads 1);
+    diffusion-weighted b-vectors of unit length (within 5 %, then
+    normalised); at least six non-collinear directions for a tensor.
+
+    Parameters
+    ----------
+    bvals : numpy.ndarray, shape (N,)
+        b-values.
+    bvecs : numpy.ndarray, shape (N, 3)
+        b-vectors.
+    n_volumes : int
+        Volumes in the DWI image.
+    source : str, default="gradients"
+        Name used in messages (the file).
+    b0_threshold : float, default=50.0
+        b-values at or below this are b = 0 (s/mm²).
+
+    Returns
+    -------
+    bvals, bvecs : numpy.ndarray
+        b-values, and b-vectors with exactly unit length (zero for b = 0).
+    """
+    bvals = np.asarray(bvals, float)
+    bvecs = np.asarray(bvecs, float)
+    if bvals.size != n_volumes or bvecs.shape[0] != n_volumes:
+        raise InputError(f"{source}: {bvals.size} b-values and {bvecs.shape[0]} b-vectors for "
+                         f"{n_volumes} volumes; give one b-value and one b-vector per volume")
+    if not (np.all(np.isfinite(bvals)) and np.all(np.isfinite(bvecs))):
+        raise InputError(f"{source}: b-values or b-vectors contain NaN or infinity; "
+                         "rewrite the gradient files from the scanner data")
+    if np.any(bvals < 0):
+        raise InputError(f"{source}: negative b-values; b-values are in s/mm² and >= 0")
+    dw = bvals > b0_threshold
+    if not np.any(bvals <= b0_threshold):
+        raise InputError(f"{source}: no b=0 volume (all b-values > {b0_threshold:g} s/mm²); "
+                         "the tensor fit needs at least one b=0 volume")
+    if not np.any(dw):
+        if 0 < bvals.max() <= 10:
+            raise InputError(f"{source}: b-values look like ms/µm² (max {bvals.max():g}); "
+                             "multiply by 1000 to get s/mm²")
+        raise InputError(f"{source}: no diffusion-weighted volume; a DWI series needs "
+                         "b-values above 50 s/mm²")
+    if bvals.max() > 10000:
+        raise InputError(f"{source}: b-values up to {bvals.max():g} look like s/m² or wrong "
+                         "units; write them in s/mm² (e.g. 1000)")
+    norms = np.linalg.norm(bvecs[dw], axis=1)
+    if np.any(np.abs(norms - 1) > 0.05):
+        bad = int(np.flatnonzero(dw)[np.argmax(np.abs(norms - 1))])
+        raise InputError(f"{source}: b-vector of volume {bad} has length {norms.max():.3g}; "
+                         "diffusion-weighted b-vectors must be unit vectors")
+    out = np.zeros_like(bvecs)
+    out[dw] = bvecs[dw] / norms[:, None]
+    if np.linalg.matrix_rank(out[dw], tol=1e-3) < 3 or np.count_nonzero(dw) < 6:
+        raise InputError(f"{source}: fewer than six non-collinear directions; a tensor needs "
+                         "at least six")
+    return bvals, out
+
+
+def load_dwi(dwi_path, bval_path=None, bvec_path=None, *, b0_threshold: float = B0_THRESHOLD):
+    """Load a DWI series as float32 with its checked gradient table.
+
+    Parameters
+    ----------
+    dwi_path : str or pathlib.Path
+        4D NIfTI (``.nii`` or ``.nii.gz``).
+    bval_path, bvec_path : str or pathlib.Path, optional
+        Gradient files; default: the DWI's name with ``.bval``/``.bvec``.
+    b0_threshold : float, default=50.0
+        b-values at or below this are b = 0 (s/mm²).
+
+    Returns
+    -------
+    img : nibabel.Nifti1Image
+        The data as float32 (scaling applied), with the original affine.
+    gtab : dipy.core.gradients.GradientTable
+        The gradient table.
+    """
+    import nibabel as nib
+    from dipy.core.gradients import gradient_table
+
+    dwi_path = Path(dwi_path)
+    stem = dwi_path.name.removesuffix(".gz").removesuffix(".nii")
+    bval_path = Path(bval_path) if bval_path else dwi_path.with_name(stem + ".bval")
+    bvec_path = Path(bvec_path) if bvec_path else dwi_path.with_name(stem + ".bvec")
+    if not dwi_path.is_file():
+        raise InputError(f"{dwi_path}: file not found; check the path")
+    if dwi_path.stat().st_size == 0:
+        raise InputError(f"{dwi_path}: empty file (0 bytes); copy the image again")
+    try:
+        img = nib.load(dwi_path)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises many kinds for broken files
+        kind = type(exc).__name__
+        raise InputError(f"{dwi_path}: cannot read as NIfTI ({kind}: {exc}); the file is "
+                         "truncated or not a NIfTI image, copy or convert it again") from None
+    if data.ndim != 4:
+        raise InputError(f"{dwi_path}: a {data.ndim}D image; a DWI series is 4D "
+                         "(x, y, z, volume)")
+    if not np.all(np.isfinite(data)):
+        n = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise InputError(f"{dwi_path}: {n} voxels are NaN or infinite; fix the conversion "
+                         "(e.g. rerun dcm2niix) before processing")
+    bvals, bvecs = read_gradients(bval_path, bvec_path)
+    bvals, bvecs = check_gradients(bvals, bvecs, data.shape[3],
+                                   source=f"{bval_path.name}/{bvec_path.name}",
+                                   b0_threshold=b0_threshold)
+    gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=b0_threshold)
+    out = nib.Nifti1Image(data, img.affine)
+    out.header.set_xyzt_units("mm", "sec")
+    return out, gtab
+
+
+def mean_b0(dwi_img, gtab):
+    """Return the mean of the b = 0 volumes as a 3D ``Nifti1Image``."""
+    import nibabel as nib
+
+    data = np.asarray(dwi_img.dataobj, dtype=np.float32)
+    return nib.Nifti1Image(data[..., gtab.b0s_mask].mean(axis=-1), dwi_img.affine)
+
+
+def brain_mask(dwi_img, gtab, *, threshold_factor: float = 0.6):
+    """Fast brain mask from the mean b0 and the mean DWI.
+
+    Otsu's threshold on the mean b0 (after a 3x3x3 median filter) splits
+    head from background; it is lowered by ``threshold_factor`` so that
+    grey matter at the edge of the brain is kept, then the largest connected
+    component is kept, holes are filled and one closing smooths the edge.
+    On a 96x96x60 volume this takes a few tenths of a second where dipy's
+    ``median_otsu`` with its defaults takes ~15 s; its Dice against the
+    simulated brain is measured in the tests.
+
+    Parameters
+    ----------
+    dwi_img : nibabel.Nifti1Image
+        4D DWI.
+    gtab : dipy.core.gradients.GradientTable
+        Its gradients.
+    threshold_factor : float, default=0.6
+        Fraction of Otsu's threshold to use.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        uint8 mask (1 = brain), on the DWI grid.
+    """
+    import nibabel as nib
+    from dipy.segment.threshold import otsu
+    from scipy import ndimage as ndi
+
+    b0 = np.asarray(mean_b0(dwi_img, gtab).dataobj)
+    sm = ndi.median_filter(b0, size=3)
+    thr = otsu(sm[sm > 0]) * threshold_factor if np.any(sm > 0) else 0
+    m = sm > thr
+    lab, n = ndi.label(m)
+    if n == 0:
+        return nib.Nifti1Image(np.zeros(b0.shape, np.uint8), dwi_img.affine)
+    sizes = ndi.sum(m, lab, index=np.arange(1, n + 1))
+    m = lab == (1 + int(np.argmax(sizes)))
+    m = ndi.binary_closing(m, iterations=1)
+    m = ndi.binary_fill_holes(m)
+    return nib.Nifti1Image(m.astype(np.uint8), dwi_img.affine)
+
+
+def qc_session(dwi_img, gtab, mask_img, *, z_threshold: float = 4.0) -> dict:
+    """Quality metrics of one session; the flags travel with the results.
+
+    Parameters
+    ----------
+    dwi_img : nibabel.Nifti1Image
+        4D DWI (float).
+    gtab : dipy.core.gradients.GradientTable
+        Its gradients.
+    mask_img : nibabel.Nifti1Image
+        Brain mask.
+    z_threshold : float, default=4.0
+        Robust z-score above which a volume's or slice's mean signal is an
+        outlier (median absolute deviation scale).
+
+    Returns
+    -------
+    dict
+        ``snr_b0`` (mean b0 in the mask over the SD of the background, with
+        the Rayleigh correction sqrt(2 - pi/2)), ``mask_volume_ml``,
+        ``outlier_volumes`` and ``outlier_slices`` (lists of indices /
+        ``[volume, slice]`` pairs), ``n_volumes``, ``n_b0`` and ``flags``
+        (short strings; empty when all is well).
+    """
+    from scipy import ndimage as ndi
+
+    data = np.asarray(dwi_img.dataobj, dtype=np.float32)
+    mask = np.asarray(mask_img.dataobj) > 0
+    vox_ml = float(np.prod(dwi_img.header.get_zooms()[:3])) / 1000.0
+    flags = []
+    b0 = data[..., gtab.b0s_mask].mean(-1)
+    far = ~ndi.binary_dilation(mask, iterations=3)
+    bg = data[far][:, gtab.b0s_mask] if far.any() else np.empty((0, 1))
+    if bg.size > 100 and bg.std() > 0:
+        sigma = float(bg.std() / np.sqrt(2 - np.pi / 2))  # Rayleigh SD -> Gaussian sigma
+        snr = float(b0[mask].mean() / sigma) if mask.any() else float("nan")
+    else:
+        snr = float("nan")
+    if np.isfinite(snr) and snr < 10:
+        flags.append("low_snr")
+    # Volume and slice outliers: mean masked signal per (volume, slice),
+    # compared within the same b-value with a robust z-score.
+    outlier_volumes, outlier_slices = [], []
+    means = np.array([[data[:, :, z, v][mask[:, :, z]].mean() if mask[:, :, z].sum() > 20
+                       else np.nan for z in range(data.shape[2])]
+                      for v in range(data.shape[3])])
+    for is_b0 in (True, False):
+        sel = gtab.b0s_mask if is_b0 else ~gtab.b0s_mask
+        idx = np.flatnonzero(sel)
+        if idx.size < 3:
+            continue
+        vm = np.nanmean(means[idx], axis=1)
+        med, mad = np.median(vm), np.median(np.abs(vm - np.median(vm))) * 1.4826
+        if mad > 0:
+            outlier_volumes += idx[np.abs(vm - med) / mad > z_threshold].tolist()
+        block = means[idx]
+        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # slices outside the brain
+            smed = np.nanmedian(block, axis=0)
+            smad = np.nanmedian(np.abs(block - smed), axis=0) * 1.4826
+            z = np.abs(block - smed) / smad
+        # Only signal drops count (dropout); a slice must differ by > 10 %.
+        low = (block < smed * 0.9) & (z > z_threshold)
+        for i, k in zip(*np.nonzero(low), strict=True):
+            outlier_slices.append([int(idx[i]), int(k)])
+    outlier_volumes = sorted(set(outlier_volumes))
+    if outlier_volumes:
+        flags.append("outlier_volumes")
+    if outlier_slices:
+        flags.append("slice_dropout")
+    mask_ml = float(mask.sum() * vox_ml)
+    if not 800 <= mask_ml <= 2500:
+        flags.append("mask_volume")
+    return {"snr_b0": round(snr, 3), "mask_volume_ml": round(mask_ml, 3),
+            "n_volumes": int(data.shape[3]), "n_b0": int(gtab.b0s_mask.sum()),
+            "outlier_volumes": outlier_volumes, "outlier_slices": outlier_slices,
+            "flags": flags}

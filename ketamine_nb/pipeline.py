@@ -1,0 +1,495 @@
+"""The pipeline: raw DWI -> QC -> mask -> DTI -> registration -> regions -> ROI tables.
+
+:func:`process_session` does one session and is what a notebook calls;
+:func:`run_pipeline` runs a whole BIDS study (serially, or on Dask) into a
+BIDS-Derivatives folder, reusing what is already done with the same
+parameters, and writes the cohort tables ``roi_md.tsv`` and ``roi_deltas.tsv``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._utils import InputError, KetamineNBError, save_nifti, write_json, write_tsv
+from .regions import DEFAULT_PROBABILITY_THRESHOLD
+from .registration import TEMPLATE_SPACE
+from .roi import DEFAULT_CSF_MD_THRESHOLD, DEFAULT_FA_THRESHOLD
+from .tensor import DEFAULT_FIT_METHOD, FIT_METHODS
+
+__all__ = [
+    "PipelineConfig",
+    "PipelineResult",
+    "check_out_dir",
+    "load_region_voxels",
+    "process_session",
+    "roi_tables",
+    "run_pipeline",
+    "session_paths",
+]
+
+PIPELINE_VERSION = "1"  # bump when per-session outputs change meaning
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every processing choice, in one place.
+
+    Attributes
+    ----------
+    fit_method : {"OLS", "WLS", "NLLS", "RESTORE"}, default="WLS"
+        Tensor fit (see :data:`ketamine_nb.tensor.DEFAULT_FIT_METHOD`).
+    denoise : {None, "mppca", "patch2self"}, default=None
+        Optional denoising before the fit (off by default, as in the study's
+        unknown preprocessing; it changes MD at low SNR).
+    transform : {"rigid", "affine"}, default="rigid"
+        Registration model to the MNI template.
+    space : {"native", "MNI"}, default="native"
+        Where MD meets the regions (see :mod:`ketamine_nb.registration`).
+    probability_threshold : float, default=0.25
+        Atlas probability threshold for the cohort tables.
+    csf_md_threshold : float or None, default=1.1e-3
+        Partial-volume guard for the cohort tables (mm²/s).
+    fa_threshold : float or None, default=None
+        Optional white-matter guard for the cohort tables.
+    statistic : {"mean", "median"}, default="mean"
+        Which regional summary goes into ``roi_deltas.tsv``.
+    regions : str or None, default=None
+        Path of a region table (default: the study's seven regions).
+    """
+
+    fit_method: str = DEFAULT_FIT_METHOD
+    denoise: str | None = None
+    transform: str = "rigid"
+    space: str = "native"
+    probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD
+    csf_md_threshold: float | None = DEFAULT_CSF_MD_THRESHOLD
+    fa_threshold: float | None = DEFAULT_FA_THRESHOLD
+    statistic: str = "mean"
+    regions: str | None = None
+
+    def __post_init__(self):
+        if self.fit_method.upper() not in FIT_METHODS:
+            raise InputError(f"fit method {self.fit_method!r} is unknown; use one of "
+                             f"{', '.join(FIT_METHODS)}")
+        object.__setattr__(self, "fit_method", self.fit_method.upper())
+        if self.denoise not in (None, "mppca", "patch2self"):
+            raise InputError(f"denoise {self.denoise!r} is unknown; use mppca or patch2self")
+        if self.space not in ("native", "MNI"):
+            raise InputError(f"space {self.space!r} is unknown; use native or MNI")
+        if self.statistic not in ("mean", "median"):
+            raise InputError(f"statistic {self.statistic!r} is unknown; use mean or median")
+        if not 0 <= self.probability_threshold <= 1:
+            raise InputError("probability threshold is a fraction between 0 and 1")
+
+    def processing_key(self) -> str:
+        """Hash of the choices that change per-session outputs (not the thresholds)."""
+        d = {k: getattr(self, k) for k in ("fit_method", "denoise", "transform", "space")}
+        if self.regions:
+            d["regions"] = Path(self.regions).read_text()
+        d["version"] = PIPELINE_VERSION
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def session_paths(out_dir, participant_id: str, session: str) -> dict:
+    """Return the BIDS-Derivatives paths of one session's outputs."""
+    d = Path(out_dir) / participant_id / f"ses-{session}" / "dwi"
+    p = f"{participant_id}_ses-{session}"
+    return {
+        "dir": d,
+        "mask": d / f"{p}_space-dwi_desc-brain_mask.nii.gz",
+        "md": d / f"{p}_space-dwi_model-DTI_desc-MD_dwimap.nii.gz",
+        "fa": d / f"{p}_space-dwi_model-DTI_desc-FA_dwimap.nii.gz",
+        "xfm": d / f"{p}_from-{TEMPLATE_SPACE}_to-dwi_mode-image_xfm.txt",
+        "voxels": d / f"{p}_desc-regionvoxels_dwi.tsv.gz",
+        "qc": d / f"{p}_desc-qc_dwi.json",
+    }
+
+
+def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
+                    config: PipelineConfig | None = None, bval=None, bvec=None,
+                    force: bool = False) -> dict:
+    """Process one DWI session and write its derivatives.
+
+    Steps: load and check the gradients, brain mask, optional denoising,
+    tensor fit (MD, FA), rigid registration of the mean b0 to the MNI
+    template, regions brought to the DWI grid, per-voxel region table, QC.
+    The QC JSON is written last and marks the session as done; a session
+    whose QC JSON holds the same processing key is reused unless ``force``.
+
+    Parameters
+    ----------
+    dwi_path : str or pathlib.Path
+        The 4D DWI.
+    out_dir : str or pathlib.Path
+        Derivatives root.
+    participant_id, session : str
+        ``sub-XXX`` and the session label (without ``ses-``).
+    config : PipelineConfig, optional
+        Processing choices.
+    bval, bvec : str or pathlib.Path, optional
+        Gradient files (default: beside the DWI).
+    force : bool, default=False
+        Recompute even if done.
+
+    Returns
+    -------
+    dict
+        ``participant_id``, ``session``, ``status`` (``processed`` or
+        ``reused``), ``seconds`` and the QC metrics.
+    """
+    import nibabel as nib
+    from threadpoolctl import threadpool_limits
+
+    from .dwi import brain_mask, load_dwi, mean_b0, qc_session
+    from .regions import load_region_maps
+    from .registration import apply_transform, register_to_template, write_transform
+    from .roi import extract_region_voxels
+    from .tensor import denoise, fit_dti
+
+    config = config or PipelineConfig()
+    paths = session_paths(out_dir, participant_id, session)
+    key = config.processing_key()
+    if not force and paths["qc"].exists():
+        try:
+            done = json.loads(paths["qc"].read_text())
+        except (OSError, ValueError):
+            done = {}
+        outputs = [paths[k] for k in ("mask", "md", "fa", "xfm", "voxels")]
+        if done.get("processing_key") == key and all(p.exists() for p in outputs):
+            return {"participant_id": participant_id, "session": session, "status": "reused",
+                    "seconds": 0.0, **done.get("qc", {})}
+
+    t0 = time.perf_counter()
+    paths["dir"].mkdir(parents=True, exist_ok=True)
+    paths["qc"].unlink(missing_ok=True)  # not done until the QC JSON is back
+    # One BLAS thread per session: sessions run in parallel, not inside.
+    with threadpool_limits(limits=1, user_api="blas"):
+        img, gtab = load_dwi(dwi_path, bval, bvec)
+        mask = brain_mask(img, gtab)
+        if not np.asarray(mask.dataobj).any():
+            raise InputError(f"{dwi_path}: no brain found in the b0 volumes; check the "
+                             "image (is it empty or all background?)")
+        fit_img = denoise(img, gtab, method=config.denoise, mask=mask) if config.denoise \
+            else img
+        md, fa = fit_dti(fit_img, gtab, mask=mask, fit_method=config.fit_method)
+        qc = qc_session(img, gtab, mask)
+        b0 = mean_b0(img, gtab)
+        A = register_to_template(b0, transform=config.transform)
+        maps = load_region_maps(table=config.regions)
+        if config.space == "native":
+            regions_native = apply_transform(maps.img, A, target=b0, direction="to_native")
+            voxels = extract_region_voxels(md, fa, mask, regions_native, maps.names)
+        else:
+            from .registration import load_template
+
+            grid = load_template(2.0)
+            md_mni = apply_transform(md, A, target=grid, direction="to_mni")
+            fa_mni = apply_transform(fa, A, target=grid, direction="to_mni")
+            mask_mni = apply_transform(mask, A, target=grid, direction="to_mni", order=0)
+            regions_mni = apply_transform(maps.img, np.eye(4), target=grid,
+                                          direction="to_native")
+            voxels = extract_region_voxels(md_mni, fa_mni, mask_mni, regions_mni, maps.names)
+    del img, fit_img
+
+    save_nifti(mask, paths["mask"])
+    save_nifti(md, paths["md"])
+    save_nifti(fa, paths["fa"])
+    write_transform(A, paths["xfm"])
+    _write_tsv_gz(voxels, paths["voxels"])
+    for name, desc in (("md", "Mean diffusivity (mm^2/s)"), ("fa", "Fractional anisotropy")):
+        write_json({"Description": desc, "Units": "mm^2/s" if name == "md" else "arbitrary",
+                    "Model": "DTI", "FitMethod": config.fit_method,
+                    "Sources": [f"bids:raw:{Path(dwi_path).name}"]},
+                   Path(str(paths[name]).removesuffix(".nii.gz") + ".json"))
+    qc_doc = {"participant_id": participant_id, "session": session,
+              "source": str(dwi_path), "processing_key": key, "config": asdict(config),
+              "qc": qc, "mni_to_native": np.round(A, 10).tolist(),
+              "nib_version": nib.__version__}
+    write_json(qc_doc, paths["qc"])
+    return {"participant_id": participant_id, "session": session, "status": "processed",
+            "seconds": round(time.perf_counter() - t0, 2), **qc}
+
+
+def _write_tsv_gz(df: pd.DataFrame, path: Path):
+    import gzip
+
+    from ._utils import atomic_write_bytes
+
+    text = df.to_csv(sep="\t", index=False, float_format="%.6g", lineterminator="\n")
+    atomic_write_bytes(path, gzip.compress(text.encode(), compresslevel=6, mtime=0))
+
+
+def load_region_voxels(out_dir, participant_id: str, session: str) -> pd.DataFrame:
+    """Read one session's per-voxel region table."""
+    p = session_paths(out_dir, participant_id, session)["voxels"]
+    return pd.read_csv(p, sep="\t", dtype={"region": "category"})
+
+
+def check_out_dir(bids_dir, out_dir) -> Path:
+    """Refuse an output folder that is the raw dataset or inside it."""
+    bids = Path(bids_dir).resolve()
+    out = Path(out_dir).resolve()
+    if out == bids or bids in out.parents:
+        raise InputError(f"{out_dir}: the output folder is inside the raw dataset {bids_dir}; "
+                         "the raw data are never written to, choose a folder outside it")
+    return out
+
+
+@dataclass
+class PipelineResult:
+    """What :func:`run_pipeline` did.
+
+    Attributes
+    ----------
+    out_dir : pathlib.Path
+        Derivatives root.
+    sessions : pandas.DataFrame
+        One row per session: status (processed, reused, failed), seconds, QC.
+    failures : pandas.DataFrame
+        ``participant_id``, ``session``, ``error`` (one line each).
+    roi_md, roi_deltas : pandas.DataFrame
+        The cohort tables (also written as TSV).
+    """
+
+    out_dir: Path
+    sessions: pd.DataFrame
+    failures: pd.DataFrame
+    roi_md: pd.DataFrame
+    roi_deltas: pd.DataFrame
+    problems: list = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything worked, 1 when some sessions failed."""
+        return 1 if len(self.failures) else 0
+
+    def summary(self) -> str:
+        """Return a short human summary."""
+        c = self.sessions["status"].value_counts() if len(self.sessions) else {}
+        lines = [f"sessions: {c.get('processed', 0)} processed, {c.get('reused', 0)} reused, "
+                 f"{c.get('failed', 0)} failed"]
+        for row in self.failures.itertuples():
+            lines.append(f"  failed {row.participant_id} ses-{row.session}: {row.error}")
+        lines.append(f"tables: {self.out_dir / 'roi_md.tsv'}")
+        lines.append(f"        {self.out_dir / 'roi_deltas.tsv'}")
+        return "\n".join(lines)
+
+
+def _task(args):
+    dwi, bval, bvec, out_dir, pid, ses, config, force = args
+    try:
+        return process_session(dwi, out_dir, pid, ses, config=config, bval=bval, bvec=bvec,
+                               force=force)
+    except KetamineNBError as exc:
+        return {"participant_id": pid, "session": ses, "status": "failed", "error": str(exc)}
+    except Exception as exc:  # keep the other subjects going; the note says where
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        return {"participant_id": pid, "session": ses, "status": "failed",
+                "error": f"{dwi}: unexpected {type(exc).__name__}: {exc} (at "
+                         f"{Path(last.filename).name}:{last.lineno}); rerun with --debug "
+                         "and report it"}
+
+
+def roi_tables(out_dir, sessions: pd.DataFrame, participants: pd.DataFrame, *,
+               pre: str, post: str, config: PipelineConfig | None = None):
+    """Build ``roi_md`` and ``roi_deltas`` from the per-session voxel tables.
+
+    Parameters
+    ----------
+    out_dir : str or pathlib.Path
+        Derivatives root.
+    sessions : pandas.DataFrame
+        Done sessions: ``participant_id``, ``session`` (+ QC columns).
+    participants : pandas.DataFrame
+        ``participant_id``, ``arm``.
+    pre, post : str
+        Session labels.
+    config : PipelineConfig, optional
+        Thresholds and statistic.
+
+    Returns
+    -------
+    roi_md, roi_deltas : pandas.DataFrame
+        Per session x region MD (mm²/s) and per participant x region
+        ``delta_md = md_post - md_pre`` with ``pct_delta_md`` (percent of pre).
+    """
+    from .roi import summarise_regions
+
+    config = config or PipelineConfig()
+    frames = []
+    for row in sessions.itertuples():
+        v = load_region_voxels(out_dir, row.participant_id, row.session)
+        s = summarise_regions(v, probability_threshold=config.probability_threshold,
+                              csf_md_threshold=config.csf_md_threshold,
+                              fa_threshold=config.fa_threshold)
+        s.insert(0, "session", row.session)
+        s.insert(0, "participant_id", row.participant_id)
+        for col in ("snr_b0", "flags"):
+            if hasattr(row, col):
+                val = getattr(row, col)
+                s[f"qc_{col}"] = ";".join(val) if isinstance(val, list) else val
+        frames.append(s)
+    cols = ["participant_id", "session", "region", "md_mean", "md_median", "n_voxels",
+            "n_excluded", "qc_snr_b0", "qc_flags"]
+    roi_md = (pd.concat(frames, ignore_index=True) if frames
+              else pd.DataFrame(columns=cols))
+    if len(roi_md):
+        roi_md["region"] = roi_md["region"].astype(str)
+        roi_md = roi_md.sort_values(["participant_id", "session", "region"],
+                                    key=_session_order(pre, post)).reset_index(drop=True)
+    value = f"md_{config.statistic}"
+    wide = roi_md.pivot_table(index=["participant_id", "region"], columns="session",
+                              values=value, aggfunc="first") if len(roi_md) else pd.DataFrame()
+    if len(wide) and pre in wide.columns and post in wide.columns:
+        d = wide[[pre, post]].dropna().reset_index()
+        d.columns = ["participant_id", "region", "md_pre", "md_post"]
+        d["delta_md"] = d["md_post"] - d["md_pre"]
+        d["pct_delta_md"] = 100.0 * d["delta_md"] / d["md_pre"]
+        arms = participants.set_index("participant_id")["arm"]
+        d.insert(1, "arm", d["participant_id"].map(arms))
+        order = {r: i for i, r in enumerate(pd.unique(roi_md["region"]))}
+        d = d.sort_values(["participant_id", "region"],
+                          key=lambda c: c.map(order) if c.name == "region" else c)
+        roi_deltas = d.reset_index(drop=True)
+    else:
+        roi_deltas = pd.DataFrame(columns=["participant_id", "arm", "region", "md_pre",
+                                           "md_post", "delta_md", "pct_delta_md"])
+    return roi_md, roi_deltas
+
+
+def _session_order(pre, post):
+    order = {pre: 0, post: 1}
+
+    def key(col):
+        if col.name == "session":
+            return col.map(lambda s: order.get(s, 2))
+        return col
+    return key
+
+
+def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
+                 config: PipelineConfig | None = None, workers: int = 1,
+                 scheduler: str | None = None, participant_label=None, force: bool = False,
+                 acq: str | None = None, run: str | None = None,
+                 progress: bool = True) -> PipelineResult:
+    """Run the pipeline on a BIDS study and write the cohort tables.
+
+    Parameters
+    ----------
+    bids_dir : str or pathlib.Path
+        Raw BIDS dataset (never written to).
+    out_dir : str or pathlib.Path
+        Derivatives folder (created; refused if inside ``bids_dir``).
+    pre, post : str, default="pre", "post"
+        Session labels.
+    config : PipelineConfig, optional
+        Processing choices.
+    workers : int, default=1
+        ``1`` runs in this process without Dask; ``N > 1`` starts a local
+        Dask cluster of N single-threaded worker processes.
+    scheduler : str, optional
+        Address of a running Dask scheduler (``tcp://host:8786``), e.g. one
+        started by dask-jobqueue on a cluster; overrides ``workers``.
+    participant_label : list of str, optional
+        Only these participants (with or without ``sub-``).
+    force : bool, default=False
+        Recompute every session.
+    acq, run : str, optional
+        Select a DWI series when a session has several.
+    progress : bool, default=True
+        Show a progress bar.
+
+    Returns
+    -------
+    PipelineResult
+        Per-session status, failures and the cohort tables.
+    """
+    from tqdm.auto import tqdm
+
+    from . import __version__
+    from .study import load_study
+
+    config = config or PipelineConfig()
+    out = check_out_dir(bids_dir, out_dir)
+    study = load_study(bids_dir, pre=pre, post=post, acq=acq, run=run)
+    sessions = study.sessions
+    if participant_label:
+        wanted = {p if str(p).startswith("sub-") else f"sub-{p}" for p in participant_label}
+        unknown = wanted - set(study.participants["participant_id"])
+        if unknown:
+            raise InputError(f"--participant-label: {sorted(unknown)} not in "
+                             f"{Path(bids_dir) / 'participants.tsv'}; check the labels")
+        sessions = sessions[sessions["participant_id"].isin(wanted)]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json({"Name": "ketamine-nb derivatives: DTI MD maps and study-region tables",
+                "BIDSVersion": "1.10.0", "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "ketamine-nb", "Version": __version__,
+                                 "Description": "load, mask, DTI fit (dipy), registration "
+                                                f"to {TEMPLATE_SPACE} (dipy), study regions"}],
+                "SourceDatasets": [{"URL": Path(bids_dir).resolve().as_uri()}]},
+               out / "dataset_description.json")
+    write_json(asdict(config), out / "pipeline_config.json")
+
+    tasks = [(r.dwi, r.bval, r.bvec, str(out), r.participant_id, r.session, config, force)
+             for r in sessions.itertuples()]
+    results = []
+    bar = tqdm(total=len(tasks), desc="processing sessions", unit="session",
+               disable=not progress)
+    if scheduler or workers > 1:
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        cluster = None
+        if scheduler:
+            client = Client(scheduler)
+        else:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=40)
+            client = Client(cluster)
+        try:
+            futures = client.map(_task, tasks, pure=False)
+            for fut in as_completed(futures):
+                res = fut.result()
+                results.append(res)
+                bar.update()
+                bar.set_postfix_str(f"{res['participant_id']} ses-{res['session']}: "
+                                    f"{res['status']}")
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    else:
+        for t in tasks:
+            res = _task(t)
+            results.append(res)
+            bar.update()
+            bar.set_postfix_str(f"{res['participant_id']} ses-{res['session']}: {res['status']}")
+    bar.close()
+
+    status = pd.DataFrame(results)
+    if len(status):
+        status = status.sort_values(["participant_id", "session"],
+                                    key=_session_order(pre, post)).reset_index(drop=True)
+    else:
+        status = pd.DataFrame(columns=["participant_id", "session", "status"])
+    failed = status[status["status"] == "failed"] if len(status) else status
+    failures = (failed[["participant_id", "session", "error"]].reset_index(drop=True)
+                if len(failed) else pd.DataFrame(columns=["participant_id", "session", "error"]))
+    write_tsv(failures, out / "failures.tsv")
+    ok = status[status["status"] != "failed"] if len(status) else status
+    roi_md, roi_deltas = roi_tables(out, ok, study.participants, pre=pre, post=post,
+                                    config=config)
+    write_tsv(roi_md, out / "roi_md.tsv")
+    write_tsv(roi_deltas, out / "roi_deltas.tsv")
+    write_tsv(study.participants, out / "participants.tsv")
+    if hasattr(study, "scores"):
+        write_tsv(study.scores, out / "scores.tsv")
+    return PipelineResult(out_dir=out, sessions=status, failures=failures, roi_md=roi_md,
+                          roi_deltas=roi_deltas, problems=list(getattr(study, "problems", [])))
