@@ -1,0 +1,303 @@
+"""The pipeline on the simulated cohort: known answers at every step."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from dipy.reconst.dti import TensorModel
+
+from ketamine_nb._utils import InputError
+from ketamine_nb.dwi import brain_mask, check_gradients, load_dwi
+from ketamine_nb.pipeline import PipelineConfig, process_session, run_pipeline, session_paths
+from ketamine_nb.regions import STUDY_REGIONS
+from ketamine_nb.registration import read_transform
+from ketamine_nb.roi import summarise_regions
+from ketamine_nb.simulate import SimulationParams, simulate_session
+from ketamine_nb.tensor import compute_md_map, fit_dti
+
+
+def _hashes(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def processed(small_cohort, tmp_path_factory):
+    """The 6-participant cohort run once through the pipeline (serial)."""
+    before = _hashes(small_cohort)
+    out = tmp_path_factory.mktemp("derivatives") / "out"
+    res = run_pipeline(small_cohort, out, progress=False)
+    return {"bids": small_cohort, "out": out, "res": res, "raw_hashes": before}
+
+
+# --------------------------------------------------------------------------
+# Per-session functions
+
+
+def test_md_map_equals_a_direct_dipy_fit(small_cohort):
+    dwi = small_cohort / "sub-001" / "ses-pre" / "dwi" / "sub-001_ses-pre_dwi.nii.gz"
+    img, gtab = load_dwi(dwi)
+    assert img.get_data_dtype() == np.float32
+    mask = np.asarray(brain_mask(img, gtab).dataobj) > 0
+    for method in ("WLS", "OLS"):
+        ours = compute_md_map(img, gtab, mask=mask, fit_method=method)
+        assert isinstance(ours, nib.Nifti1Image)
+        np.testing.assert_array_equal(ours.affine, img.affine)
+        direct = TensorModel(gtab, fit_method=method).fit(
+            np.asarray(img.dataobj), mask=mask).md
+        md = np.asarray(ours.dataobj)
+        rel = np.abs(md[mask] - direct[mask]) / np.abs(direct[mask])
+        assert rel.max() <= 1e-6
+        assert np.all(md[~mask] == 0)
+    # A mask given as an image works the same.
+    as_img = compute_md_map(img, gtab, mask=nib.Nifti1Image(mask.astype(np.uint8), img.affine))
+    np.testing.assert_array_equal(np.asarray(as_img.dataobj),
+                                  np.asarray(compute_md_map(img, gtab, mask=mask).dataobj))
+
+
+def test_fit_methods_agree_on_grey_matter_md(small_cohort):
+    dwi = small_cohort / "sub-002" / "ses-pre" / "dwi" / "sub-002_ses-pre_dwi.nii.gz"
+    img, gtab = load_dwi(dwi)
+    mask = np.asarray(brain_mask(img, gtab).dataobj) > 0
+    # A small block in the middle of the brain keeps NLLS/RESTORE quick.
+    sub = np.zeros_like(mask)
+    c = np.array(mask.shape) // 2
+    sub[c[0] - 4:c[0] + 4, c[1] - 4:c[1] + 4, c[2] - 2:c[2] + 2] = True
+    sub &= mask
+    mds = {m: np.asarray(fit_dti(img, gtab, mask=sub, fit_method=m)[0].dataobj)[sub]
+           for m in ("OLS", "WLS", "NLLS", "RESTORE")}
+    for m in ("OLS", "NLLS", "RESTORE"):
+        assert np.median(np.abs(mds[m] / mds["WLS"] - 1)) < 0.02, m
+
+
+def test_brain_mask_matches_the_simulated_brain():
+    params = SimulationParams()
+    T = np.eye(4)
+    T[:3, 3] = [2.0, -3.0, 1.0]
+    img, bvals, bvecs, truth = simulate_session(params, head_transform=T,
+                                                rng=np.random.default_rng(4),
+                                                return_truth=True)
+    from dipy.core.gradients import gradient_table
+
+    gtab = gradient_table(bvals, bvecs=bvecs)
+    mask = np.asarray(brain_mask(img, gtab).dataobj) > 0
+    true = truth["fractions"].get_fdata().sum(-1) > 0.5
+    dice = 2 * (mask & true).sum() / (mask.sum() + true.sum())
+    assert dice >= 0.93
+
+
+@pytest.mark.parametrize(("bvals", "bvecs", "match"), [
+    (np.r_[0, np.ones(7)], np.r_[np.zeros((1, 3)), np.eye(3), np.eye(3), [[0.6, 0.8, 0]]],
+     "ms/µm²"),
+    (np.r_[0, np.full(7, 1000.0)], np.eye(3)[[0, 0, 1, 2, 0, 1, 2, 0]][:7], "b-vectors"),
+    (np.full(8, 1000.0), np.tile(np.eye(3), (3, 1))[:8], "no b=0"),
+    (np.r_[0, np.full(7, 1000.0)], np.r_[np.zeros((1, 3)), 2 * np.tile(np.eye(3), (3, 1))[:7]],
+     "unit"),
+])
+def test_gradient_checks_name_the_problem_and_the_fix(bvals, bvecs, match):
+    with pytest.raises(InputError, match=match) as err:
+        check_gradients(bvals, bvecs, 8, source="sub-01_dwi.bval")
+    assert "sub-01_dwi.bval" in str(err.value)
+
+
+# --------------------------------------------------------------------------
+# The pipeline on the cohort
+
+
+def test_outputs_are_bids_derivatives(processed):
+    out, res = processed["out"], processed["res"]
+    assert res.exit_code == 0 and len(res.failures) == 0
+    assert set(res.sessions["status"]) == {"processed"}
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "ketamine-nb"
+    p = session_paths(out, "sub-001", "pre")
+    for key in ("mask", "md", "fa", "xfm", "voxels", "qc"):
+        assert p[key].exists(), key
+    assert "desc-brain_mask" in p["mask"].name and "desc-MD" in p["md"].name
+    md = nib.load(p["md"])
+    raw = nib.load(processed["bids"] / "sub-001" / "ses-pre" / "dwi"
+                   / "sub-001_ses-pre_dwi.nii.gz")
+    np.testing.assert_array_equal(md.affine, raw.affine)  # native DWI grid
+    assert md.shape == raw.shape[:3]
+    qc = json.loads(p["qc"].read_text())
+    assert qc["qc"]["snr_b0"] == pytest.approx(25, rel=0.25)
+    assert qc["qc"]["flags"] == []
+
+
+def test_roi_tables_have_the_documented_columns(processed):
+    out = processed["out"]
+    roi_md = pd.read_csv(out / "roi_md.tsv", sep="\t")
+    deltas = pd.read_csv(out / "roi_deltas.tsv", sep="\t")
+    assert roi_md.columns[:7].tolist() == ["participant_id", "session", "region", "md_mean",
+                                           "md_median", "n_voxels", "n_excluded"]
+    assert len(roi_md) == 6 * 2 * 7 and (roi_md["n_voxels"] > 5).all()
+    assert deltas.columns.tolist() == ["participant_id", "arm", "region", "md_pre", "md_post",
+                                       "delta_md", "pct_delta_md"]
+    assert len(deltas) == 6 * 7
+    np.testing.assert_allclose(deltas["delta_md"], deltas["md_post"] - deltas["md_pre"],
+                               atol=1e-12)
+    np.testing.assert_allclose(deltas["pct_delta_md"], 100 * deltas["delta_md"] / deltas["md_pre"],
+                               rtol=1e-6)
+    arms = pd.read_csv(processed["bids"] / "participants.tsv", sep="\t")
+    assert (deltas["arm"] == deltas["participant_id"].map(arms.set_index("participant_id")["arm"])
+            ).all()
+
+
+def test_regional_md_and_its_change_recover_the_ground_truth(processed):
+    truth = pd.read_csv(processed["bids"] / "derivatives" / "simulation" / "ground_truth_roi.tsv",
+                        sep="\t")
+    d = pd.read_csv(processed["out"] / "roi_deltas.tsv", sep="\t").merge(
+        truth, on=["participant_id", "region"], suffixes=("", "_true"))
+    assert len(d) == 42
+    for s in ("pre", "post"):
+        rel = d[f"md_{s}"] / d[f"md_{s}_true"] - 1
+        assert rel.abs().max() < 0.05, rel.abs().max()     # within a few percent
+        assert abs(rel.mean()) < 0.03
+    r = np.corrcoef(d["delta_md"], d["delta_md_true"])[0, 1]
+    assert r >= 0.9
+
+
+def test_registration_recovers_the_true_head_position(processed):
+    motion = pd.read_csv(processed["bids"] / "derivatives" / "simulation" / "head_motion.tsv",
+                         sep="\t")
+    pts = np.array([[0, 0, 0], [50, 30, 30], [-50, -70, 0], [25, -20, -25], [0, 60, 10]], float)
+    for row in motion.itertuples():
+        A = read_transform(session_paths(processed["out"], row.participant_id,
+                                         row.session)["xfm"])
+        T = np.array(json.loads(row.mni_to_scanner))
+        err = np.linalg.norm(pts @ A[:3, :3].T + A[:3, 3] - (pts @ T[:3, :3].T + T[:3, 3]),
+                             axis=1)
+        assert err.max() < 1.5, (row.participant_id, row.session, err)
+
+
+def test_thresholds_recompute_from_cached_voxels_without_refitting(processed):
+    out = processed["out"]
+    voxels = pd.read_csv(session_paths(out, "sub-001", "pre")["voxels"], sep="\t")
+    assert set(voxels["region"]) == set(STUDY_REGIONS)
+    loose = summarise_regions(voxels, probability_threshold=0.1, csf_md_threshold=None)
+    strict = summarise_regions(voxels, probability_threshold=0.5, csf_md_threshold=None)
+    guarded = summarise_regions(voxels, probability_threshold=0.1, csf_md_threshold=1.0e-3)
+    for region in STUDY_REGIONS:
+        n_loose = loose.set_index("region").loc[region, "n_voxels"]
+        n_strict = strict.set_index("region").loc[region, "n_voxels"]
+        g = guarded.set_index("region").loc[region]
+        v = voxels[(voxels["region"] == region) & (voxels["probability"] >= 0.1)]
+        assert n_loose == len(v) and n_strict < n_loose
+        assert g["n_excluded"] == (v["md"] > 1.0e-3).sum()
+        assert g["n_voxels"] + g["n_excluded"] == n_loose
+        assert g["md_mean"] == pytest.approx(v.loc[v["md"] <= 1.0e-3, "md"].mean())
+        # Dropping CSF-like voxels can only lower the mean.
+        assert g["md_mean"] <= loose.set_index("region").loc[region, "md_mean"]
+
+
+def test_rerun_reuses_changed_parameters_recompute_force_recomputes(processed, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(processed["out"], out)
+    labels = ["sub-001"]
+    res = run_pipeline(processed["bids"], out, participant_label=labels, progress=False)
+    assert res.sessions["status"].tolist() == ["reused", "reused"]
+    md_before = session_paths(out, "sub-001", "pre")["md"].read_bytes()
+    res = run_pipeline(processed["bids"], out, participant_label=labels, progress=False,
+                       config=PipelineConfig(fit_method="OLS"))
+    assert res.sessions["status"].tolist() == ["processed", "processed"]
+    assert session_paths(out, "sub-001", "pre")["md"].read_bytes() != md_before
+    res = run_pipeline(processed["bids"], out, participant_label=labels, progress=False,
+                       config=PipelineConfig(fit_method="OLS"), force=True)
+    assert res.sessions["status"].tolist() == ["processed", "processed"]
+    # Thresholds are not processing parameters: sessions are reused, tables change.
+    res = run_pipeline(processed["bids"], out, participant_label=labels, progress=False,
+                       config=PipelineConfig(fit_method="OLS", probability_threshold=0.6))
+    assert res.sessions["status"].tolist() == ["reused", "reused"]
+
+
+def test_dask_workers_give_identical_outputs(processed, tmp_path):
+    labels = ["sub-002", "sub-003"]
+    out = tmp_path / "dask"
+    res = run_pipeline(processed["bids"], out, participant_label=labels, workers=2,
+                       progress=False)
+    assert set(res.sessions["status"]) == {"processed"}
+    for pid in labels:
+        for ses in ("pre", "post"):
+            a, b = session_paths(out, pid, ses), session_paths(processed["out"], pid, ses)
+            for key in ("md", "fa", "mask", "xfm", "voxels"):
+                assert a[key].read_bytes() == b[key].read_bytes(), (pid, ses, key)
+    serial = pd.read_csv(processed["out"] / "roi_deltas.tsv", sep="\t")
+    parallel = pd.read_csv(out / "roi_deltas.tsv", sep="\t")
+    pd.testing.assert_frame_equal(parallel, serial[serial["participant_id"].isin(labels)]
+                                  .reset_index(drop=True))
+
+
+def test_other_session_labels_and_uncompressed_nifti(processed, tmp_path):
+    """The same two participants renamed to baseline/24h and stored as .nii."""
+    src, bids = processed["bids"], tmp_path / "bids"
+    bids.mkdir()
+    for name in ("dataset_description.json", "participants.tsv", "participants.json"):
+        shutil.copy(src / name, bids / name)
+    labels = {"pre": "baseline", "post": "24h"}
+    for pid in ("sub-001", "sub-004"):
+        for old, new in labels.items():
+            d = bids / pid / f"ses-{new}" / "dwi"
+            d.mkdir(parents=True)
+            stem_old = src / pid / f"ses-{old}" / "dwi" / f"{pid}_ses-{old}_dwi"
+            stem_new = d / f"{pid}_ses-{new}_dwi"
+            (d / f"{stem_new.name}.nii").write_bytes(
+                gzip.decompress(stem_old.with_name(stem_old.name + ".nii.gz").read_bytes()))
+            for ext in (".bval", ".bvec", ".json"):
+                shutil.copy(stem_old.with_name(stem_old.name + ext),
+                            stem_new.with_name(stem_new.name + ext))
+    exe = [sys.executable, "-m", "ketamine_nb.cli", "run", str(bids), str(tmp_path / "out"),
+           "--pre-session", "baseline", "--post-session", "24h", "--quiet"]
+    proc = subprocess.run(exe, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 processed" not in proc.stdout and "4 processed" in proc.stdout
+    new = pd.read_csv(tmp_path / "out" / "roi_deltas.tsv", sep="\t")
+    old = pd.read_csv(processed["out"] / "roi_deltas.tsv", sep="\t")
+    old = old[old["participant_id"].isin(["sub-001", "sub-004"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(new, old)
+    # Wrong labels: a one-line error listing the labels found, exit 2.
+    bad = subprocess.run(exe[:-5] + ["--pre-session", "pre", "--quiet"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "24h" in bad.stderr and "baseline" in bad.stderr
+
+
+def test_raw_data_untouched_and_out_dir_inside_raw_refused(processed):
+    bids = processed["bids"]
+    assert _hashes(bids) == processed["raw_hashes"]
+    with pytest.raises(InputError, match="inside the raw dataset"):
+        run_pipeline(bids, bids / "derivatives" / "ours", progress=False)
+    with pytest.raises(InputError, match="inside the raw dataset"):
+        run_pipeline(bids, bids, progress=False)
+    assert _hashes(bids) == processed["raw_hashes"]
+
+
+def test_a_broken_session_fails_alone(processed, tmp_path):
+    bids = tmp_path / "bids"
+    shutil.copytree(processed["bids"], bids, ignore=shutil.ignore_patterns("derivatives"))
+    broken = bids / "sub-005" / "ses-post" / "dwi" / "sub-005_ses-post_dwi.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:5000])  # a half-copied file
+    res = run_pipeline(bids, tmp_path / "out", participant_label=["sub-005", "sub-006"],
+                       progress=False)
+    assert res.exit_code == 1
+    assert res.failures[["participant_id", "session"]].values.tolist() == [["sub-005", "post"]]
+    assert "sub-005_ses-post_dwi.nii.gz" in res.failures["error"].iloc[0]
+    assert set(res.roi_deltas["participant_id"]) == {"sub-006"}
+    failures = pd.read_csv(tmp_path / "out" / "failures.tsv", sep="\t")
+    assert failures["participant_id"].tolist() == ["sub-005"]
+
+
+def test_process_session_alone_for_a_notebook(small_cohort, tmp_path):
+    dwi = small_cohort / "sub-006" / "ses-pre" / "dwi" / "sub-006_ses-pre_dwi.nii.gz"
+    info = process_session(dwi, tmp_path, "sub-006", "pre")
+    assert info["status"] == "processed" and info["seconds"] > 0
+    again = process_session(dwi, tmp_path, "sub-006", "pre")
+    assert again["status"] == "reused"
