@@ -139,8 +139,9 @@ def _cmd_demo(args) -> int:
     print(f"  ground truth:  {bids / 'derivatives' / 'simulation' / 'ground_truth_roi.tsv'}")
     print(f"  derivatives:   {deriv}")
     print(res.summary())
-    print(f"Next: compare {deriv / 'roi_deltas.tsv'} with the ground truth, or open "
-          "notebooks/00_start_here.ipynb in JupyterLab")
+    print(f"Next: compare {deriv / 'roi_deltas.tsv'} (measured) with "
+          f"{bids / 'derivatives' / 'simulation' / 'ground_truth_roi.tsv'} (planted), "
+          "or load them in Python with ketamine_nb.load_study and pandas")
     return res.exit_code
 
 

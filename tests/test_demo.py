@@ -1,0 +1,31 @@
+"""``ketamine-nb demo`` as a new user runs it: data home, outputs, reuse."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+
+
+def test_demo_simulates_runs_and_reuses(tmp_path):
+    home = tmp_path / "home"
+    cmd = [sys.executable, "-m", "ketamine_nb.cli", "demo", "--data-dir", str(home),
+           "--subjects", "3", "--workers", "1", "--quiet"]
+    first = subprocess.run(cmd, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    demo = home / "demo"
+    for line in ("BIDS dataset:", "ground truth:", "derivatives:", "roi_deltas.tsv"):
+        assert line in first.stdout
+    assert str(demo / "bids") in first.stdout
+    assert "6 processed" in first.stdout
+    deltas = pd.read_csv(demo / "derivatives" / "roi_deltas.tsv", sep="\t")
+    assert len(deltas) == 3 * 7 and deltas["delta_md"].notna().all()
+    # The caches followed --data-dir.
+    assert (home / "atlas_cache").is_dir() and (home / "sim_cache").is_dir()
+
+    second = subprocess.run(cmd, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert "already" in second.stdout and "6 reused" in second.stdout
+    again = pd.read_csv(demo / "derivatives" / "roi_deltas.tsv", sep="\t")
+    pd.testing.assert_frame_equal(again, deltas)
