@@ -244,7 +244,8 @@ def qc_session(dwi_img, gtab, mask_img, *, z_threshold: float = 4.0) -> dict:
         Brain mask.
     z_threshold : float, default=4.0
         Robust z-score above which a volume's or slice's mean signal is an
-        outlier (median absolute deviation scale).
+        outlier (median absolute deviation scale); it must also differ from
+        the median of its b-value by more than 10 %.
 
     Returns
     -------
@@ -284,8 +285,10 @@ def qc_session(dwi_img, gtab, mask_img, *, z_threshold: float = 4.0) -> dict:
             continue
         vm = np.nanmean(means[idx], axis=1)
         med, mad = np.median(vm), np.median(np.abs(vm - np.median(vm))) * 1.4826
-        if mad > 0:
-            outlier_volumes += idx[np.abs(vm - med) / mad > z_threshold].tolist()
+        # A volume must also differ by > 10 % (directions legitimately differ a little).
+        far = np.abs(vm - med) > 0.1 * abs(med)
+        z = np.abs(vm - med) / mad if mad > 0 else np.where(far, np.inf, 0.0)
+        outlier_volumes += idx[far & (z > z_threshold)].tolist()
         block = means[idx]
         with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)  # slices outside the brain

@@ -301,3 +301,40 @@ def test_process_session_alone_for_a_notebook(small_cohort, tmp_path):
     assert info["status"] == "processed" and info["seconds"] > 0
     again = process_session(dwi, tmp_path, "sub-006", "pre")
     assert again["status"] == "reused"
+
+
+def test_qc_flags_an_injected_dropout_and_draws_it(small_cohort):
+    from ketamine_nb.dwi import qc_session
+    from ketamine_nb.plotting import plot_session_qc
+
+    dwi = small_cohort / "sub-003" / "ses-post" / "dwi" / "sub-003_ses-post_dwi.nii.gz"
+    img, gtab = load_dwi(dwi)
+    mask = brain_mask(img, gtab)
+    clean = qc_session(img, gtab, mask)
+    assert clean["flags"] == [] and clean["outlier_volumes"] == []
+    assert clean["snr_b0"] == pytest.approx(25, rel=0.25)
+    assert 1200 < clean["mask_volume_ml"] < 2400  # intracranial volume, CSF included
+    data = np.asarray(img.dataobj).copy()
+    data[..., 7] *= 0.5                  # a whole volume loses half its signal
+    data[:, :, 25, 12] *= 0.3            # one slice of another volume drops out
+    bad = qc_session(nib.Nifti1Image(data, img.affine), gtab, mask)
+    assert bad["outlier_volumes"] == [7]
+    assert [12, 25] in bad["outlier_slices"]
+    assert {"outlier_volumes", "slice_dropout"} <= set(bad["flags"])
+    fig = plot_session_qc(nib.Nifti1Image(data, img.affine), gtab, mask, bad, title="sub-003")
+    assert len(fig.axes) == 4
+    assert "outlier_volumes" in fig.texts[0].get_text()
+    marked = [ln for ln in fig.axes[3].lines if ln.get_label() == "outlier volume"]
+    assert marked and marked[0].get_xdata().tolist() == [7]
+
+
+def test_mni_space_option_gives_similar_regional_md(processed, tmp_path):
+    dwi = processed["bids"] / "sub-002" / "ses-pre" / "dwi" / "sub-002_ses-pre_dwi.nii.gz"
+    process_session(dwi, tmp_path, "sub-002", "pre", config=PipelineConfig(space="MNI"))
+    mni = summarise_regions(pd.read_csv(session_paths(tmp_path, "sub-002", "pre")["voxels"],
+                                        sep="\t")).set_index("region")
+    native = summarise_regions(pd.read_csv(session_paths(processed["out"], "sub-002",
+                                                         "pre")["voxels"], sep="\t"))
+    native = native.set_index("region")
+    rel = (mni["md_mean"] / native["md_mean"] - 1).abs()
+    assert rel.max() < 0.05

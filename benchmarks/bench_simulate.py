@@ -1,0 +1,203 @@
+#!/usr/bin/env python
+"""Time, peak memory and disk of simulating the whole cohort, against the issue's budget.
+
+Measured: ``ketamine-nb simulate OUT --subjects 98 --seed 0 --quiet`` run as a
+subprocess (``python -m ketamine_nb.cli``, with its default 2 forked workers on
+a 2-CPU machine):
+
+* wall time of the command (Python start-up included);
+* peak memory of the whole process tree: every 0.1 s the PSS (proportional set
+  size, ``/proc/<pid>/smaps_rollup``) of the command and all its descendants is
+  summed, and the maximum of the sum is reported; the sum of RSS, which counts
+  the pages the forked workers share with their parent once per process, is
+  given too as an upper bound;
+* disk: sum of the sizes of all files written (MB = 10^6 bytes).
+
+It runs twice with one fresh, empty data home (``KETAMINE_NB_DATA``): *cold*
+builds the anatomy and atlas caches first, *warm* reuses them. The warm run is
+the one judged. The two outputs are also compared byte for byte (the simulator
+promises identical files for the same seed).
+
+Budget (the issue): <= 60 s, <= 1 GB peak memory (10^9 bytes of PSS), <= 800 MB
+on disk, with voxels <= 3 mm and >= 20 diffusion directions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import _common as C
+
+BUDGET_SECONDS = 60.0
+BUDGET_PEAK_BYTES = 1e9
+BUDGET_DISK_BYTES = 800e6
+BUDGET_MAX_VOXEL_MM = 3.0
+BUDGET_MIN_DIRECTIONS = 20
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h = hashlib.sha1()
+            with open(p, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            out[str(p.relative_to(path))] = h.hexdigest()
+    return out
+
+
+def protocol(out: Path) -> dict:
+    """Voxel size and directions as written (parameters JSON and the first image)."""
+    import nibabel as nib
+    import numpy as np
+
+    params = json.loads((out / "derivatives" / "simulation" /
+                         "simulation_parameters.json").read_text())
+    dwi = out / "sub-001" / "ses-pre" / "dwi" / "sub-001_ses-pre_dwi.nii.gz"
+    img = nib.load(dwi)
+    bvals = np.loadtxt(dwi.with_name("sub-001_ses-pre_dwi.bval"))
+    return {"voxel_mm": float(max(img.header.get_zooms()[:3])),
+            "n_directions": int(np.count_nonzero(bvals > 50)),
+            "n_b0": int(np.count_nonzero(bvals <= 50)),
+            "shape": tuple(int(s) for s in img.shape),
+            "param_voxel_size": params["voxel_size"],
+            "param_n_directions": params["n_directions"]}
+
+
+def run_once(label: str, cmd_tail: list[str], data_home: Path, work: Path,
+             interval: float) -> dict:
+    out = work / f"bids_{label}"
+    cmd = [sys.executable, "-m", "ketamine_nb.cli", "simulate", str(out), *cmd_tail]
+    env = dict(os.environ, KETAMINE_NB_DATA=str(data_home))
+    cache_before = C.dir_size(data_home)[0]
+    print(f"[{label}] {' '.join(cmd[1:])}  (KETAMINE_NB_DATA={data_home})", flush=True)
+    load = C.loadavg()
+    wall, rc, sampler, log = C.run_measured(cmd, env=env, interval=interval)
+    if rc != 0:
+        print(log)
+        raise SystemExit(f"[{label}] the simulate command failed with exit code {rc}")
+    m = re.search(r"in (\d+) s", log)
+    size, alloc, nfiles = C.dir_size(out)
+    res = {"label": label, "wall": wall, "cli_seconds": int(m.group(1)) if m else None,
+           "peak_pss": sampler.peak_pss, "peak_rss": sampler.peak_rss,
+           "procs": sampler.peak_procs, "samples": sampler.samples,
+           "pss_ok": sampler.pss_available, "method": sampler.method,
+           "disk": size, "disk_alloc": alloc, "files": nfiles,
+           "cache_before": cache_before, "cache_after": C.dir_size(data_home)[0],
+           "load": load, "protocol": protocol(out), "digest": tree_digest(out)}
+    print(f"[{label}] {wall:.1f} s, peak PSS {sampler.peak_pss / 1e6:.0f} MB "
+          f"(RSS sum {sampler.peak_rss / 1e6:.0f} MB, {sampler.peak_procs} processes, "
+          f"{sampler.samples} samples), {size / 1e6:.0f} MB in {nfiles} files", flush=True)
+    shutil.rmtree(out)
+    return res
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--record", action="store_true", help="append a section to RESULTS.md")
+    ap.add_argument("--subjects", type=int, default=98,
+                    help="participants (default 98, the budget's cohort)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--interval", type=float, default=0.1,
+                    help="memory sampling interval in s (default 0.1)")
+    ap.add_argument("--no-cold", action="store_true",
+                    help="skip the cold run (warm only; the caches are still built first)")
+    args = ap.parse_args(argv)
+    C.check_package()
+
+    work = Path(tempfile.mkdtemp(prefix="bench_simulate_"))
+    data_home = work / "data_home"
+    data_home.mkdir()
+    tail = ["--subjects", str(args.subjects), "--seed", str(args.seed), "--quiet"]
+    try:
+        runs = []
+        if args.no_cold:
+            from ketamine_nb.simulate import SimulationParams, _anatomy
+
+            os.environ["KETAMINE_NB_DATA"] = str(data_home)
+            _anatomy(SimulationParams())  # build the caches untimed
+        else:
+            runs.append(run_once("cold", tail, data_home, work, args.interval))
+        runs.append(run_once("warm", tail, data_home, work, args.interval))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    warm = runs[-1]
+    cold = runs[0] if len(runs) == 2 else None
+    proto = warm["protocol"]
+    checks = [
+        ("wall time", f"{warm['wall']:.1f} s", f"<= {BUDGET_SECONDS:.0f} s",
+         warm["wall"] <= BUDGET_SECONDS),
+        ("peak memory (PSS, process tree)", f"{warm['peak_pss'] / 1e6:.0f} MB",
+         f"<= {BUDGET_PEAK_BYTES / 1e6:.0f} MB", warm["peak_pss"] <= BUDGET_PEAK_BYTES),
+        ("disk (sum of file sizes)", f"{warm['disk'] / 1e6:.0f} MB",
+         f"<= {BUDGET_DISK_BYTES / 1e6:.0f} MB", warm["disk"] <= BUDGET_DISK_BYTES),
+        ("voxel size", f"{proto['voxel_mm']:g} mm", f"<= {BUDGET_MAX_VOXEL_MM:g} mm",
+         proto["voxel_mm"] <= BUDGET_MAX_VOXEL_MM),
+        ("diffusion directions", f"{proto['n_directions']}", f">= {BUDGET_MIN_DIRECTIONS}",
+         proto["n_directions"] >= BUDGET_MIN_DIRECTIONS),
+    ]
+    if cold:
+        checks.append(("cold wall time (caches built)", f"{cold['wall']:.1f} s",
+                       f"<= {BUDGET_SECONDS:.0f} s", cold["wall"] <= BUDGET_SECONDS))
+        checks.append(("cold peak memory (PSS)", f"{cold['peak_pss'] / 1e6:.0f} MB",
+                       f"<= {BUDGET_PEAK_BYTES / 1e6:.0f} MB",
+                       cold["peak_pss"] <= BUDGET_PEAK_BYTES))
+
+    n_sess = 2 * args.subjects
+    lines = [f"`ketamine-nb simulate OUT --subjects {args.subjects} --seed {args.seed} --quiet` "
+             f"(subprocess, default `--jobs` = min(2, CPUs)); {n_sess} sessions, image "
+             f"{proto['shape']} int16, {proto['voxel_mm']:g} mm, {proto['n_directions']} "
+             f"directions + {proto['n_b0']} b0. Memory: max over time of the summed "
+             f"PSS of the process tree, sampled every {args.interval:g} s "
+             f"({warm['method']}); MB = 10^6 bytes.", "",
+             "| run | wall (s) | peak PSS, tree (MB) | peak RSS sum (MB) | processes | "
+             "output (MB, files) | data-home caches (MB) | load avg before |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['label']} | {r['wall']:.1f} | {r['peak_pss'] / 1e6:.0f} | "
+                     f"{r['peak_rss'] / 1e6:.0f} | {r['procs']} | {r['disk'] / 1e6:.0f} "
+                     f"({r['files']}) | {r['cache_before'] / 1e6:.1f} -> "
+                     f"{r['cache_after'] / 1e6:.1f} | {r['load']} |")
+    lines += ["", "| budget | measured (warm) | goal | result |", "|---|---|---|---|"]
+    lines += [f"| {name} | {val} | {goal} | **{verdict(ok)}** |"
+              for name, val, goal, ok in checks]
+    lines.append("")
+    if cold:
+        lines.append(f"- first-run cost of the anatomy/atlas caches: cold - warm = "
+                     f"{cold['wall'] - warm['wall']:+.1f} s "
+                     f"({cold['cache_after'] / 1e6:.1f} MB of caches written)")
+        same = cold["digest"] == warm["digest"]
+        ndiff = sum(cold["digest"].get(k) != v for k, v in warm["digest"].items())
+        lines.append(f"- cold and warm outputs byte-identical: "
+                     f"{'yes' if same else f'NO ({ndiff} files differ)'}")
+    lines.append(f"- throughput (warm): {n_sess / warm['wall']:.2f} sessions/s; "
+                 f"{warm['disk'] / n_sess / 1e6:.2f} MB per session; allocated on disk "
+                 f"{warm['disk_alloc'] / 1e6:.0f} MB")
+    if not warm["pss_ok"]:
+        lines.append("- PSS was not readable; the memory column is RSS")
+    body = "\n".join(lines)
+    print()
+    print(body)
+    for name, val, goal, ok in checks:
+        C.summary(f"bench_simulate: {verdict(ok)} {name}: {val} (goal {goal})")
+    if args.record:
+        print(f"recorded in {C.record('bench_simulate: whole cohort, wall/memory/disk', body)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
