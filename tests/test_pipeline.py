@@ -79,6 +79,28 @@ def test_fit_methods_agree_on_grey_matter_md(small_cohort):
         assert np.median(np.abs(mds[m] / mds["WLS"] - 1)) < 0.02, m
 
 
+def test_mppca_denoising_lowers_the_noise_and_keeps_the_signal():
+    from dipy.core.gradients import gradient_table
+
+    from ketamine_nb.tensor import denoise
+
+    params = SimulationParams()
+    clean, bvals, bvecs = simulate_session(params, noise=False)
+    noisy, _, _ = simulate_session(params, rng=np.random.default_rng(8))
+    sl = (slice(18, 34), slice(24, 40), slice(20, 30))  # a block of deep brain
+    c = np.asarray(clean.dataobj)[sl]
+    n = np.asarray(noisy.dataobj, np.float32)[sl]
+    gtab = gradient_table(bvals, bvecs=bvecs)
+    den = np.asarray(denoise(nib.Nifti1Image(n, noisy.affine), gtab, method="mppca").dataobj)
+    err_noisy = np.sqrt(np.mean((n - c) ** 2))
+    err_den = np.sqrt(np.mean((den - c) ** 2))
+    assert err_noisy == pytest.approx(2.0, rel=0.15)   # sigma = 2 units
+    assert err_den < 0.7 * err_noisy
+    assert abs(den.mean() / c.mean() - 1) < 0.02
+    with pytest.raises(InputError, match="mppca"):
+        denoise(noisy, gtab, method="nlmeans")
+
+
 def test_brain_mask_matches_the_simulated_brain():
     params = SimulationParams()
     T = np.eye(4)
@@ -220,11 +242,20 @@ def test_rerun_reuses_changed_parameters_recompute_force_recomputes(processed, t
 
 
 def test_dask_workers_give_identical_outputs(processed, tmp_path):
+    from dask.distributed import LocalCluster
+
     labels = ["sub-002", "sub-003"]
     out = tmp_path / "dask"
-    res = run_pipeline(processed["bids"], out, participant_label=labels, workers=2,
+    # --workers 2: a local cluster started by the pipeline.
+    res = run_pipeline(processed["bids"], out, participant_label=labels[:1], workers=2,
                        progress=False)
     assert set(res.sessions["status"]) == {"processed"}
+    # --scheduler ADDRESS: join a cluster started elsewhere (as dask-jobqueue would).
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster:
+        res = run_pipeline(processed["bids"], out, participant_label=labels, progress=False,
+                           scheduler=cluster.scheduler_address)
+    assert res.sessions["status"].tolist() == ["reused", "reused", "processed", "processed"]
     for pid in labels:
         for ses in ("pre", "post"):
             a, b = session_paths(out, pid, ses), session_paths(processed["out"], pid, ses)
