@@ -114,6 +114,60 @@ def _cmd_run(args) -> int:
     return res.exit_code
 
 
+def _stats_config_from_args(args):
+    from .stats import StatsConfig
+
+    return StatsConfig(outcomes=tuple(args.outcomes), covariates=tuple(args.covariates),
+                       change=args.change, md_change=args.md_change,
+                       n_permutations=args.permutations, n_bootstrap=args.bootstrap,
+                       correction=args.correction, seed=args.stats_seed)
+
+
+def _add_stats_args(p: argparse.ArgumentParser) -> None:
+    from .stats import OUTCOMES, StatsConfig
+
+    d = StatsConfig()
+    g = p.add_argument_group("statistics")
+    g.add_argument("--outcomes", nargs="+", default=list(d.outcomes), choices=list(OUTCOMES),
+                   help="outcomes to model (default: madrs qids)")
+    g.add_argument("--covariates", nargs="*", default=[], metavar="COLUMN",
+                   help="extra covariates from participants.tsv, e.g. age sex")
+    g.add_argument("--change", default=d.change, choices=["absolute", "percent"],
+                   help="score change in points or percent of baseline (default absolute)")
+    g.add_argument("--md-change", default=d.md_change, choices=["absolute", "percent"],
+                   help="ΔMD in 1e-6 mm²/s or percent of pre (default absolute)")
+    g.add_argument("--permutations", type=int, default=d.n_permutations, metavar="N",
+                   help=f"Freedman-Lane permutations (default {d.n_permutations}; 0 = none)")
+    g.add_argument("--bootstrap", type=int, default=d.n_bootstrap, metavar="N",
+                   help=f"bootstrap resamples for correlation CIs (default {d.n_bootstrap})")
+    g.add_argument("--correction", default=d.correction, choices=["fdr_bh", "holm"],
+                   help="multiple-comparison correction across rows (default fdr_bh)")
+    g.add_argument("--stats-seed", type=int, default=d.seed, metavar="SEED",
+                   help="seed of permutations and bootstrap (default 0)")
+
+
+def _print_stats(res, out_dir) -> None:
+    t = res["stats_roi"]
+    cols = ["region", "outcome", "n_ketamine", "n_saline", "slope_ketamine", "slope_saline",
+            "beta_interaction", "p_interaction", "p_perm_interaction"]
+    qcol = "q_fdr" if "q_fdr" in t else "q_holm"
+    print(t[[*cols, qcol, "matches_study"]].to_string(index=False, float_format="%.3g"))
+    for row in res["dropped"].itertuples():
+        print(f"note: {row.region} {row.outcome}: {row.n_dropped} participant(s) left out for "
+              f"missing values ({row.participants})", file=sys.stderr)
+    print(f"tables: {Path(out_dir) / 'stats_roi.tsv'}")
+    print(f"        {Path(out_dir) / 'stats_input.tsv'}")
+
+
+def _cmd_stats(args) -> int:
+    from .stats import run_stats
+
+    res = run_stats(args.out_dir, bids_dir=args.bids, config=_stats_config_from_args(args),
+                    pre=args.pre_session, post=args.post_session)
+    _print_stats(res, args.out_dir)
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .datasets import DATA_ENV_VAR, get_demo_dir
     from .pipeline import run_pipeline
@@ -134,10 +188,15 @@ def _cmd_demo(args) -> int:
     print(f"Processing every session into {deriv}")
     res = run_pipeline(bids, deriv, config=_config_from_args(args), workers=args.workers,
                        force=args.force, progress=not args.quiet)
+    from .stats import run_stats
+
+    stats = run_stats(deriv, config=_stats_config_from_args(args))
+    _print_stats(stats, deriv)
     print(f"Done in {time.perf_counter() - t0:.0f} s.")
     print(f"  BIDS dataset:  {bids}")
     print(f"  ground truth:  {bids / 'derivatives' / 'simulation' / 'ground_truth_roi.tsv'}")
     print(f"  derivatives:   {deriv}")
+    print(f"  statistics:    {deriv / 'stats_roi.tsv'}")
     print(res.summary())
     print(f"Next: compare {deriv / 'roi_deltas.tsv'} (measured) with "
           f"{bids / 'derivatives' / 'simulation' / 'ground_truth_roi.tsv'} (planted), "
@@ -176,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_simulation_args(p)
     _add_pipeline_args(p)
+    _add_stats_args(p)
     p.set_defaults(func=_cmd_demo, workers=min(2, os.cpu_count() or 1))
 
     p = sub.add_parser("run", help="process a BIDS study: DWI -> MD maps -> region tables",
@@ -196,6 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_pipeline_args(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("stats", help="the study's model per region and outcome",
+                       description="Fit delta_score ~ delta_md * arm + score_pre per region and "
+                                   "outcome on the tables of 'ketamine-nb run'; write "
+                                   "stats_roi.tsv and stats_input.tsv into OUT_DIR.")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder written by 'ketamine-nb run'")
+    p.add_argument("--bids", metavar="BIDS_DIR", default=None,
+                   help="read the scores from this raw dataset (default: OUT_DIR/scores.tsv)")
+    p.add_argument("--pre-session", default="pre", metavar="LABEL")
+    p.add_argument("--post-session", default="post", metavar="LABEL")
+    _add_stats_args(p)
+    p.set_defaults(func=_cmd_stats)
     return parser
 
 

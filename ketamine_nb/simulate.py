@@ -51,6 +51,7 @@ __all__ = [
     "SimulationParams",
     "gradient_scheme",
     "simulate_cohort",
+    "simulate_tables",
     "simulate_session",
     "tensor_signal",
 ]
@@ -735,6 +736,55 @@ def _params_json(params: SimulationParams, seed: int) -> dict:
     return json.loads(json.dumps(d))
 
 
+def _truth_table(params, participants, subj_mult, sess_mult, changes) -> pd.DataFrame:
+    anat = _anatomy(params)
+    pids, arms = participants["participant_id"].tolist(), participants["arm"].tolist()
+    m_pre, m_post = subj_mult * sess_mult[:, 0], subj_mult * sess_mult[:, 1]
+    frames = []
+    for r in STUDY_REGIONS:
+        app_pre = region_apparent_md(params, r, m_pre, 0.0)
+        app_post = region_apparent_md(params, r, m_post, changes[r])
+        base = anat.baseline_md[r]
+        frames.append(pd.DataFrame({
+            "participant_id": pids, "arm": arms, "region": r,
+            "md_pre": app_pre, "md_post": app_post, "delta_md": app_post - app_pre,
+            "tissue_md_pre": base * m_pre, "tissue_md_post": base * m_post * (1 + changes[r]),
+            "planted_change": changes[r], "order": np.arange(len(pids))}))
+    truth = pd.concat(frames, ignore_index=True)
+    region_order = {r: i for i, r in enumerate(STUDY_REGIONS)}
+    truth["region_order"] = truth["region"].map(region_order)
+    rows = truth.sort_values(["order", "region_order"]).drop(columns=["order", "region_order"])
+    return rows.reset_index(drop=True)
+
+
+def simulate_tables(params: SimulationParams | None = None, *, seed: int = 0) -> dict:
+    """Return the cohort's tables and regional ground truth, without any image.
+
+    Takes seconds at n = 98 (no DWI is simulated), so statistics can be
+    taught and tested on many cohorts; the tables are exactly those
+    :func:`simulate_cohort` writes for the same parameters and seed.
+
+    Parameters
+    ----------
+    params : SimulationParams, optional
+        Design and effect parameters.
+    seed : int, default=0
+        Seed (the same as for :func:`simulate_cohort`).
+
+    Returns
+    -------
+    dict
+        ``participants`` (participant_id, arm, age, sex), ``scores`` (one row
+        per participant: madrs_pre, madrs_post, qids_pre, qids_post) and
+        ``ground_truth`` (participant x region: md_pre, md_post, delta_md in
+        mm²/s, tissue MD, planted_change).
+    """
+    params = params or SimulationParams()
+    participants, scores, subj_mult, sess_mult, changes, _ = _design(params, seed)
+    truth = _truth_table(params, participants, subj_mult, sess_mult, changes)
+    return {"participants": participants, "scores": scores, "ground_truth": truth}
+
+
 def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: int = 0,
                     n_jobs: int = 1, progress: bool = True, overwrite: bool = False) -> Path:
     """Write the simulated cohort as a BIDS dataset.
@@ -784,7 +834,7 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
                          "--overwrite")
     out.mkdir(parents=True, exist_ok=True)
     participants, scores, subj_mult, sess_mult, changes, motion = _design(params, seed)
-    anat = _anatomy(params, seed)  # built once, before any worker starts
+    _anatomy(params, seed)  # built once, before any worker starts
 
     tasks = []
     for i, pid in enumerate(participants["participant_id"]):
@@ -851,22 +901,7 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
                 "DatasetType": "derivative",
                 "GeneratedBy": [{"Name": "ketamine-nb", "Version": __version__}]},
                sim / "dataset_description.json")
-    pids, arms = participants["participant_id"].tolist(), participants["arm"].tolist()
-    m_pre, m_post = subj_mult * sess_mult[:, 0], subj_mult * sess_mult[:, 1]
-    frames = []
-    for r in STUDY_REGIONS:
-        app_pre = region_apparent_md(params, r, m_pre, 0.0)
-        app_post = region_apparent_md(params, r, m_post, changes[r])
-        base = anat.baseline_md[r]
-        frames.append(pd.DataFrame({
-            "participant_id": pids, "arm": arms, "region": r,
-            "md_pre": app_pre, "md_post": app_post, "delta_md": app_post - app_pre,
-            "tissue_md_pre": base * m_pre, "tissue_md_post": base * m_post * (1 + changes[r]),
-            "planted_change": changes[r], "order": np.arange(len(pids))}))
-    truth = pd.concat(frames, ignore_index=True)
-    region_order = {r: i for i, r in enumerate(STUDY_REGIONS)}
-    truth["region_order"] = truth["region"].map(region_order)
-    rows = truth.sort_values(["order", "region_order"]).drop(columns=["order", "region_order"])
+    rows = _truth_table(params, participants, subj_mult, sess_mult, changes)
     write_tsv(rows, sim / "ground_truth_roi.tsv")
     eff = pd.DataFrame([{"region": r, "arm": a, "slope_per_madrs_point": params.slope(r, a)}
                         for r in STUDY_REGIONS for a in ("ketamine", "saline")])

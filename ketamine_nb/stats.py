@@ -1,0 +1,498 @@
+"""Statistics: does the MD change track the depression change, mainly under ketamine.
+
+The study's model, per region and outcome (Kopelman et al. 2023, as far as
+the abstract says): the change in depression score is related to the change
+in MD, with a group (ketamine vs saline) x ΔMD interaction. The choices the
+paper does not report are made here, once, and can be changed:
+
+* **Model.** ``delta_score ~ delta_md_e6 * C(arm, Treatment('saline')) +
+  score_pre`` by ordinary least squares (statsmodels formulas). Adjusting for
+  the baseline score is the standard analysis of change scores in a
+  randomised trial (ANCOVA, Vickers & Altman 2001). Covariates (age, sex) are
+  optional.
+* **Units.** ``delta_md_e6`` is ΔMD in 10⁻⁶ mm²/s, so slopes read as score
+  points per 10⁻⁶ mm²/s instead of per mm²/s (10⁶ times larger numbers).
+* **Direction.** Δ = post − pre for both MD and scores, so a *positive*
+  slope means a larger MD decrease goes with a larger improvement.
+* **Inference.** The interaction's OLS t-test, and a Freedman-Lane
+  permutation test (5000 permutations, seeded) that does not lean on normal
+  residuals; Benjamini-Hochberg FDR across every row of the table (Holm as an
+  option), since the paper's correction is unknown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ._utils import InputError
+
+__all__ = [
+    "OUTCOMES",
+    "REMISSION_CUTOFFS",
+    "RESPONSE_REDUCTION",
+    "STUDY_DIRECTIONS",
+    "StatsConfig",
+    "adjust_pvalues",
+    "clinical_change",
+    "correlation_table",
+    "freedman_lane",
+    "model_formula",
+    "region_stats",
+    "run_stats",
+    "stats_input",
+]
+
+#: Outcomes: name -> score column stem and scale maximum.
+OUTCOMES = {"madrs": {"label": "MADRS", "max": 60}, "qids": {"label": "QIDS-SR", "max": 27}}
+
+#: Response: a reduction of at least 50 % from baseline (the usual definition
+#: in antidepressant trials, for both MADRS and QIDS-SR).
+RESPONSE_REDUCTION = 0.5
+
+#: Remission: post score at or below these (MADRS <= 10, Hawley et al. 2002;
+#: QIDS-SR <= 5, Rush et al. 2006).
+REMISSION_CUTOFFS = {"madrs": 10, "qids": 5}
+
+#: The reported direction of the MD-score slope per region and arm (+1: a
+#: larger MD decrease goes with a larger improvement; -1: the reverse; 0 or
+#: absent: nothing reported). From STUDY.md (the paper's abstract).
+STUDY_DIRECTIONS = {
+    "BA10_L": {"ketamine": 1},
+    "BA10_R": {"ketamine": 1, "saline": 1},
+    "amygdala_L": {"ketamine": 1},
+    "hippocampus_L": {"ketamine": -1},
+    "hippocampus_R": {"ketamine": -1},
+}
+
+_ARM_TERM = "C(arm, Treatment('saline'))"
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """Every analytic choice of the ROI statistics.
+
+    Attributes
+    ----------
+    outcomes : tuple of str, default=("madrs", "qids")
+        Outcomes to model.
+    covariates : tuple of str, default=()
+        Extra columns of the participants table (e.g. ``("age", "sex")``).
+    change : {"absolute", "percent"}, default="absolute"
+        Score change as points (post − pre) or percent of baseline.
+    md_change : {"absolute", "percent"}, default="absolute"
+        ΔMD in 10⁻⁶ mm²/s or as percent of the pre value.
+    n_permutations : int, default=5000
+        Freedman-Lane permutations (0 skips them).
+    n_bootstrap : int, default=2000
+        Bootstrap resamples for the correlation CIs (0 skips them).
+    correction : {"fdr_bh", "holm"}, default="fdr_bh"
+        Multiple-comparison correction across all rows.
+    seed : int, default=0
+        Seed of the permutations and the bootstrap.
+    """
+
+    outcomes: tuple = ("madrs", "qids")
+    covariates: tuple = ()
+    change: str = "absolute"
+    md_change: str = "absolute"
+    n_permutations: int = 5000
+    n_bootstrap: int = 2000
+    correction: str = "fdr_bh"
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "outcomes", tuple(self.outcomes))
+        object.__setattr__(self, "covariates", tuple(self.covariates))
+        bad = [o for o in self.outcomes if o not in OUTCOMES]
+        if bad:
+            raise InputError(f"unknown outcome(s) {bad}; use {', '.join(OUTCOMES)}")
+        if self.change not in ("absolute", "percent"):
+            raise InputError("change must be 'absolute' or 'percent'")
+        if self.md_change not in ("absolute", "percent"):
+            raise InputError("md_change must be 'absolute' or 'percent'")
+        if self.correction not in ("fdr_bh", "holm"):
+            raise InputError("correction must be 'fdr_bh' or 'holm'")
+
+
+def clinical_change(scores: pd.DataFrame, outcomes=("madrs", "qids")) -> pd.DataFrame:
+    """Score changes, response and remission, in one place.
+
+    Parameters
+    ----------
+    scores : pandas.DataFrame
+        One row per participant with ``participant_id``, ``arm`` and
+        ``<outcome>_pre``/``<outcome>_post`` columns (NaN = missing).
+    outcomes : sequence of str, default=("madrs", "qids")
+        Outcomes to compute.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Long table: ``participant_id``, ``arm``, ``outcome``, ``score_pre``,
+        ``score_post``, ``delta_score`` (post − pre; negative = improvement),
+        ``pct_change`` (100 × delta / pre), ``responder`` (reduction of at
+        least 50 %), ``remitter`` (post at or below the cut-off). Missing
+        scores stay missing (``n/a`` is never zero).
+    """
+    frames = []
+    for o in outcomes:
+        for col in (f"{o}_pre", f"{o}_post"):
+            if col not in scores:
+                raise InputError(f"scores lack column {col!r}; the loader names outcome "
+                                 "columns <outcome>_pre and <outcome>_post")
+        pre = pd.to_numeric(scores[f"{o}_pre"], errors="coerce").astype(float)
+        post = pd.to_numeric(scores[f"{o}_post"], errors="coerce").astype(float)
+        delta = post - pre
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pct = 100.0 * delta / pre.where(pre != 0)
+        ok = pre.notna() & post.notna()
+        frames.append(pd.DataFrame({
+            "participant_id": scores["participant_id"].to_numpy(),
+            "arm": scores["arm"].to_numpy(), "outcome": o,
+            "score_pre": pre.to_numpy(), "score_post": post.to_numpy(),
+            "delta_score": delta.to_numpy(), "pct_change": pct.to_numpy(),
+            "responder": np.where(ok, -delta >= RESPONSE_REDUCTION * pre, np.nan),
+            "remitter": np.where(ok, post <= REMISSION_CUTOFFS[o], np.nan)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def stats_input(roi_deltas: pd.DataFrame, scores: pd.DataFrame, *,
+                config: StatsConfig | None = None, participants: pd.DataFrame | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return the exact rows every model sees (long format), and what was dropped.
+
+    Parameters
+    ----------
+    roi_deltas : pandas.DataFrame
+        ``participant_id``, ``arm``, ``region``, ``md_pre``, ``md_post``,
+        ``delta_md`` (mm²/s), as written by the pipeline.
+    scores : pandas.DataFrame
+        One row per participant (``madrs_pre`` ...), as from ``load_study``.
+    config : StatsConfig, optional
+        Outcomes, covariates and change definitions.
+    participants : pandas.DataFrame, optional
+        Source of covariates not in ``scores``.
+
+    Returns
+    -------
+    rows : pandas.DataFrame
+        ``participant_id``, ``arm``, ``region``, ``outcome``, ``delta_md``
+        (mm²/s), ``delta_md_e6`` (the model's ΔMD: 10⁻⁶ mm²/s, or percent with
+        ``md_change="percent"``), ``score_pre``, ``score_post``,
+        ``delta_score`` (the model's outcome: points, or percent with
+        ``change="percent"``) and the covariates. Rows with a missing value
+        are left out of that outcome only.
+    dropped : pandas.DataFrame
+        ``region``, ``outcome``, ``n_dropped`` and the participants left out.
+    """
+    config = config or StatsConfig()
+    change = clinical_change(scores, config.outcomes)
+    if config.change == "percent":
+        change["delta_score"] = change["pct_change"]
+    cov = list(config.covariates)
+    extra = scores
+    if participants is not None:
+        extra = scores.merge(participants.drop(columns=["arm"], errors="ignore"),
+                             on="participant_id", how="left", suffixes=("", "_p"))
+    missing = [c for c in cov if c not in extra]
+    if missing:
+        raise InputError(f"covariate(s) {missing} not found; available: "
+                         f"{', '.join(c for c in extra.columns if c != 'participant_id')}")
+    d = roi_deltas[["participant_id", "arm", "region", "md_pre", "md_post", "delta_md"]].copy()
+    d["delta_md_e6"] = (100.0 * d["delta_md"] / d["md_pre"] if config.md_change == "percent"
+                        else d["delta_md"] * 1e6)
+    rows = d.merge(change.drop(columns=["arm"]), on="participant_id", how="inner")
+    if cov:
+        rows = rows.merge(extra[["participant_id", *cov]], on="participant_id", how="left")
+    need = ["delta_md_e6", "score_pre", "delta_score", "arm", *cov]
+    bad = rows[need].isna().any(axis=1)
+    dropped = (rows[bad].groupby(["region", "outcome"], sort=False)["participant_id"]
+               .agg(n_dropped="size", participants=lambda s: ";".join(sorted(s)))
+               .reset_index())
+    cols = ["participant_id", "arm", "region", "outcome", "delta_md", "delta_md_e6",
+            "score_pre", "score_post", "delta_score", *cov]
+    rows = rows.loc[~bad, cols].reset_index(drop=True)
+    return rows, dropped
+
+
+def model_formula(covariates=()) -> str:
+    """Return the study's model as a statsmodels formula."""
+    f = f"delta_score ~ delta_md_e6 * {_ARM_TERM} + score_pre"
+    return f + "".join(f" + {c}" for c in covariates)
+
+
+def _design_matrices(df: pd.DataFrame, formula: str):
+    from patsy import dmatrices
+
+    y, X = dmatrices(formula, df, return_type="dataframe")
+    return y.iloc[:, 0].to_numpy(float), X
+
+
+def freedman_lane(df: pd.DataFrame, formula: str, term: str, *, n_permutations: int = 5000,
+                  rng=None) -> float:
+    """Freedman-Lane permutation p-value of one term of an OLS model.
+
+    The reduced model (without ``term``) is fitted; its residuals are
+    permuted and added back to its fitted values; the full model is refitted
+    on each permuted outcome and the term's t statistic recorded (Freedman &
+    Lane 1983; Winkler et al. 2014). All permutations are solved at once.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        The model's rows.
+    formula : str
+        Full model formula.
+    term : str
+        Column name of the tested term in the design matrix.
+    n_permutations : int, default=5000
+        Number of permutations.
+    rng : numpy.random.Generator, optional
+        Random source (seeded by the caller for reproducibility).
+
+    Returns
+    -------
+    float
+        Two-sided p = (1 + #{|t*| >= |t|}) / (1 + n_permutations).
+    """
+    rng = rng if rng is not None else np.random.default_rng(0)
+    y, X = _design_matrices(df, formula)
+    if term not in X.columns:
+        raise InputError(f"term {term!r} is not in the model; terms: {', '.join(X.columns)}")
+    Xf = X.to_numpy(float)
+    j = list(X.columns).index(term)
+    Xr = np.delete(Xf, j, axis=1)
+    beta_r, *_ = np.linalg.lstsq(Xr, y, rcond=None)
+    fitted = Xr @ beta_r
+    resid = y - fitted
+    n, p = Xf.shape
+    perms = np.argsort(rng.random((n_permutations, n)), axis=1)
+    Y = fitted[:, None] + resid[perms].T                       # n x B
+    pinv = np.linalg.pinv(Xf)
+    B = pinv @ Y                                               # p x B
+    res = Y - Xf @ B
+    sigma2 = (res ** 2).sum(0) / (n - p)
+    c = np.linalg.pinv(Xf.T @ Xf)[j, j]
+    t_perm = B[j] / np.sqrt(sigma2 * c)
+    b0 = pinv @ y
+    r0 = y - Xf @ b0
+    t0 = b0[j] / np.sqrt((r0 @ r0) / (n - p) * c)
+    return float((1 + np.count_nonzero(np.abs(t_perm) >= abs(t0) - 1e-12))
+                 / (1 + n_permutations))
+
+
+def _corr_ci(x, y, *, n_bootstrap, rng):
+    from scipy import stats
+
+    n = len(x)
+    out = {"r": np.nan, "r_ci_low": np.nan, "r_ci_high": np.nan, "r_p": np.nan,
+           "rho": np.nan, "rho_p": np.nan, "r_boot_low": np.nan, "r_boot_high": np.nan}
+    if n < 4 or np.std(x) == 0 or np.std(y) == 0:
+        return out
+    r, p = stats.pearsonr(x, y)
+    rho, rho_p = stats.spearmanr(x, y)
+    z, se = np.arctanh(np.clip(r, -0.9999999, 0.9999999)), 1 / np.sqrt(n - 3)
+    out.update(r=r, r_p=p, rho=rho, rho_p=rho_p, r_ci_low=np.tanh(z - 1.959964 * se),
+               r_ci_high=np.tanh(z + 1.959964 * se))
+    if n_bootstrap:
+        idx = rng.integers(0, n, (n_bootstrap, n))
+        xs, ys = x[idx], y[idx]
+        xs = xs - xs.mean(1, keepdims=True)
+        ys = ys - ys.mean(1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rb = (xs * ys).sum(1) / np.sqrt((xs ** 2).sum(1) * (ys ** 2).sum(1))
+        rb = rb[np.isfinite(rb)]
+        out.update(r_boot_low=np.percentile(rb, 2.5), r_boot_high=np.percentile(rb, 97.5))
+    return out
+
+
+def correlation_table(rows: pd.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0,
+                      x: str = "delta_md_e6", y: str = "delta_score") -> pd.DataFrame:
+    """Per region, outcome and arm: Pearson r (Fisher and bootstrap 95 % CIs), Spearman rho.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        Output of :func:`stats_input`.
+    n_bootstrap : int, default=2000
+        Bootstrap resamples (percentile CI); 0 skips.
+    seed : int, default=0
+        Bootstrap seed.
+    x, y : str
+        Columns correlated.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``region``, ``outcome``, ``arm``, ``n``, ``r``, ``r_ci_low``,
+        ``r_ci_high`` (Fisher z), ``r_boot_low``, ``r_boot_high``, ``r_p``,
+        ``rho``, ``rho_p``.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for (region, outcome, arm), g in rows.groupby(["region", "outcome", "arm"], sort=False):
+        res = _corr_ci(g[x].to_numpy(float), g[y].to_numpy(float), n_bootstrap=n_bootstrap,
+                       rng=rng)
+        out.append({"region": region, "outcome": outcome, "arm": arm, "n": len(g), **res})
+    return pd.DataFrame(out)
+
+
+def adjust_pvalues(p, method: str = "fdr_bh"):
+    """Benjamini-Hochberg (``fdr_bh``) or Holm adjusted p-values; NaN stays NaN."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(p, float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method=method)[1]
+    return out
+
+
+def _matches(region, slopes):
+    exp = STUDY_DIRECTIONS.get(region, {})
+    if not exp:
+        return "not reported", np.nan
+    text = "; ".join(f"{arm} {'+' if s > 0 else '-'}" for arm, s in exp.items())
+    ok = all(np.sign(slopes[arm]) == s for arm, s in exp.items())
+    return text, bool(ok)
+
+
+def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd.DataFrame:
+    """Fit the study's model per region and outcome; one row each.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        Output of :func:`stats_input`.
+    config : StatsConfig, optional
+        Permutations, bootstrap, correction, covariates, seed.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``region``, ``outcome``, ``formula``, ``n_ketamine``, ``n_saline``,
+        per arm ``r_*`` with Fisher (``_ci_low``/``_ci_high``) and bootstrap
+        (``_boot_low``/``_boot_high``) CIs and ``rho_*`` (Spearman),
+        ``slope_*``/``se_slope_*``/``p_slope_*`` (simple slopes, points per
+        10⁻⁶ mm²/s), ``beta_interaction``, ``se_interaction``,
+        ``t_interaction``, ``p_interaction``, ``p_perm_interaction``,
+        ``q_fdr`` (or ``q_holm``), ``study_direction``, ``matches_study``.
+    """
+    import statsmodels.formula.api as smf
+    from scipy.stats import t as t_dist
+
+    config = config or StatsConfig()
+    formula = model_formula(config.covariates)
+    inter = f"delta_md_e6:{_ARM_TERM}[T.ketamine]"
+    corr = correlation_table(rows, n_bootstrap=config.n_bootstrap, seed=config.seed)
+    rng = np.random.default_rng(config.seed)
+    out = []
+    for (region, outcome), g in rows.groupby(["region", "outcome"], sort=False):
+        rec = {"region": region, "outcome": outcome, "formula": formula,
+               "n_ketamine": int((g["arm"] == "ketamine").sum()),
+               "n_saline": int((g["arm"] == "saline").sum())}
+        for arm in ("ketamine", "saline"):
+            c = corr[(corr["region"] == region) & (corr["outcome"] == outcome)
+                     & (corr["arm"] == arm)]
+            c = c.iloc[0] if len(c) else pd.Series(dtype=float)
+            names = {"r": f"r_{arm}", "r_ci_low": f"r_{arm}_ci_low",
+                     "r_ci_high": f"r_{arm}_ci_high", "r_boot_low": f"r_{arm}_boot_low",
+                     "r_boot_high": f"r_{arm}_boot_high", "r_p": f"p_r_{arm}",
+                     "rho": f"rho_{arm}", "rho_p": f"p_rho_{arm}"}
+            for k, name in names.items():
+                rec[name] = c.get(k, np.nan)
+        if min(rec["n_ketamine"], rec["n_saline"]) < 3:
+            out.append(rec)
+            continue
+        fit = smf.ols(formula, data=g).fit()
+        cov = fit.cov_params()
+        b = fit.params
+        rec["slope_saline"] = b["delta_md_e6"]
+        rec["se_slope_saline"] = np.sqrt(cov.loc["delta_md_e6", "delta_md_e6"])
+        rec["slope_ketamine"] = b["delta_md_e6"] + b[inter]
+        rec["se_slope_ketamine"] = np.sqrt(cov.loc["delta_md_e6", "delta_md_e6"]
+                                           + cov.loc[inter, inter]
+                                           + 2 * cov.loc["delta_md_e6", inter])
+        for arm in ("ketamine", "saline"):
+            t = rec[f"slope_{arm}"] / rec[f"se_slope_{arm}"]
+            rec[f"p_slope_{arm}"] = 2 * t_dist.sf(abs(t), fit.df_resid)
+        rec.update(beta_interaction=b[inter], se_interaction=fit.bse[inter],
+                   t_interaction=fit.tvalues[inter], p_interaction=fit.pvalues[inter],
+                   df_resid=fit.df_resid, r2=fit.rsquared)
+        rec["p_perm_interaction"] = (
+            freedman_lane(g, formula, inter, n_permutations=config.n_permutations, rng=rng)
+            if config.n_permutations else np.nan)
+        text, ok = _matches(region, {"ketamine": rec["slope_ketamine"],
+                                     "saline": rec["slope_saline"]})
+        rec["study_direction"], rec["matches_study"] = text, ok
+        out.append(rec)
+    table = pd.DataFrame(out)
+    qcol = "q_fdr" if config.correction == "fdr_bh" else "q_holm"
+    table[qcol] = adjust_pvalues(table.get("p_interaction", np.nan), config.correction)
+    if "study_direction" not in table:
+        table["study_direction"], table["matches_study"] = "not reported", np.nan
+    return table
+
+
+def run_stats(out_dir, *, bids_dir=None, config: StatsConfig | None = None, pre: str = "pre",
+              post: str = "post") -> dict:
+    """Run the ROI statistics on a pipeline output folder and write the tables.
+
+    Parameters
+    ----------
+    out_dir : str or pathlib.Path
+        Folder written by ``ketamine-nb run`` (needs ``roi_deltas.tsv``).
+    bids_dir : str or pathlib.Path, optional
+        Raw dataset to read the scores from; default: the ``scores.tsv`` the
+        pipeline copied into ``out_dir``.
+    config : StatsConfig, optional
+        Analytic choices.
+    pre, post : str, default="pre", "post"
+        Session labels (with ``bids_dir``).
+
+    Returns
+    -------
+    dict
+        ``stats_roi``, ``stats_input`` and ``dropped`` tables; the first two
+        are also written to ``out_dir`` as TSV, with ``stats_config.json``.
+    """
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from ._utils import write_json, write_tsv
+
+    config = config or StatsConfig()
+    out = Path(out_dir)
+    deltas_path = out / "roi_deltas.tsv"
+    if not deltas_path.is_file():
+        raise InputError(f"{deltas_path}: not found; run 'ketamine-nb run BIDS_DIR {out_dir}' "
+                         "first")
+    deltas = pd.read_csv(deltas_path, sep="\t", na_values="n/a", keep_default_na=False)
+    participants = None
+    if bids_dir is not None:
+        from .study import load_study
+
+        study = load_study(bids_dir, pre=pre, post=post)
+        scores, participants = study.scores, study.participants
+    else:
+        sp = out / "scores.tsv"
+        if not sp.is_file():
+            raise InputError(f"{sp}: not found; pass --bids BIDS_DIR to read the scores from "
+                             "the raw dataset")
+        scores = pd.read_csv(sp, sep="\t", na_values="n/a", keep_default_na=False)
+        pp = out / "participants.tsv"
+        if pp.is_file():
+            participants = pd.read_csv(pp, sep="\t", na_values="n/a", keep_default_na=False)
+    rows, dropped = stats_input(deltas, scores, config=config, participants=participants)
+    if rows.empty:
+        raise InputError(f"{deltas_path}: no participant has both a ΔMD and the scores; check "
+                         "that participant_id values match the scores table")
+    table = region_stats(rows, config=config)
+    write_tsv(rows, out / "stats_input.tsv")
+    write_tsv(table, out / "stats_roi.tsv")
+    write_json(asdict(config), out / "stats_config.json")
+    return {"stats_roi": table, "stats_input": rows, "dropped": dropped}
