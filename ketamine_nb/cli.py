@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["main"]
 
 
@@ -144,6 +146,13 @@ def _add_stats_args(p: argparse.ArgumentParser) -> None:
                    help="multiple-comparison correction across rows (default fdr_bh)")
     g.add_argument("--stats-seed", type=int, default=d.seed, metavar="SEED",
                    help="seed of permutations and bootstrap (default 0)")
+    g.add_argument("--robustness", action="store_true",
+                   help="also rerun the ROI model over a grid of analytic choices "
+                        "(robustness.tsv)")
+    g.add_argument("--voxelwise", action="store_true",
+                   help="also run the voxelwise permutation test on ΔMD maps (voxelwise/)")
+    g.add_argument("--voxelwise-permutations", type=int, default=1000, metavar="N",
+                   help="permutations of the voxelwise test (default 1000)")
 
 
 def _print_stats(res, out_dir) -> None:
@@ -157,13 +166,22 @@ def _print_stats(res, out_dir) -> None:
               f"missing values ({row.participants})", file=sys.stderr)
     print(f"tables: {Path(out_dir) / 'stats_roi.tsv'}")
     print(f"        {Path(out_dir) / 'stats_input.tsv'}")
+    print(f"        {Path(out_dir) / 'reliability.tsv'}")
+    if "robustness" in res:
+        print(f"        {Path(out_dir) / 'robustness.tsv'}")
+    for outcome, v in res.get("voxelwise", {}).items():
+        n_sig = int((v["logp_max_t"].get_fdata() > -np.log10(0.05)).sum())
+        print(f"voxelwise {outcome}: {n_sig} voxels with FWE p < 0.05 "
+              f"({Path(out_dir) / 'voxelwise'})")
 
 
 def _cmd_stats(args) -> int:
     from .stats import run_stats
 
     res = run_stats(args.out_dir, bids_dir=args.bids, config=_stats_config_from_args(args),
-                    pre=args.pre_session, post=args.post_session)
+                    pre=args.pre_session, post=args.post_session,
+                    robustness=args.robustness, voxelwise=args.voxelwise,
+                    voxelwise_permutations=args.voxelwise_permutations)
     _print_stats(res, args.out_dir)
     return 0
 
@@ -190,7 +208,9 @@ def _cmd_demo(args) -> int:
                        force=args.force, progress=not args.quiet)
     from .stats import run_stats
 
-    stats = run_stats(deriv, config=_stats_config_from_args(args))
+    stats = run_stats(deriv, config=_stats_config_from_args(args),
+                      robustness=args.robustness, voxelwise=args.voxelwise,
+                      voxelwise_permutations=args.voxelwise_permutations)
     _print_stats(stats, deriv)
     print(f"Done in {time.perf_counter() - t0:.0f} s.")
     print(f"  BIDS dataset:  {bids}")

@@ -35,7 +35,12 @@ __all__ = [
     "session_paths",
 ]
 
-PIPELINE_VERSION = "1"  # bump when per-session outputs change meaning
+PIPELINE_VERSION = "2"  # bump when per-session outputs change meaning
+
+
+#: Voxel size (mm) of the MD maps resampled to the template for voxelwise
+#: statistics: the DWI's own resolution, so no detail is invented.
+MNI_MAP_RESOLUTION = 3.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,8 @@ def session_paths(out_dir, participant_id: str, session: str) -> dict:
         "md": d / f"{p}_space-dwi_model-DTI_desc-MD_dwimap.nii.gz",
         "fa": d / f"{p}_space-dwi_model-DTI_desc-FA_dwimap.nii.gz",
         "xfm": d / f"{p}_from-{TEMPLATE_SPACE}_to-dwi_mode-image_xfm.txt",
+        "md_mni": d / f"{p}_space-{TEMPLATE_SPACE}_res-{MNI_MAP_RESOLUTION:g}_model-DTI"
+                      "_desc-MD_dwimap.nii.gz",
         "voxels": d / f"{p}_desc-regionvoxels_dwi.tsv.gz",
         "qc": d / f"{p}_desc-qc_dwi.json",
     }
@@ -162,7 +169,7 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
             done = json.loads(paths["qc"].read_text())
         except (OSError, ValueError):
             done = {}
-        outputs = [paths[k] for k in ("mask", "md", "fa", "xfm", "voxels")]
+        outputs = [paths[k] for k in ("mask", "md", "fa", "xfm", "voxels", "md_mni")]
         if done.get("processing_key") == key and all(p.exists() for p in outputs):
             return {"participant_id": participant_id, "session": session, "status": "reused",
                     "seconds": 0.0, **done.get("qc", {})}
@@ -187,6 +194,9 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
         if config.space == "native":
             regions_native = apply_transform(maps.img, A, target=b0, direction="to_native")
             voxels = extract_region_voxels(md, fa, mask, regions_native, maps.names)
+            # OLS MD of the same voxels, for the robustness grid (fit method as a choice).
+            voxels["md_ols"] = _md_at(fit_img, gtab, voxels, "OLS") \
+                if config.fit_method != "OLS" else voxels["md"]
         else:
             from .registration import load_template
 
@@ -197,11 +207,22 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
             regions_mni = apply_transform(maps.img, np.eye(4), target=grid,
                                           direction="to_native")
             voxels = extract_region_voxels(md_mni, fa_mni, mask_mni, regions_mni, maps.names)
+            voxels["md_ols"] = np.nan
+        # MD on the template grid for voxelwise statistics (trilinear, inside the mask).
+        from .registration import load_template as _template
+
+        grid3 = _template(MNI_MAP_RESOLUTION)
+        md_on_grid = apply_transform(md, A, target=grid3, direction="to_mni")
+        in_mask = apply_transform(mask, A, target=grid3, direction="to_mni", order=0)
+        md_on_grid = nib.Nifti1Image(
+            np.where(np.asarray(in_mask.dataobj) > 0, np.asarray(md_on_grid.dataobj), 0)
+            .astype(np.float32), grid3.affine)
     del img, fit_img
 
     save_nifti(mask, paths["mask"])
     save_nifti(md, paths["md"])
     save_nifti(fa, paths["fa"])
+    save_nifti(md_on_grid, paths["md_mni"])
     write_transform(A, paths["xfm"])
     _write_tsv_gz(voxels, paths["voxels"])
     for name, desc in (("md", "Mean diffusivity (mm^2/s)"), ("fa", "Fractional anisotropy")):
@@ -216,6 +237,20 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
     write_json(qc_doc, paths["qc"])
     return {"participant_id": participant_id, "session": session, "status": "processed",
             "seconds": round(time.perf_counter() - t0, 2), **qc}
+
+
+def _md_at(dwi_img, gtab, voxels: pd.DataFrame, method: str):
+    """MD of a tensor fit with ``method`` at the voxels of a region table (mm²/s)."""
+    from dipy.reconst.dti import TensorModel
+
+    data = np.asarray(dwi_img.dataobj, dtype=np.float32)
+    ijk = voxels[["i", "j", "k"]].to_numpy()
+    uniq, inverse = np.unique(ijk, axis=0, return_inverse=True)
+    if len(uniq) == 0:
+        return np.zeros(0, np.float32)
+    sig = data[uniq[:, 0], uniq[:, 1], uniq[:, 2]]
+    md = TensorModel(gtab, fit_method=method).fit(sig).md
+    return np.nan_to_num(md).astype(np.float32)[inverse.ravel()]
 
 
 def _write_tsv_gz(df: pd.DataFrame, path: Path):

@@ -41,6 +41,7 @@ __all__ = [
     "freedman_lane",
     "model_formula",
     "region_stats",
+    "reliable_change",
     "run_stats",
     "stats_input",
 ]
@@ -439,7 +440,8 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
 
 
 def run_stats(out_dir, *, bids_dir=None, config: StatsConfig | None = None, pre: str = "pre",
-              post: str = "post") -> dict:
+              post: str = "post", robustness: bool = False, voxelwise: bool = False,
+              voxelwise_permutations: int = 1000) -> dict:
     """Run the ROI statistics on a pipeline output folder and write the tables.
 
     Parameters
@@ -453,12 +455,21 @@ def run_stats(out_dir, *, bids_dir=None, config: StatsConfig | None = None, pre:
         Analytic choices.
     pre, post : str, default="pre", "post"
         Session labels (with ``bids_dir``).
+    robustness : bool, default=False
+        Also run :func:`ketamine_nb.robustness.robustness_grid` (``robustness.tsv``).
+    voxelwise : bool, default=False
+        Also run :func:`ketamine_nb.voxelwise.voxelwise_inference` per outcome
+        (``voxelwise/``).
+    voxelwise_permutations : int, default=1000
+        Permutations of the voxelwise test.
 
     Returns
     -------
     dict
-        ``stats_roi``, ``stats_input`` and ``dropped`` tables; the first two
-        are also written to ``out_dir`` as TSV, with ``stats_config.json``.
+        ``stats_roi``, ``stats_input``, ``dropped``, ``reliability`` (and
+        ``robustness``, ``voxelwise`` when asked); written to ``out_dir`` as
+        ``stats_roi.tsv``, ``stats_input.tsv``, ``reliability.tsv`` (+
+        ``robustness.tsv``, ``voxelwise/``) with ``stats_config.json``.
     """
     from dataclasses import asdict
     from pathlib import Path
@@ -492,7 +503,75 @@ def run_stats(out_dir, *, bids_dir=None, config: StatsConfig | None = None, pre:
         raise InputError(f"{deltas_path}: no participant has both a ΔMD and the scores; check "
                          "that participant_id values match the scores table")
     table = region_stats(rows, config=config)
+    _, reliability = reliable_change(deltas)
     write_tsv(rows, out / "stats_input.tsv")
     write_tsv(table, out / "stats_roi.tsv")
+    write_tsv(reliability, out / "reliability.tsv")
     write_json(asdict(config), out / "stats_config.json")
-    return {"stats_roi": table, "stats_input": rows, "dropped": dropped}
+    result = {"stats_roi": table, "stats_input": rows, "dropped": dropped,
+              "reliability": reliability}
+    if robustness:
+        from .robustness import load_cohort_voxels, robustness_grid
+
+        grid = robustness_grid(load_cohort_voxels(out), scores, pre=pre, post=post,
+                               participants=participants)
+        write_tsv(grid, out / "robustness.tsv")
+        result["robustness"] = grid
+    if voxelwise:
+        from .voxelwise import voxelwise_inference
+
+        result["voxelwise"] = {o: voxelwise_inference(out, scores, outcome=o, pre=pre,
+                                                      post=post,
+                                                      n_perm=voxelwise_permutations,
+                                                      random_state=config.seed)
+                               for o in config.outcomes}
+    return result
+
+
+def reliable_change(roi_deltas: pd.DataFrame, *, reference_arm: str = "saline",
+                    z: float = 1.96) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Reliability of ΔMD: the reference arm's spread as measurement error.
+
+    Saline is not expected to change MD, so the SD of ΔMD in the saline arm
+    estimates the error of a difference score in each region (it also holds
+    any true saline effect, so it is an upper bound on pure measurement
+    error). The reliable-change index of a participant is
+    ``RCI = ΔMD / SD_saline(ΔMD)`` (Jacobson & Truax 1991, with the error SD
+    of the difference estimated directly); ``|RCI| > 1.96`` is a change
+    larger than measurement error at 95 %.
+
+    Parameters
+    ----------
+    roi_deltas : pandas.DataFrame
+        ``participant_id``, ``arm``, ``region``, ``md_pre``, ``delta_md`` (mm²/s).
+    reference_arm : str, default="saline"
+        Arm whose ΔMD spread is the error.
+    z : float, default=1.96
+        Threshold of a reliable change.
+
+    Returns
+    -------
+    per_participant : pandas.DataFrame
+        ``participant_id``, ``arm``, ``region``, ``delta_md``, ``rci``,
+        ``reliable`` (bool).
+    per_region : pandas.DataFrame
+        ``region``, ``sd_delta_reference`` (mm²/s), ``sem_session`` (the
+        per-session error SD, sd / sqrt(2)), ``cv_percent`` (per-session
+        error as percent of the mean pre MD) and the share of reliable
+        changes per arm.
+    """
+    d = roi_deltas[["participant_id", "arm", "region", "md_pre", "delta_md"]].copy()
+    ref = d[d["arm"] == reference_arm].groupby("region", sort=False)
+    sd = ref["delta_md"].std(ddof=1)
+    if sd.isna().all():
+        raise InputError(f"no {reference_arm} participants with ΔMD; the reference arm "
+                         "needs at least two")
+    d["rci"] = d["delta_md"] / d["region"].map(sd)
+    d["reliable"] = d["rci"].abs() > z
+    summary = pd.DataFrame({"sd_delta_reference": sd, "sem_session": sd / np.sqrt(2)})
+    summary["cv_percent"] = 100 * summary["sem_session"] / d.groupby("region")["md_pre"].mean()
+    share = d.pivot_table(index="region", columns="arm", values="reliable", aggfunc="mean")
+    for arm in share.columns:
+        summary[f"reliable_share_{arm}"] = share[arm]
+    per_region = summary.reset_index()
+    return d.drop(columns=["md_pre"]), per_region
