@@ -15,7 +15,6 @@ import datetime as _dt
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import threading
@@ -32,6 +31,9 @@ _RUN_ID = os.environ.get("BENCH_RUN_ID") or _dt.datetime.now(_dt.UTC).strftime(
 #: Load average when the run started (run_all.sh measures it before the first script).
 LOAD_BEFORE = os.environ.get("BENCH_LOADAVG") or " ".join(
     f"{x:.2f}" for x in os.getloadavg())
+
+
+_SCRIPT_LOAD = " ".join(f"{x:.2f}" for x in os.getloadavg())  # when this script started
 
 
 def run_id() -> str:
@@ -72,15 +74,29 @@ def n_cpus() -> int:
 
 
 def git_commit() -> str:
+    """Short commit of the work tree (``BENCH_COMMIT`` from run_all.sh, taken at the start)."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    return _git_commit_now()
+
+
+def _git_commit_now() -> str:
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, check=True)
         sha = out.stdout.strip()
+        # Only changes to what is measured matter (others edit tests and notebooks).
         dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True)
-        return sha + (" (work tree has uncommitted changes)" if dirty.stdout.strip() else "")
+                                "--untracked-files=no", "--", "ketamine_nb", "pyproject.toml"],
+                               capture_output=True, text=True)
+        return sha + (" (with uncommitted changes to ketamine_nb/)" if dirty.stdout.strip()
+                      else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+#: Commit (and whether ketamine_nb/ had uncommitted edits) when this script started.
+_SCRIPT_CODE = _git_commit_now()
 
 
 def versions() -> str:
@@ -120,21 +136,35 @@ def machine_lines() -> list[str]:
 
 _HEADER = """# Benchmarks
 
-Speed, memory and disk of `ketamine_nb`, measured here and not in the unit tests.
+Speed, memory and disk of `ketamine_nb`, measured here and never in the unit tests.
 
-Run all of them (a few minutes; MRtrix3 is installed from Debian by `bench_md_fit.py`
-when `dwi2tensor` is missing and the user is root):
-
-    bash benchmarks/run_all.sh            # prints a summary, writes nothing
-    RECORD=1 bash benchmarks/run_all.sh   # also adds a dated section below
+    bash benchmarks/run_all.sh            # runs all, prints a summary, writes nothing
+    RECORD=1 bash benchmarks/run_all.sh   # also adds a dated section below (~6 min)
 
 `PYTHON=/path/to/python` picks the interpreter (default `.venv/bin/python`, else
-`python3`). Each script also runs alone (`python benchmarks/bench_simulate.py --help`)
-and appends its own section with `--record`. Ratios are measured side by side in one
-process and one run, since the machines are shared and noisy. Earlier sections are never
-rewritten.
+`python3`); it must import `ketamine_nb`. Each script also runs alone and appends its
+own section with `--record` (`python benchmarks/bench_md_fit.py --help`).
 
-""" + MARKER + "\n"
+| script | measures | goal |
+|---|---|---|
+{rows}
+
+`bench_md_fit.py` installs Debian's `mrtrix3` when `dwi2tensor` is missing (as root or
+with passwordless sudo; otherwise it skips MRtrix3 and says so). Units: MB = 10^6 bytes.
+Ratios are measured side by side in one process and one run, since the machines are
+shared and noisy; each section gives the load average, and the CPU time where the wall
+time is judged. Sections are dated, newest first; earlier ones are never rewritten.
+
+""".format(rows="\n".join([
+    "| `bench_simulate.py` | `ketamine-nb simulate OUT --subjects 98 --seed 0 --quiet`: wall "
+    "time, peak memory of the process tree (summed PSS, sampled every 0.1 s), disk; cold and "
+    "warm data-home caches | <= 60 s, <= 1 GB, <= 800 MB, voxels <= 3 mm, >= 20 directions |",
+    "| `bench_md_fit.py` | one session: `compute_md_map` vs dipy `TensorModel` vs MRtrix3 "
+    "`dwi2tensor`/`tensor2metric`; `brain_mask` vs dipy `median_otsu` | r >= 0.999 with "
+    "MRtrix3; 100 % of voxels within 1e-6 of dipy |",
+    "| `bench_session.py` | one session through `process_session`, with a per-step breakdown "
+    "and a pyinstrument tree | baseline for the performance issue |",
+])) + MARKER + "\n"
 
 
 def record(title: str, body: str) -> Path:
@@ -149,7 +179,9 @@ def record(title: str, body: str) -> Path:
         if MARKER not in text:
             text = text.rstrip("\n") + "\n\n" + MARKER + "\n"
         tag = f"<!-- run: {run_id()} -->"
-        sub = f"\n### {title}\n\n{body.strip()}\n"
+        sub = (f"\n### {title}\n\n{body.strip()}\n- load average (1/5/15 min) when this "
+               f"benchmark started -> ended: {_SCRIPT_LOAD} -> {loadavg()}\n"
+               f"- code measured: commit {_SCRIPT_CODE} when this benchmark started\n")
         if tag not in text:
             now = _dt.datetime.now().astimezone()
             section = (f"\n## {now:%Y-%m-%d %H:%M %Z} (run {run_id()})\n{tag}\n\n"
@@ -179,16 +211,6 @@ def summary(line: str) -> None:
 
 # --------------------------------------------------------------------------
 # Timing
-
-
-def median_time(fn, repeats: int = 3):
-    """Run ``fn`` ``repeats`` times; return (median seconds, all times, last result)."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, out
 
 
 def fmt_times(ts) -> str:
@@ -328,7 +350,15 @@ class TreeMemorySampler:
 
 
 def run_measured(cmd, *, env=None, interval: float = 0.1, cwd=None):
-    """Run a command; return (wall seconds, returncode, sampler, stdout+stderr text)."""
+    """Run a command; return (wall s, returncode, sampler, output text, CPU s of the tree).
+
+    The CPU time (user + system) covers the command and every descendant it
+    waited for (``RUSAGE_CHILDREN``), i.e. the forked workers too. Unlike the
+    wall time it hardly depends on how busy the machine is.
+    """
+    import resource
+
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -336,7 +366,9 @@ def run_measured(cmd, *, env=None, interval: float = 0.1, cwd=None):
     out, _ = proc.communicate()
     wall = time.perf_counter() - t0
     sampler.stop()
-    return wall, proc.returncode, sampler, out
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return wall, proc.returncode, sampler, out, cpu
 
 
 def dir_size(path) -> tuple[int, int, int]:

@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -81,20 +80,20 @@ def run_once(label: str, cmd_tail: list[str], data_home: Path, work: Path,
     cache_before = C.dir_size(data_home)[0]
     print(f"[{label}] {' '.join(cmd[1:])}  (KETAMINE_NB_DATA={data_home})", flush=True)
     load = C.loadavg()
-    wall, rc, sampler, log = C.run_measured(cmd, env=env, interval=interval)
+    wall, rc, sampler, log, cpu = C.run_measured(cmd, env=env, interval=interval)
+    load_after = C.loadavg()
     if rc != 0:
         print(log)
         raise SystemExit(f"[{label}] the simulate command failed with exit code {rc}")
-    m = re.search(r"in (\d+) s", log)
     size, alloc, nfiles = C.dir_size(out)
-    res = {"label": label, "wall": wall, "cli_seconds": int(m.group(1)) if m else None,
+    res = {"label": label, "wall": wall, "cpu": cpu, "load_after": load_after,
            "peak_pss": sampler.peak_pss, "peak_rss": sampler.peak_rss,
            "procs": sampler.peak_procs, "samples": sampler.samples,
            "pss_ok": sampler.pss_available, "method": sampler.method,
            "disk": size, "disk_alloc": alloc, "files": nfiles,
            "cache_before": cache_before, "cache_after": C.dir_size(data_home)[0],
            "load": load, "protocol": protocol(out), "digest": tree_digest(out)}
-    print(f"[{label}] {wall:.1f} s, peak PSS {sampler.peak_pss / 1e6:.0f} MB "
+    print(f"[{label}] {wall:.1f} s ({cpu:.0f} CPU s), peak PSS {sampler.peak_pss / 1e6:.0f} MB "
           f"(RSS sum {sampler.peak_rss / 1e6:.0f} MB, {sampler.peak_procs} processes, "
           f"{sampler.samples} samples), {size / 1e6:.0f} MB in {nfiles} files", flush=True)
     shutil.rmtree(out)
@@ -164,14 +163,16 @@ def main(argv=None) -> int:
              f"directions + {proto['n_b0']} b0. Memory: max over time of the summed "
              f"PSS of the process tree, sampled every {args.interval:g} s "
              f"({warm['method']}); MB = 10^6 bytes.", "",
-             "| run | wall (s) | peak PSS, tree (MB) | peak RSS sum (MB) | processes | "
-             "output (MB, files) | data-home caches (MB) | load avg before |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| run | wall (s) | CPU user+sys, tree (s) | peak PSS, tree (MB) | "
+             "peak RSS sum (MB) | processes | output (MB, files) | data-home caches (MB) | "
+             "load avg before -> after |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['label']} | {r['wall']:.1f} | {r['peak_pss'] / 1e6:.0f} | "
+        lines.append(f"| {r['label']} | {r['wall']:.1f} | {r['cpu']:.1f} | "
+                     f"{r['peak_pss'] / 1e6:.0f} | "
                      f"{r['peak_rss'] / 1e6:.0f} | {r['procs']} | {r['disk'] / 1e6:.0f} "
                      f"({r['files']}) | {r['cache_before'] / 1e6:.1f} -> "
-                     f"{r['cache_after'] / 1e6:.1f} | {r['load']} |")
+                     f"{r['cache_after'] / 1e6:.1f} | {r['load']} -> {r['load_after']} |")
     lines += ["", "| budget | measured (warm) | goal | result |", "|---|---|---|---|"]
     lines += [f"| {name} | {val} | {goal} | **{verdict(ok)}** |"
               for name, val, goal, ok in checks]
@@ -184,6 +185,11 @@ def main(argv=None) -> int:
         ndiff = sum(cold["digest"].get(k) != v for k, v in warm["digest"].items())
         lines.append(f"- cold and warm outputs byte-identical: "
                      f"{'yes' if same else f'NO ({ndiff} files differ)'}")
+    ncpu = C.n_cpus()
+    lines.append(f"- CPU time / wall time (warm): {warm['cpu'] / warm['wall']:.2f} of at most "
+                 f"{min(ncpu, 2)} (2 workers on {ncpu} CPUs); CPU time / {min(ncpu, 2)} = "
+                 f"{warm['cpu'] / min(ncpu, 2):.0f} s is roughly the wall time the work would "
+                 f"take with both CPUs to itself (serial parts not counted)")
     lines.append(f"- throughput (warm): {n_sess / warm['wall']:.2f} sessions/s; "
                  f"{warm['disk'] / n_sess / 1e6:.2f} MB per session; allocated on disk "
                  f"{warm['disk_alloc'] / 1e6:.0f} MB")

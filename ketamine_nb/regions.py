@@ -237,21 +237,25 @@ def _build_maps(table: pd.DataFrame):
                 prob = np.isin(lab_data, [int(index_of[lab]) for lab in r.labels.split(";")])
                 prob = prob.astype(np.float32)
             if r.hemisphere in ("L", "R"):
-                ijk = np.indices(prob.shape).reshape(3, -1)
-                x = (src_affine[0, :3] @ ijk + src_affine[0, 3]).reshape(prob.shape)
-                prob = np.where((x < 0) if r.hemisphere == "L" else (x > 0), prob, 0.0)
+                if np.allclose(src_affine[0, 1:3], 0):  # x depends on the first axis only
+                    x = (src_affine[0, 0] * np.arange(prob.shape[0]) + src_affine[0, 3])
+                    x = x[:, None, None]
+                else:
+                    ijk = np.indices(prob.shape).reshape(3, -1)
+                    x = (src_affine[0, :3] @ ijk + src_affine[0, 3]).reshape(prob.shape)
+                keep = (x < 0) if r.hemisphere == "L" else (x > 0)
+                prob = np.where(keep, prob, np.float32(0))
             prob = np.clip(prob, 0.0, 1.0).astype(np.float32)
             img = nib.Nifti1Image(prob, src_affine)
             if not np.allclose(src_affine, affine) or prob.shape != tuple(shape):
                 img = resample_img(img, target_affine=affine, target_shape=shape,
                                    interpolation="linear", force_resample=True,
                                    copy_header=True)
-            vols.append((r.Index, np.asarray(img.dataobj, dtype=np.float32)))
+            # Store as percent in uint8, as the atlases themselves do.
+            v = np.asarray(img.dataobj, dtype=np.float32)
+            vols.append((r.Index, np.round(np.clip(v, 0, 1) * 100).astype(np.uint8)))
     vols.sort(key=lambda t: t[0])
-    data = np.stack([v for _, v in vols], axis=-1)
-    # Store as percent in uint8, as the atlases themselves do.
-    data8 = np.round(np.clip(data, 0, 1) * 100).astype(np.uint8)
-    img = nib.Nifti1Image(data8, affine)
+    img = nib.Nifti1Image(np.stack([v for _, v in vols], axis=-1), affine)
     img.header.set_slope_inter(0.01, 0)
     return img
 
@@ -267,7 +271,9 @@ def _cached_maps(key: str, table_tsv: str, cache_dir: str):
     if not path.exists():
         save_nifti(_build_maps(table), path)
     img = nib.load(path)
-    data = np.asarray(img.dataobj, dtype=np.float32)  # applies the 0.01 slope
+    raw = np.asarray(img.dataobj.get_unscaled())  # uint8 percent
+    data = raw.astype(np.float32)
+    data *= np.float32(0.01)
     return nib.Nifti1Image(data, img.affine)
 
 

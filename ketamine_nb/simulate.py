@@ -287,7 +287,8 @@ def _rotation(angles_deg):
 def _block_mean(a, k=2):
     sx, sy, sz = (s // k * k for s in a.shape[:3])
     a = a[:sx, :sy, :sz]
-    return a.reshape(sx // k, k, sy // k, k, sz // k, k, *a.shape[3:]).mean(axis=(1, 3, 5))
+    return a.reshape(sx // k, k, sy // k, k, sz // k, k, *a.shape[3:]).mean(
+        axis=(1, 3, 5), dtype=np.float32)
 
 
 @dataclass
@@ -324,14 +325,20 @@ def _build_anatomy(params: SimulationParams, seed: int) -> dict:
 
     # Planted regions: study-region probability >= threshold; overlaps go to
     # the most probable region.
+    # One region at a time: the 4D stack at 1 mm in float64 would need ~0.5 GB.
     maps = load_region_maps()
-    prob = resample_to_img(maps.img, gm_img, interpolation="linear",
-                           force_resample=True, copy_header=True)
-    prob = np.asarray(prob.dataobj, dtype=np.float32)
-    best = prob.argmax(axis=-1)
-    inside = prob.max(axis=-1) >= params.planting_threshold
     names = list(maps.names)
-    region_masks = np.stack([(best == k) & inside for k in range(len(names))], axis=-1)
+    best = np.zeros(gm.shape, np.int8)
+    best_p = np.zeros(gm.shape, np.float32)
+    for k, name in enumerate(names):
+        p = resample_to_img(maps.get(name), gm_img, interpolation="linear",
+                            force_resample=True, copy_header=True)
+        p = np.asarray(p.dataobj, dtype=np.float32)
+        better = p > best_p
+        best[better], best_p[better] = k, p[better]
+        del p, better
+    inside = best_p >= params.planting_threshold
+    del best_p
 
     # Smooth orientation field, correlated over ~1 cm. Fixed: the anatomy is
     # the template brain for every subject and every seed.
@@ -348,7 +355,8 @@ def _build_anatomy(params: SimulationParams, seed: int) -> dict:
     fractions = _block_mean(np.stack([gm, wm, csf], axis=-1))
     orient = _block_mean(orient)
     orient /= np.maximum(np.linalg.norm(orient, axis=-1, keepdims=True), 1e-6)
-    weights = _block_mean(region_masks.astype(np.float32))
+    weights = np.stack([_block_mean(((best == k) & inside).astype(np.float32))
+                        for k in range(len(names))], axis=-1)
     affine = gm_img.affine.copy()
     affine[:3, :3] *= 2
     affine[:3, 3] += 0.5 * np.diag(gm_img.affine)[:3]  # centre of a 2x2x2 block
@@ -358,7 +366,7 @@ def _build_anatomy(params: SimulationParams, seed: int) -> dict:
 
 
 _ANATOMY_CACHE: dict = {}
-_ANATOMY_VERSION = 1  # bump when _build_anatomy changes
+_ANATOMY_VERSION = 2  # bump when _build_anatomy changes
 
 
 def _anatomy(params: SimulationParams, seed: int = 0) -> _Anatomy:
