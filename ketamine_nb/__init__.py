@@ -23,6 +23,14 @@ _LAZY = {
     "PipelineConfig": "pipeline",
     "summarise_regions": "roi",
     "get_data_home": "datasets",
+    "load_results": "results",
+    "demo_results": "results",
+    "Results": "results",
+    "run_stats": "stats",
+    "region_stats": "stats",
+    "robustness_grid": "robustness",
+    "voxelwise_inference": "voxelwise",
+    "simulate_tables": "simulate",
 }
 
 __all__ = ["__version__", *_LAZY]
