@@ -91,3 +91,38 @@ def small_cohort(tmp_path_factory):
     out = tmp_path_factory.mktemp("cohort") / "bids"
     simulate_cohort(out, params=SimulationParams(n_subjects=6), seed=3, progress=False)
     return out
+
+
+def tree_hashes(root):
+    """SHA-256 of every file below ``root`` (to prove a tree was not modified)."""
+    import hashlib
+
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def processed_cohort(small_cohort, tmp_path_factory):
+    """The small cohort through the pipeline and the statistics, once per session.
+
+    Returns a dict: ``bids``, ``out``, ``res`` (the PipelineResult), ``stats`` (the
+    run_stats result) and ``raw_hashes`` (the raw tree before processing).
+    """
+    from ketamine_nb.pipeline import run_pipeline
+    from ketamine_nb.stats import StatsConfig, run_stats
+
+    before = tree_hashes(small_cohort)
+    out = tmp_path_factory.mktemp("derivatives") / "out"
+    res = run_pipeline(small_cohort, out, progress=False)
+    stats = run_stats(out, config=StatsConfig(n_permutations=200, n_bootstrap=200),
+                      robustness=True)
+    return {"bids": small_cohort, "out": out, "res": res, "stats": stats,
+            "raw_hashes": before}
+
+
+@pytest.fixture(scope="session")
+def small_results(processed_cohort):
+    """``ketamine_nb.load_results`` on the processed small cohort (read-only in tests)."""
+    from ketamine_nb.results import load_results
+
+    return load_results(processed_cohort["out"])

@@ -30,13 +30,10 @@ def _hashes(root):
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def processed(small_cohort, tmp_path_factory):
-    """The 6-participant cohort run once through the pipeline (serial)."""
-    before = _hashes(small_cohort)
-    out = tmp_path_factory.mktemp("derivatives") / "out"
-    res = run_pipeline(small_cohort, out, progress=False)
-    return {"bids": small_cohort, "out": out, "res": res, "raw_hashes": before}
+@pytest.fixture
+def processed(processed_cohort):
+    """The 6-participant cohort run once through the pipeline (serial; conftest)."""
+    return processed_cohort
 
 
 # --------------------------------------------------------------------------

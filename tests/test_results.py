@@ -1,0 +1,43 @@
+"""load_results: one object with the tables, paths and (simulated) truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ketamine_nb._utils import InputError
+from ketamine_nb.regions import STUDY_REGIONS
+from ketamine_nb.results import load_results
+
+
+def test_load_results_has_every_table_and_the_truth(small_results, processed_cohort):
+    r = small_results
+    assert r.bids_dir == processed_cohort["bids"].resolve()
+    assert r.regions == list(STUDY_REGIONS)
+    assert len(r.roi_deltas) == 6 * 7 and len(r.sessions) == 12
+    assert len(r.stats_roi) == 7 * 2 and r.stats_input is not None
+    assert r.reliability is not None and r.robustness is not None
+    assert r.ground_truth is not None and len(r.ground_truth) == 6 * 7
+    assert set(r.scores.columns) >= {"madrs_pre", "madrs_post", "qids_pre", "qids_post"}
+    assert r.config["fit_method"] == "WLS"
+
+
+def test_session_images_voxels_and_transforms(small_results):
+    r = small_results
+    md = r.image("sub-001", "pre", "md")
+    dwi = r.image("sub-001", "pre", "dwi")
+    assert md.shape == dwi.shape[:3]
+    assert r.transform("sub-001", "pre").shape == (4, 4)
+    v = r.voxels
+    assert set(v["session"].cat.categories) == {"pre", "post"}
+    one = r.session_voxels("sub-001", "pre")
+    assert {"i", "j", "k", "probability", "md", "fa", "md_ols"} <= set(one.columns)
+    mdv = np.asarray(md.dataobj)[one["i"], one["j"], one["k"]]
+    np.testing.assert_allclose(one["md"], mdv, rtol=1e-5)
+    with pytest.raises(InputError, match="no 'fa' image|rerun"):
+        r.image("sub-999", "pre", "fa")
+
+
+def test_missing_results_say_what_to_run(tmp_path):
+    with pytest.raises(InputError, match="ketamine-nb run"):
+        load_results(tmp_path)
