@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_session_qc"]
+__all__ = ["ARM_COLORS", "DELTA_MD_LABEL", "MD_LABEL", "MD_SCALE", "plot_session_qc"]
+
+#: One colour per arm everywhere (Okabe-Ito palette, safe for colour-blind readers).
+ARM_COLORS = {"ketamine": "#D55E00", "saline": "#0072B2"}
+
+#: MD is shown in 10⁻³ mm²/s: multiply values in mm²/s by this.
+MD_SCALE = 1e3
+
+#: Axis labels with units.
+MD_LABEL = "MD (10⁻³ mm²/s)"
+DELTA_MD_LABEL = "ΔMD = post − pre (10⁻³ mm²/s)"
 
 
 def plot_session_qc(dwi_img, gtab, mask_img, qc: dict, *, figure=None, title: str = ""):
