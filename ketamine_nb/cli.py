@@ -297,10 +297,17 @@ def main(argv=None) -> int:
     Exit codes: 0 all done; 1 some subjects failed and the rest completed;
     2 the invocation or the input cannot be used.
     """
+    import warnings
+
     from ._utils import KetamineNBError
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        # The loader's warnings are printed once each as "note:" lines instead.
+        from .study import StudyWarning
+
+        warnings.simplefilter("ignore", StudyWarning)
     try:
         return int(args.func(args) or 0)
     except KetamineNBError as exc:
@@ -308,6 +315,13 @@ def main(argv=None) -> int:
             raise
         print(f"ketamine-nb {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # permissions, full disk...: say which file, no traceback
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"ketamine-nb {args.command}: error: {where}{exc.strerror or exc}; check the "
+              "path, its permissions and free disk space", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("ketamine-nb: interrupted", file=sys.stderr)
         return 130

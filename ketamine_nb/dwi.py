@@ -163,6 +163,13 @@ def load_dwi(dwi_path, bval_path=None, bvec_path=None, *, b0_threshold: float = 
         kind = type(exc).__name__
         raise InputError(f"{dwi_path}: cannot read as NIfTI ({kind}: {exc}); the file is "
                          "truncated or not a NIfTI image, copy or convert it again") from None
+    sform, scode = img.header.get_sform(coded=True)
+    qform, qcode = img.header.get_qform(coded=True)
+    if scode and qcode and not np.allclose(sform, qform, atol=1e-3):
+        raise InputError(f"{dwi_path}: the header's sform and qform affines disagree (by up "
+                         f"to {np.abs(sform - qform).max():.3g} mm); the image's position is "
+                         "ambiguous: rewrite the header with one of them (e.g. nibabel "
+                         "img.set_qform(img.get_sform()))")
     if data.ndim != 4:
         raise InputError(f"{dwi_path}: a {data.ndim}D image; a DWI series is 4D "
                          "(x, y, z, volume)")

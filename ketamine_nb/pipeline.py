@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -164,13 +166,15 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
     config = config or PipelineConfig()
     paths = session_paths(out_dir, participant_id, session)
     key = config.processing_key()
+    inputs = _fingerprint(dwi_path, bval, bvec)
     if not force and paths["qc"].exists():
         try:
             done = json.loads(paths["qc"].read_text())
         except (OSError, ValueError):
             done = {}
         outputs = [paths[k] for k in ("mask", "md", "fa", "xfm", "voxels", "md_mni")]
-        if done.get("processing_key") == key and all(p.exists() for p in outputs):
+        if (done.get("processing_key") == key and done.get("inputs") == inputs
+                and all(p.exists() for p in outputs)):
             return {"participant_id": participant_id, "session": session, "status": "reused",
                     "seconds": 0.0, **done.get("qc", {})}
 
@@ -231,12 +235,33 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
                     "Sources": [f"bids:raw:{Path(dwi_path).name}"]},
                    Path(str(paths[name]).removesuffix(".nii.gz") + ".json"))
     qc_doc = {"participant_id": participant_id, "session": session,
-              "source": str(dwi_path), "processing_key": key, "config": asdict(config),
+              "source": str(dwi_path), "processing_key": key, "inputs": inputs,
+              "config": asdict(config),
               "qc": qc, "mni_to_native": np.round(A, 10).tolist(),
               "nib_version": nib.__version__}
     write_json(qc_doc, paths["qc"])
     return {"participant_id": participant_id, "session": session, "status": "processed",
             "seconds": round(time.perf_counter() - t0, 2), **qc}
+
+
+def _fingerprint(dwi_path, bval=None, bvec=None) -> dict:
+    """Name, size and modification time of a session's raw files.
+
+    A changed raw file (re-exported, replaced) makes its session recompute
+    even when the processing parameters are the same.
+    """
+    dwi_path = Path(dwi_path)
+    stem = dwi_path.name.removesuffix(".gz").removesuffix(".nii")
+    files = [dwi_path, Path(bval) if bval else dwi_path.with_name(stem + ".bval"),
+             Path(bvec) if bvec else dwi_path.with_name(stem + ".bvec")]
+    out = {}
+    for f in files:
+        try:
+            st = f.stat()
+            out[f.name] = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            out[f.name] = None
+    return out
 
 
 def _md_at(dwi_img, gtab, voxels: pd.DataFrame, method: str):
@@ -275,6 +300,12 @@ def check_out_dir(bids_dir, out_dir) -> Path:
     if out == bids or bids in out.parents:
         raise InputError(f"{out_dir}: the output folder is inside the raw dataset {bids_dir}; "
                          "the raw data are never written to, choose a folder outside it")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder; choose a folder name")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), None)
+    if probe is not None and not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{out_dir}: not writable ({probe} is read-only); choose a folder "
+                         "you can write to or fix its permissions")
     return out
 
 
@@ -515,8 +546,21 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
     else:
         status = pd.DataFrame(columns=["participant_id", "session", "status"])
     failed = status[status["status"] == "failed"] if len(status) else status
-    failures = (failed[["participant_id", "session", "error"]].reset_index(drop=True)
-                if len(failed) else pd.DataFrame(columns=["participant_id", "session", "error"]))
+    rows = failed[["participant_id", "session", "error"]].to_dict("records") if len(failed) \
+        else []
+    # Participants who cannot get a pre/post delta (missing session, unusable
+    # gradient files...) are failures too, with the loader's reason.
+    wanted_ids = set(sessions["participant_id"]) | (
+        {p if str(p).startswith("sub-") else f"sub-{p}" for p in participant_label}
+        if participant_label else set(study.participants["participant_id"]))
+    complete = set(study.complete_participants())
+    problems = list(getattr(study, "problems", []))
+    for pid in sorted(wanted_ids - complete):
+        why = [p for p in problems if re.search(rf"\b{re.escape(pid)}\b", p)]
+        rows.append({"participant_id": pid, "session": "n/a",
+                     "error": "; ".join(why) or f"{pid}: no usable ses-{pre} and ses-{post} "
+                                                "DWI pair; left out of the deltas"})
+    failures = pd.DataFrame(rows, columns=["participant_id", "session", "error"])
     write_tsv(failures, out / "failures.tsv")
     ok = status[status["status"] != "failed"] if len(status) else status
     roi_md, roi_deltas = roi_tables(out, ok, study.participants, pre=pre, post=post,

@@ -268,8 +268,11 @@ def test_other_session_labels_and_uncompressed_nifti(processed, tmp_path):
     """The same two participants renamed to baseline/24h and stored as .nii."""
     src, bids = processed["bids"], tmp_path / "bids"
     bids.mkdir()
-    for name in ("dataset_description.json", "participants.tsv", "participants.json"):
+    for name in ("dataset_description.json", "participants.json"):
         shutil.copy(src / name, bids / name)
+    parts = pd.read_csv(src / "participants.tsv", sep="\t")
+    parts[parts["participant_id"].isin(["sub-001", "sub-004"])].to_csv(
+        bids / "participants.tsv", sep="\t", index=False)
     labels = {"pre": "baseline", "post": "24h"}
     for pid in ("sub-001", "sub-004"):
         for old, new in labels.items():
@@ -282,6 +285,9 @@ def test_other_session_labels_and_uncompressed_nifti(processed, tmp_path):
             for ext in (".bval", ".bvec", ".json"):
                 shutil.copy(stem_old.with_name(stem_old.name + ext),
                             stem_new.with_name(stem_new.name + ext))
+        sessions = (src / pid / f"{pid}_sessions.tsv").read_text()
+        (bids / pid / f"{pid}_sessions.tsv").write_text(
+            sessions.replace("ses-pre", "ses-baseline").replace("ses-post", "ses-24h"))
     exe = [sys.executable, "-m", "ketamine_nb.cli", "run", str(bids), str(tmp_path / "out"),
            "--pre-session", "baseline", "--post-session", "24h", "--quiet"]
     proc = subprocess.run(exe, capture_output=True, text=True)
