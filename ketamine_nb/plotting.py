@@ -55,6 +55,7 @@ _REGION_PALETTE = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#CC79A7", "#0000
 _OTHER_ARM = "#999999"
 _Z95 = 1.959964  # two-sided 95 % normal quantile: estimate ± 1.96 SE
 _DIVERGING = "RdBu_r"  # ColorBrewer, colour-blind safe; blue = decrease
+_SEQUENTIAL = "YlOrRd"  # ColorBrewer, for maps that are never negative (−log10 p)
 _ROBUSTNESS_CHOICES = ("fit_method", "probability_threshold", "csf_md_threshold", "outcome",
                        "change", "covariates")
 
@@ -354,7 +355,7 @@ def plot_md_map(md_img, *, regions_img=None, region_names=None, figure=None,
         nilearn display mode (``"ortho"``, ``"z"``, ``"x"``, ``"yz"``...).
     cut_coords : sequence of float, optional
         Cut positions (world mm); default for ``"ortho"`` with regions: the
-        centre of all region voxels, so the contours are in view.
+        mean of the regions' centres, so that most contours are in view.
     kind : {"md", "fa"}, default="md"
         What the map holds (sets the scale and the colour-bar label).
     vmax : float, optional
@@ -539,22 +540,26 @@ def plot_glass_stat(stat_img, *, threshold=3.0, figure=None, display_mode: str =
     Returns
     -------
     matplotlib.figure.Figure
-        nilearn ``plot_glass_brain`` (signed, diverging colours) with a
-        labelled colour bar.
+        nilearn ``plot_glass_brain`` with a labelled colour bar: diverging
+        colours, symmetric around 0, for a signed map (t); sequential from 0
+        for a map without negative values (−log10 p).
     """
     from nilearn import plotting
 
     data = np.asarray(stat_img.dataobj, np.float32)
     vmax = float(np.nanmax(np.abs(data))) if vmax is None else float(vmax)
     vmax = max(vmax, threshold * 1.01, 1e-6)
+    signed = bool(np.nanmin(data) < 0)  # a t map; a −log10 p map is not
+    cmap, vmin = (_DIVERGING, -vmax) if signed else (_SEQUENTIAL, 0.0)
     fig = _new_figure(figure, (11, 3.4))
     plotting.plot_glass_brain(stat_img, threshold=threshold, display_mode=display_mode,
-                              figure=fig, axes=_BRAIN_RECT, cmap=_DIVERGING, plot_abs=False,
-                              vmin=-vmax, vmax=vmax, symmetric_cbar=True, colorbar=False)
-    cax = _colorbar(fig, _CBAR_RECT, _DIVERGING, -vmax, vmax, stat_label)
-    cax.axhspan(-threshold, threshold, color="0.85")
+                              figure=fig, axes=_BRAIN_RECT, cmap=cmap, plot_abs=False,
+                              vmin=vmin, vmax=vmax, symmetric_cbar=signed, colorbar=False)
+    cax = _colorbar(fig, _CBAR_RECT, cmap, vmin, vmax, stat_label)
+    cax.axhspan(-threshold if signed else 0.0, threshold, color="0.85")
     n = int(np.count_nonzero(np.abs(data) >= threshold))
-    fig.suptitle(title or f"{stat_label}, |value| ≥ {threshold:g} shown ({n} voxels)",
+    voxels = f"{n} voxel{'s' * (n != 1)}"
+    fig.suptitle(title or f"{stat_label}, |value| ≥ {threshold:g} shown ({voxels})",
                  fontsize=11)
     return fig
 
@@ -581,7 +586,10 @@ def plot_delta_by_arm(roi_deltas: pd.DataFrame, *, ax=None, regions=None):
         point is drawn) and points in the arm colours, in 10⁻³ mm²/s, with a
         zero line (no change).
     """
+    import warnings
+
     import seaborn as sns
+    from matplotlib import MatplotlibDeprecationWarning
     from matplotlib.lines import Line2D
 
     d = roi_deltas.dropna(subset=["delta_md"])
@@ -592,7 +600,9 @@ def plot_delta_by_arm(roi_deltas: pd.DataFrame, *, ax=None, regions=None):
     fig, ax = _axes(ax, (max(6.0, 1.2 * len(regions) + 1.5), 4.2))
     common = {"data": d, "x": "region", "y": "delta", "hue": "arm", "order": regions,
               "hue_order": arms, "palette": palette, "ax": ax, "legend": False}
-    sns.boxplot(**common, showfliers=False, fill=False, width=0.7, linewidth=1.2)
+    with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11 a deprecated vert=
+        warnings.simplefilter("ignore", MatplotlibDeprecationWarning)
+        sns.boxplot(**common, showfliers=False, fill=False, width=0.7, linewidth=1.2)
     sns.stripplot(**common, dodge=True, jitter=0.18, size=3.2, alpha=0.65)
     ax.axhline(0, color="0.4", lw=0.8, ls="--", zorder=0)
     n = d.drop_duplicates("participant_id").groupby("arm")["participant_id"].size()
@@ -612,6 +622,8 @@ def _ols_band(x, y, n_points=50):
     slope, intercept = np.polyfit(x, y, 1)
     xs = np.linspace(x.min(), x.max(), n_points)
     fit = intercept + slope * xs
+    if n < 3:  # a line through two points has no band
+        return xs, fit, fit, fit
     resid = y - (intercept + slope * x)
     s = np.sqrt(resid @ resid / (n - 2))
     sxx = ((x - x.mean()) ** 2).sum()
@@ -650,15 +662,16 @@ def plot_scatter(stats_input: pd.DataFrame, region: str, outcome: str, *, ax=Non
         that row: the legend then gives each arm's Pearson r with its 95 % CI
         and the title the interaction's p and q.
     change_label : str, optional
-        y-axis label; default ``"ΔMADRS = post − pre (points)"`` (pass one
-        when the stats used percent change).
+        y-axis label; default ``"ΔMADRS = post − pre (points; < 0 = better)"``
+        (pass one when the stats used percent change).
 
     Returns
     -------
     matplotlib.figure.Figure
         Points and, per arm, the least-squares line of Δscore on ΔMD with its
-        95 % confidence band (drawn here, unadjusted for baseline; the
-        model's numbers come from ``stats_roi``).
+        95 % confidence band (from 3 points on). The line is fitted here for
+        drawing only and is not adjusted for the baseline score; the model's
+        numbers come from ``stats_roi``.
     """
     from .stats import OUTCOMES
 
@@ -679,9 +692,10 @@ def plot_scatter(stats_input: pd.DataFrame, region: str, outcome: str, *, ax=Non
                       f"{row[f'r_{arm}_ci_high']:.2f}]")
         ax.scatter(x, y, s=20, color=colour, alpha=0.75, edgecolor="white", linewidth=0.4,
                    label=label, gid=f"points:{arm}")
-        if len(g) >= 3 and np.ptp(x) > 0:
+        if len(g) >= 2 and np.ptp(x) > 0:
             xs, fit, lo, hi = _ols_band(x, y)
-            ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, lw=0)
+            if len(g) >= 3:
+                ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, lw=0)
             ax.plot(xs, fit, color=colour, lw=2, gid=f"fit:{arm}")
     name = OUTCOMES.get(outcome, {}).get("label", outcome)
     ax.set(xlabel=DELTA_MD_LABEL,
@@ -740,8 +754,9 @@ def plot_forest(stats_roi: pd.DataFrame, *, outcome: str = "madrs", ax=None,
                          f"{', '.join(pd.unique(stats_roi['outcome']))}")
     qcol = _q_column(t)
     y = np.arange(len(t))
-    est = t["beta_interaction"].to_numpy(float)
-    half = _Z95 * t["se_interaction"].to_numpy(float)
+    # A model with fewer than 3 participants in an arm has no estimate (NaN or no column).
+    est, se = t.reindex(columns=["beta_interaction", "se_interaction"]).to_numpy(float).T
+    half = _Z95 * se
     sig = (t[qcol] < alpha).to_numpy()
     fig, ax = _axes(ax, (6.4, 0.45 * len(t) + 1.6))
     ax.axvline(0, color="0.4", lw=0.8, ls="--")
@@ -750,9 +765,10 @@ def plot_forest(stats_roi: pd.DataFrame, *, outcome: str = "madrs", ax=None,
     ax.scatter(est[~sig], y[~sig], marker="D", s=42, facecolor="white", edgecolor="0.1",
                zorder=3, gid="not significant")
     tr = ax.get_yaxis_transform()
-    for yi, q, s in zip(y, t[qcol], sig, strict=True):
-        ax.text(1.02, yi, f"q = {_fmt_p(q)}{' *' if s else ''}", transform=tr,
-                va="center", fontsize=8, fontweight="bold" if s else "normal")
+    for yi, q, s, e in zip(y, t[qcol], sig, est, strict=True):
+        text = f"q = {_fmt_p(q)}{' *' if s else ''}" if np.isfinite(e) else "not estimated"
+        ax.text(1.02, yi, text, transform=tr, va="center", fontsize=8,
+                fontweight="bold" if s else "normal")
     ax.set_yticks(y, t["region"])
     ax.set_ylim(len(t) - 0.5, -0.5)
     corr = "FDR" if qcol == "q_fdr" else "Holm"

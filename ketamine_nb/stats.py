@@ -432,6 +432,12 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
         rec["study_direction"], rec["matches_study"] = text, ok
         out.append(rec)
     table = pd.DataFrame(out)
+    # Every column exists even where no model could be fitted (then n/a).
+    for col in ("slope_ketamine", "se_slope_ketamine", "p_slope_ketamine", "slope_saline",
+                "se_slope_saline", "p_slope_saline", "beta_interaction", "se_interaction",
+                "t_interaction", "p_interaction", "df_resid", "r2", "p_perm_interaction"):
+        if col not in table:
+            table[col] = np.nan
     qcol = "q_fdr" if config.correction == "fdr_bh" else "q_holm"
     table[qcol] = adjust_pvalues(table.get("p_interaction", np.nan), config.correction)
     if "study_direction" not in table:
@@ -503,10 +509,14 @@ def run_stats(out_dir, *, bids_dir=None, config: StatsConfig | None = None, pre:
         raise InputError(f"{deltas_path}: no participant has both a ΔMD and the scores; check "
                          "that participant_id values match the scores table")
     table = region_stats(rows, config=config)
-    _, reliability = reliable_change(deltas)
+    try:
+        _, reliability = reliable_change(deltas)
+    except InputError:  # fewer than two saline participants: no error estimate
+        reliability = None
     write_tsv(rows, out / "stats_input.tsv")
     write_tsv(table, out / "stats_roi.tsv")
-    write_tsv(reliability, out / "reliability.tsv")
+    if reliability is not None:
+        write_tsv(reliability, out / "reliability.tsv")
     write_json(asdict(config), out / "stats_config.json")
     result = {"stats_roi": table, "stats_input": rows, "dropped": dropped,
               "reliability": reliability}

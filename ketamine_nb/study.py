@@ -795,7 +795,8 @@ def _check_gradients(dwi: Path, bval: Path, bvec: Path) -> str | None:
     try:
         shape = nib.load(str(dwi)).shape
     except Exception as exc:  # nibabel raises many types for a damaged file
-        return f"cannot read the NIfTI header ({_first_line(exc)}); replace the file"
+        return (f"cannot read the NIfTI header ({_first_line(exc)}); the file is truncated or "
+                "not a NIfTI image: copy or convert it again")
     if len(shape) != 4:
         return f"image has shape {shape}, not 4D; a DWI series has one volume per gradient"
     n = shape[3]
