@@ -27,7 +27,8 @@ __all__ = ["delta_md_maps", "voxelwise_design", "voxelwise_inference"]
 DESIGN_COLUMNS = ("intercept", "delta_score", "ketamine", "delta_score_x_ketamine", "score_pre")
 
 
-def delta_md_maps(out_dir, participants, *, pre: str = "pre", post: str = "post"):
+def delta_md_maps(out_dir, participants, *, pre: str = "pre", post: str = "post",
+                  csf_md_threshold: float | None = None):
     """Stack the ΔMD maps (template space) of participants with both sessions.
 
     Parameters
@@ -38,6 +39,12 @@ def delta_md_maps(out_dir, participants, *, pre: str = "pre", post: str = "post"
         Participant ids, in the order wanted.
     pre, post : str, default="pre", "post"
         Session labels.
+    csf_md_threshold : float or None, default=None
+        Keep only voxels whose MD, averaged over all sessions, is at or
+        below this (mm²/s): without it, brain-edge and ventricle voxels,
+        where a millimetre of registration moves CSF in and out, dominate
+        the ΔMD maps. Default: the pipeline's partial-volume guard
+        (:data:`ketamine_nb.roi.DEFAULT_CSF_MD_THRESHOLD`).
 
     Returns
     -------
@@ -46,13 +53,15 @@ def delta_md_maps(out_dir, participants, *, pre: str = "pre", post: str = "post"
     ids : list of str
         The participants in volume order (those with both maps).
     mask : nibabel.Nifti1Image
-        Voxels with MD in every session of every participant kept.
+        Tissue voxels with MD in every session of every participant.
     """
     import nibabel as nib
 
     from .pipeline import session_paths
+    from .roi import DEFAULT_CSF_MD_THRESHOLD
 
-    vols, ids, valid, affine = [], [], None, None
+    thr = DEFAULT_CSF_MD_THRESHOLD if csf_md_threshold is None else csf_md_threshold
+    vols, ids, valid, affine, md_sum = [], [], None, None, None
     for pid in participants:
         a = session_paths(out_dir, pid, pre)["md_mni"]
         b = session_paths(out_dir, pid, post)["md_mni"]
@@ -62,12 +71,14 @@ def delta_md_maps(out_dir, participants, *, pre: str = "pre", post: str = "post"
         da, db = np.asarray(ia.dataobj, np.float32), np.asarray(ib.dataobj, np.float32)
         ok = (da > 0) & (db > 0)
         valid = ok if valid is None else valid & ok
+        md_sum = da + db if md_sum is None else md_sum + da + db
         vols.append(np.where(ok, db - da, 0).astype(np.float32))
         ids.append(pid)
         affine = ia.affine
     if not vols:
         raise InputError(f"{out_dir}: no participant has template-space MD maps for both "
                          f"sessions ({pre}, {post}); rerun 'ketamine-nb run'")
+    valid &= md_sum / (2 * len(ids)) <= thr
     img = nib.Nifti1Image(np.stack(vols, axis=-1), affine)
     return img, ids, nib.Nifti1Image(valid.astype(np.uint8), affine)
 
