@@ -186,6 +186,46 @@ def _cmd_stats(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.out_dir, path=args.output, pseudonymise=args.pseudonymise)
+    print(f"Report: {path}")
+    return 0
+
+
+def _notebooks_dir() -> Path:
+    here = Path(__file__).resolve().parents[1] / "notebooks"
+    if not (here / "00_start_here.ipynb").is_file():
+        from ._utils import InputError
+
+        raise InputError(f"{here}: the notebooks are not there; they come with the source "
+                         "checkout (git clone), install it with pip install -e .")
+    return here
+
+
+def _cmd_lab(args) -> int:
+    from .datasets import DATA_ENV_VAR
+
+    if args.data_dir:
+        os.environ[DATA_ENV_VAR] = str(Path(args.data_dir).expanduser().resolve())
+    nb = _notebooks_dir()
+    cmd = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={nb}",
+           "--ServerApp.default_url=/lab/tree/00_start_here.ipynb"]
+    if args.no_browser:
+        cmd.append("--no-browser")
+    if args.port:
+        cmd.append(f"--ServerApp.port={args.port}")
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    from .results import demo_results
+
+    demo_results()  # prepares the demo (with progress bars) when it is missing
+    os.execv(sys.executable, cmd)
+    return 0  # pragma: no cover
+
+
 def _cmd_demo(args) -> int:
     from .datasets import DATA_ENV_VAR, get_demo_dir
     from .pipeline import run_pipeline
@@ -288,6 +328,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--post-session", default="post", metavar="LABEL")
     _add_stats_args(p)
     p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser("report", help="write one self-contained HTML report",
+                       description="Write a self-contained HTML report (figures, region and "
+                                   "statistics tables, parameters, versions) of OUT_DIR.")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder of 'run' and 'stats'")
+    p.add_argument("--output", metavar="FILE", default=None,
+                   help="report file (default OUT_DIR/report.html)")
+    p.add_argument("--pseudonymise", action="store_true",
+                   help="replace participant ids with random pseudonyms")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("lab", help="open JupyterLab on the notebooks, demo ready",
+                       description="Prepare the demo if needed, then open JupyterLab on "
+                                   "notebooks/00_start_here.ipynb.")
+    p.add_argument("--data-dir", metavar="DIR", help="data home (wins over KETAMINE_NB_DATA)")
+    p.add_argument("--port", type=int, default=None, help="JupyterLab port")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--dry-run", action="store_true", help="print the command and stop")
+    p.set_defaults(func=_cmd_lab)
     return parser
 
 
