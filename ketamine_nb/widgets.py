@@ -191,18 +191,23 @@ def _zoom_window(ras_ijk, shape, axis: int, *, margin: int = 4) -> tuple:
     return (ch - half, ch + half), (cv - half, cv + half)
 
 
+def _upsample(mask, factor: int = 4) -> np.ndarray:
+    """Repeat each pixel ``factor`` x ``factor`` times, so a contour follows voxel edges."""
+    return np.kron(np.asarray(mask, np.float32), np.ones((factor, factor), np.float32))
+
+
 def _overlay_rgba(layers: dict) -> np.ndarray:
     """RGBA image: kept voxels in :data:`KEPT_COLOR`, dropped in :data:`DROPPED_COLOR`."""
     from matplotlib.colors import to_rgba
 
     rgba = np.zeros((*layers["kept"].shape, 4), dtype=np.float32)
-    rgba[layers["kept"]] = to_rgba(KEPT_COLOR, 0.85)
-    rgba[layers["dropped"]] = to_rgba(DROPPED_COLOR, 0.85)
+    rgba[layers["kept"]] = to_rgba(KEPT_COLOR, 0.7)
+    rgba[layers["dropped"]] = to_rgba(DROPPED_COLOR, 0.9)
     return rgba
 
 
 def _count_color(rgba: np.ndarray, color: str) -> int:
-    """Number of pixels of an RGBA image drawn in ``color`` (ignoring alpha 0)."""
+    """Count the pixels of an RGBA image drawn in ``color`` (alpha > 0)."""
     from matplotlib.colors import to_rgba
 
     target = np.asarray(to_rgba(color)[:3], dtype=np.float32)
@@ -248,6 +253,22 @@ def _p(value) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def _p_text(value) -> str:
+    """``p = 0.012`` or ``p < 0.001``."""
+    text = _p(value)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
+def _md_text(value) -> str:
+    """MD in mm²/s as text in 10⁻³ mm²/s."""
+    return _fmt(value * MD_SCALE, ".4f")
+
+
+def _csf_text(value) -> str:
+    """CSF cut-off in mm²/s as text in 10⁻³ mm²/s (``off`` for none)."""
+    return "off" if value is None or not np.isfinite(value) else f"{value * MD_SCALE:.2f}"
+
+
 def _html_table(table: pd.DataFrame, columns: dict) -> str:
     """HTML of a table: ``columns`` maps a header (with units) to (column, formatter)."""
     head = "".join(f"<th style='text-align:right;padding:2px 8px'>{html.escape(h)}</th>"
@@ -260,12 +281,19 @@ def _html_table(table: pd.DataFrame, columns: dict) -> str:
             text = fmt(v) if callable(fmt) else _fmt(v, fmt)
             cells.append(f"<td style='text-align:right;padding:2px 8px'>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return ("<table class='ketamine-nb-table' style='border-collapse:collapse;font-size:12px'>"
+    return ("<table class='ketamine-nb-data' style='border-collapse:collapse;font-size:12px'>"
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
 
+def _orientation_labels(ax):
+    """Two texts in the upper corners of a slice (set to "L"/"R" or "P"/"A")."""
+    kw = {"transform": ax.transAxes, "color": "w", "fontsize": 9, "weight": "bold",
+          "va": "top"}
+    return (ax.text(0.03, 0.97, "", ha="left", **kw), ax.text(0.97, 0.97, "", ha="right", **kw))
+
+
 def _new_figure(width: float, height: float):
-    """A matplotlib figure outside pyplot (no auto-display, no global registry)."""
+    """Make a matplotlib figure outside pyplot (no auto-display, no global registry)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100)
@@ -302,6 +330,10 @@ class Explorer(widgets.VBox):
         Resolution of the figure in the notebook.
     columns : int, default=3
         Controls per row.
+    title : str, optional
+        A heading above the controls.
+    name : str, default="explorer"
+        Added as the CSS class ``ketamine-nb-<name>`` (the browser test's handle).
 
     Attributes
     ----------
@@ -315,10 +347,11 @@ class Explorer(widgets.VBox):
     """
 
     def __init__(self, controls: dict, figure, draw, *, artists=None, link=None,
-                 describe=None, dpi: int = 80, columns: int = 3, title: str = ""):
+                 describe=None, dpi: int = 80, columns: int = 3, title: str = "",
+                 name: str = "explorer"):
         self.controls = dict(controls)
         self.figure = figure
-        self.artists = dict(artists or {})
+        self.artists = artists if artists is not None else {}
         self.table = pd.DataFrame()
         self.dpi = dpi
         self.output = widgets.Output(layout=widgets.Layout(min_height="120px"))
@@ -334,6 +367,11 @@ class Explorer(widgets.VBox):
                                   grid_gap="2px 16px", width="100%"))
         head = [widgets.HTML(f"<b>{html.escape(title)}</b>")] if title else []
         super().__init__([*head, grid, self.message, self.output, self.table_view])
+        # CSS classes: a stable handle for the browser test and for custom styling
+        self.add_class("ketamine-nb-explorer")
+        self.add_class(f"ketamine-nb-{name}")
+        self.output.add_class("ketamine-nb-figure")
+        self.table_view.add_class("ketamine-nb-table")
         for c in self.controls.values():
             c.observe(self._on_change, names="value")
         self.update()
@@ -369,7 +407,7 @@ class Explorer(widgets.VBox):
         self.redisplay()
 
     def png(self) -> bytes:
-        """The figure as PNG bytes (what the notebook shows)."""
+        """Render the figure as PNG bytes (what the notebook shows)."""
         buf = io.BytesIO()
         self.figure.savefig(buf, format="png", dpi=self.dpi)
         return buf.getvalue()
@@ -514,10 +552,10 @@ def roi_explorer(results, *, region: str | None = None, participant_id: str | No
     cache = _SessionCache(results)
 
     fig = _new_figure(10.5, 3.7)
-    ax_full = fig.add_axes((0.01, 0.12, 0.29, 0.74))
-    ax_zoom = fig.add_axes((0.33, 0.12, 0.22, 0.74))
-    ax_hist = fig.add_axes((0.63, 0.17, 0.35, 0.66))
-    cax = fig.add_axes((0.01, 0.06, 0.29, 0.025))
+    ax_full = fig.add_axes((0.01, 0.2, 0.29, 0.66))
+    ax_zoom = fig.add_axes((0.33, 0.2, 0.22, 0.66))
+    ax_hist = fig.add_axes((0.63, 0.2, 0.35, 0.63))
+    cax = fig.add_axes((0.04, 0.13, 0.23, 0.025))
     empty = np.zeros((2, 2), np.float32)
     artists = {}
     for name, ax in (("full", ax_full), ("zoom", ax_zoom)):
@@ -528,13 +566,11 @@ def roi_explorer(results, *, region: str | None = None, participant_id: str | No
                                                interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
+        ax.set_facecolor("k")
     cb = fig.colorbar(artists["md_full"], cax=cax, orientation="horizontal")
     cb.set_label(MD_LABEL, fontsize=8)
     cb.ax.tick_params(labelsize=7)
-    artists["left_label"] = ax_full.text(0.02, 0.5, "", transform=ax_full.transAxes,
-                                         color="w", fontsize=8, va="center")
-    artists["right_label"] = ax_full.text(0.98, 0.5, "", transform=ax_full.transAxes,
-                                          color="w", fontsize=8, va="center", ha="right")
+    artists["left_label"], artists["right_label"] = _orientation_labels(ax_full)
     artists["zoom_box"] = ax_full.plot([], [], color="w", lw=0.8, ls=":")[0]
     edges = np.arange(0.0, 3.5 + 1e-9, 0.05)
     zeros = np.zeros(len(edges) - 1)
@@ -599,11 +635,11 @@ def roi_explorer(results, *, region: str | None = None, participant_id: str | No
         artists["zoom_box"].set_data([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0])
         for cs in artists["contours"]:
             cs.remove()
-        artists["contours"] = []
+        artists["contours"].clear()
         if layers["inside"].any():
             for ax in (ax_full, ax_zoom):
                 artists["contours"].append(ax.contour(
-                    layers["inside"].astype(float), levels=[0.5], colors=OUTLINE_COLOR,
+                    _upsample(layers["inside"]), levels=[0.5], colors=OUTLINE_COLOR,
                     linewidths=1.0, origin="lower", extent=extent))
         left, right = ("P", "A") if axis == 0 else ("L", "R")
         artists["left_label"].set_text(left)
@@ -646,17 +682,16 @@ def roi_explorer(results, *, region: str | None = None, participant_id: str | No
             "n_voxels_slice": int(layers["kept"].sum()),
             "n_excluded_slice": int(layers["dropped"].sum())}])
 
-    md3 = (lambda v: _fmt(v * MD_SCALE, ".4f"))
-    describe = (lambda t: _html_table(t, {
-        "subject": ("participant_id", str), "session": ("session", str),
-        "region": ("region", str), "probability ≥": ("probability_threshold", ".2f"),
-        "CSF cut-off (10⁻³ mm²/s)": ("csf_md_threshold",
-                                     lambda v: "off" if not np.isfinite(v)
-                                     else f"{v * MD_SCALE:.2f}"),
-        "MD mean (10⁻³ mm²/s)": ("md_mean", md3), "MD median (10⁻³ mm²/s)": ("md_median", md3),
-        "voxels kept": ("n_voxels", "d"), "dropped by guard": ("n_excluded", "d")}))
+    def describe(t):
+        return _html_table(t, {
+            "subject": ("participant_id", str), "session": ("session", str),
+            "region": ("region", str), "probability ≥": ("probability_threshold", ".2f"),
+            "CSF cut-off (10⁻³ mm²/s)": ("csf_md_threshold", _csf_text),
+            "MD mean (10⁻³ mm²/s)": ("md_mean", _md_text),
+            "MD median (10⁻³ mm²/s)": ("md_median", _md_text),
+            "voxels kept": ("n_voxels", "d"), "dropped by guard": ("n_excluded", "d")})
     w = Explorer(controls, fig, draw, artists=artists, link=link, describe=describe,
-                 title="Region of interest: threshold and CSF guard")
+                 title="Region of interest: threshold and CSF guard", name="roi")
     w.cache = cache
     return w
 
@@ -801,26 +836,31 @@ def outcome_explorer(results, *, region: str | None = None) -> Explorer:
         lines = []
         for r in table.itertuples():
             lines += [f"{r.arm} (n = {r.n})", f"  {sym} = {_fmt(r.correlation, '.2f')}, "
-                      f"p = {_p(r.p_correlation)}",
+                      f"{_p_text(r.p_correlation)}",
                       f"  slope {_fmt(r.slope, '.2f')} ± {_fmt(r.se_slope, '.2f')}"]
         lines += ["arm × ΔMD interaction", f"  β = {_fmt(rec.get('beta_interaction'), '.2f')}"
                   f" ± {_fmt(rec.get('se_interaction'), '.2f')}",
-                  f"  p = {_p(rec.get('p_interaction', np.nan))}",
+                  f"  {_p_text(rec.get('p_interaction', np.nan))}",
                   f"covariates: {values['covariates']}"]
         artists["stats"].set_text("\n".join(lines))
         return table
 
-    per = "per 10⁻⁶ mm²/s"
-    describe = (lambda t: _html_table(t, {
-        "arm": ("arm", str), "n": ("n", "d"),
-        "correlation": ("correlation", ".3f"), "p": ("p_correlation", _p),
-        f"slope ({per})": ("slope", ".3f"), "SE": ("se_slope", ".3f"), "p ": ("p_slope", _p),
-        "interaction β": ("beta_interaction", ".3f"), "SE ": ("se_interaction", ".3f"),
-        "p  ": ("p_interaction", _p)})
-        + f"<div style='font-size:11px;color:#555'>{html.escape(t['formula'].iloc[0])} "
-          "(OLS; Δ = post − pre; slopes in score units per 10⁻⁶ mm²/s)</div>")
+    def describe(t):
+        r = t.iloc[0]
+        caption = (f"<div style='font-size:12px'><b>{html.escape(str(r['region']))}</b> · "
+                   f"{_OUTCOME_LABELS[r['outcome']]} · change: {html.escape(r['change'])} · "
+                   f"covariates: {html.escape(r['covariates'])} · {r['method']}</div>")
+        return caption + _html_table(t, {
+            "arm": ("arm", str), "n": ("n", "d"),
+            "correlation": ("correlation", ".3f"), "p": ("p_correlation", _p),
+            "slope (per 10⁻⁶ mm²/s)": ("slope", ".3f"), "SE": ("se_slope", ".3f"),
+            "p ": ("p_slope", _p), "interaction β": ("beta_interaction", ".3f"),
+            "SE ": ("se_interaction", ".3f"), "p  ": ("p_interaction", _p)}) + (
+            f"<div style='font-size:11px;color:#555'>{html.escape(t['formula'].iloc[0])} "
+            "(OLS; Δ = post − pre; slopes in score units per 10⁻⁶ mm²/s)</div>")
     return Explorer(controls, fig, draw, artists=artists, describe=describe,
-                    title="Outcome: ΔMD against the change in depression score")
+                    title="Outcome: ΔMD against the change in depression score",
+                    name="outcome")
 
 
 # ---------------------------------------------------------------------------
@@ -1004,10 +1044,8 @@ def slice_viewer(img_or_results, *, overlay=None, participant_id: str | None = N
         "overlay": ax.imshow(np.ma.masked_all((2, 2)), origin="lower", cmap="autumn",
                              vmin=0, vmax=1, interpolation="nearest"),
         "title": ax.set_title("", fontsize=9),
-        "left_label": ax.text(0.01, 0.5, "", transform=ax.transAxes, color="w", fontsize=9),
-        "right_label": ax.text(0.99, 0.5, "", transform=ax.transAxes, color="w",
-                               fontsize=9, ha="right"),
     }
+    artists["left_label"], artists["right_label"] = _orientation_labels(ax)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_facecolor("k")
@@ -1088,13 +1126,14 @@ def slice_viewer(img_or_results, *, overlay=None, participant_id: str | None = N
                               "slice_mean": float(nz.mean()) if nz.size else np.nan,
                               "n_overlay_voxels": n_ov}])
 
-    describe = (lambda t: _html_table(t, {
-        "image": ("image", str), "view": ("view", str), "slice": ("slice_index", "d"),
-        "position (mm)": ("slice_mm", ".0f"), "volume": ("volume", "d"),
-        "mean of nonzero (image units)": ("slice_mean", ".4g"),
-        "overlay voxels in slice": ("n_overlay_voxels", "d")}))
+    def describe(t):
+        return _html_table(t, {
+            "image": ("image", str), "view": ("view", str), "slice": ("slice_index", "d"),
+            "position (mm)": ("slice_mm", ".0f"), "volume": ("volume", "d"),
+            "mean of nonzero (image units)": ("slice_mean", ".4g"),
+            "overlay voxels in slice": ("n_overlay_voxels", "d")})
     return Explorer(controls, fig, draw, artists=artists, link=link, describe=describe,
-                    title="Slice viewer")
+                    title="Slice viewer", name="slices")
 
 
 def _canonical_ornt(img):
@@ -1197,9 +1236,9 @@ def robustness_explorer(results) -> Explorer:
 
     rows_dash = [(c, v) for c in _CHOICES for v in values_of[c]]
     n_specs = grid["spec"].nunique()
-    fig = _new_figure(10.0, 5.6)
-    ax = fig.add_axes((0.22, 0.52, 0.76, 0.4))
-    axd = fig.add_axes((0.22, 0.06, 0.76, 0.42), sharex=ax)
+    fig = _new_figure(10.0, 5.8)
+    ax = fig.add_axes((0.22, 0.54, 0.76, 0.39))
+    axd = fig.add_axes((0.22, 0.09, 0.76, 0.42), sharex=ax)
     for y in (-1.96, 1.96):
         ax.axhline(y, color="0.6", ls="--", lw=0.8)
     ax.axhline(0, color="0.3", lw=0.8)
@@ -1210,13 +1249,13 @@ def robustness_explorer(results) -> Explorer:
                                edgecolor="k", linewidth=0.4, zorder=3, label="selected"),
         "dash_all": axd.scatter(np.empty(0), np.empty(0), s=4, marker="s", color="0.8",
                                 edgecolor="none"),
-        "dash_selected": axd.scatter(np.empty(0), np.empty(0), s=8, marker="s",
+        "dash_selected": axd.scatter(np.empty(0), np.empty(0), s=16, marker="s",
                                      color=HIGHLIGHT_COLOR, edgecolor="none"),
         "title": ax.set_title("", fontsize=10, loc="left"),
     }
     ax.set_ylabel("interaction t = β / SE", fontsize=9)
     ax.tick_params(labelsize=8, labelbottom=False)
-    ax.legend(fontsize=8, loc="upper left", frameon=False)
+    ax.legend(fontsize=8, loc="lower right", frameon=False)
     ax.set_xlim(-1, n_specs)
     axd.set_yticks(range(len(rows_dash)))
     axd.set_yticklabels([f"{_CHOICE_LABELS[c]}: {_choice_label(c, v)}" for c, v in rows_dash],
@@ -1266,13 +1305,11 @@ def robustness_explorer(results) -> Explorer:
         return _html_table(head, {
             "spec": ("spec", "d"), "fit": ("fit_method", str),
             "probability ≥": ("probability_threshold", ".2f"),
-            "CSF cut-off (10⁻³ mm²/s)": ("csf_md_threshold",
-                                         lambda v: "off" if not np.isfinite(v)
-                                         else f"{v * MD_SCALE:.2f}"),
+            "CSF cut-off (10⁻³ mm²/s)": ("csf_md_threshold", _csf_text),
             "outcome": ("outcome", str), "change": ("change", str),
             "covariates": ("covariates", str), "n": ("n", "d"),
             "β": ("beta_interaction", ".3f"), "SE": ("se_interaction", ".3f"),
             "t": ("t_interaction", ".2f"), "p": ("p_interaction", _p)}) + more
 
     return Explorer(controls, fig, draw, artists=artists, describe=describe, columns=4,
-                    title="Robustness: the specification curve")
+                    title="Robustness: the specification curve", name="robustness")
