@@ -61,6 +61,7 @@ KEPT_COLOR = "#009E73"
 DROPPED_COLOR = "#CC79A7"
 OUTLINE_COLOR = "#F0E442"
 HIGHLIGHT_COLOR = "#E69F00"
+MEAN_COLOR = "#56B4E9"
 
 #: Slice orientations: name -> axis of the RAS+ array that is fixed.
 VIEWS = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -271,15 +272,16 @@ def _csf_text(value) -> str:
 
 def _html_table(table: pd.DataFrame, columns: dict) -> str:
     """HTML of a table: ``columns`` maps a header (with units) to (column, formatter)."""
-    head = "".join(f"<th style='text-align:right;padding:2px 8px'>{html.escape(h)}</th>"
-                   for h in columns)
+    head = "".join("<th style='text-align:right;padding:2px 8px;white-space:nowrap'>"
+                   f"{html.escape(h)}</th>" for h in columns)
     body = []
     for _, row in table.iterrows():
         cells = []
         for col, fmt in columns.values():
             v = row.get(col, np.nan)
             text = fmt(v) if callable(fmt) else _fmt(v, fmt)
-            cells.append(f"<td style='text-align:right;padding:2px 8px'>{html.escape(text)}</td>")
+            cells.append("<td style='text-align:right;padding:2px 8px;white-space:nowrap'>"
+                         f"{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return ("<table class='ketamine-nb-data' style='border-collapse:collapse;font-size:12px'>"
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
@@ -342,8 +344,11 @@ class Explorer(widgets.VBox):
         What is shown now.
     output : ipywidgets.Output
         Where the figure is displayed in a notebook.
+    table_view : ipywidgets.HTML
+        The table as shown under the figure (units in the headers).
     message : ipywidgets.HTML
-        Why a choice cannot be shown (empty otherwise).
+        Why a choice cannot be shown (empty otherwise); the figure and the
+        table then keep the last choice that could be shown.
     """
 
     def __init__(self, controls: dict, figure, draw, *, artists=None, link=None,
@@ -506,10 +511,15 @@ def roi_explorer(results, *, region: str | None = None, participant_id: str | No
     Returns
     -------
     Explorer
-        Controls ``region``, ``subject``, ``session``,
-        ``probability_threshold`` (fraction, 0.05-0.95),
-        ``csf_md_threshold`` (mm²/s, shown in 10⁻³ mm²/s, 0.8-3.0, or
-        ``inf`` for "off") and ``view``.
+        Controls ``region``, ``view``, ``subject``, ``session``,
+        ``probability_threshold`` (fraction, 0.05-0.95) and
+        ``csf_md_threshold`` (mm²/s, shown in 10⁻³ mm²/s: 0.8e-3 to 3.0e-3
+        in steps of 0.05e-3, or ``inf`` for "off"). Its ``cache`` holds the
+        sessions read so far. Table columns: ``participant_id``,
+        ``session``, ``region``, the two thresholds (NaN: guard off),
+        ``md_mean``, ``md_median`` (mm²/s), ``n_voxels``, ``n_excluded``,
+        and for the slice shown ``view``, ``slice_index``, ``slice_mm``,
+        ``n_voxels_slice``, ``n_excluded_slice``.
 
     Notes
     -----
@@ -538,6 +548,7 @@ def roi_explorer(results, *, region: str | None = None, participant_id: str | No
 
     controls = {
         "region": _dropdown("Region", regions, region or regions[0]),
+        "view": _dropdown("View", list(VIEWS), view),
         "subject": _dropdown("Subject", subjects, pid),
         "session": _dropdown("Session", sessions, ses),
         "probability_threshold": widgets.FloatSlider(
@@ -545,9 +556,8 @@ def roi_explorer(results, *, region: str | None = None, participant_id: str | No
             description="Atlas probability ≥", continuous_update=False, style=_STYLE,
             layout=widgets.Layout(width="auto")),
         "csf_md_threshold": widgets.SelectionSlider(
-            options=CSF_CHOICES, value=c_val, description="CSF cut-off, MD > (10⁻³ mm²/s)",
+            options=CSF_CHOICES, value=c_val, description="CSF cut-off (10⁻³ mm²/s)",
             continuous_update=False, style=_STYLE, layout=widgets.Layout(width="auto")),
-        "view": _dropdown("View", list(VIEWS), view),
     }
     cache = _SessionCache(results)
 
@@ -578,8 +588,8 @@ def roi_explorer(results, *, region: str | None = None, participant_id: str | No
                                           alpha=0.8, label="kept")
     artists["hist_dropped"] = ax_hist.stairs(zeros, edges, fill=True, color=DROPPED_COLOR,
                                              alpha=0.8, label="dropped (CSF guard)")
-    artists["cutoff"] = ax_hist.axvline(1.1, color="k", ls="--", lw=1, label="CSF cut-off")
-    artists["mean"] = ax_hist.axvline(0.8, color=KEPT_COLOR, lw=1.5, label="mean of kept")
+    artists["cutoff"] = ax_hist.axvline(1.1, color="k", ls="--", lw=1.2, label="CSF cut-off")
+    artists["mean"] = ax_hist.axvline(0.8, color=MEAN_COLOR, lw=1.5, label="mean of kept")
     ax_hist.set_xlabel(MD_LABEL + " of the region's voxels", fontsize=9)
     ax_hist.set_ylabel("voxels", fontsize=9)
     ax_hist.set_xlim(edges[0], edges[-1])
@@ -686,12 +696,14 @@ def roi_explorer(results, *, region: str | None = None, participant_id: str | No
         return _html_table(t, {
             "subject": ("participant_id", str), "session": ("session", str),
             "region": ("region", str), "probability ≥": ("probability_threshold", ".2f"),
-            "CSF cut-off (10⁻³ mm²/s)": ("csf_md_threshold", _csf_text),
-            "MD mean (10⁻³ mm²/s)": ("md_mean", _md_text),
-            "MD median (10⁻³ mm²/s)": ("md_median", _md_text),
-            "voxels kept": ("n_voxels", "d"), "dropped by guard": ("n_excluded", "d")})
+            "CSF cut-off": ("csf_md_threshold", _csf_text),
+            "MD mean": ("md_mean", _md_text), "MD median": ("md_median", _md_text),
+            "voxels kept": ("n_voxels", "d"), "dropped by guard": ("n_excluded", "d")}) + (
+            "<div style='font-size:11px;color:#555'>MD and cut-off in 10⁻³ mm²/s; kept: "
+            "atlas probability ≥ threshold and MD ≤ cut-off; dropped: above the cut-off "
+            "(from <code>summarise_regions</code> on the cached voxel table)</div>")
     w = Explorer(controls, fig, draw, artists=artists, link=link, describe=describe,
-                 title="Region of interest: threshold and CSF guard", name="roi")
+                 title="Region of interest: threshold and CSF guard", name="roi", columns=2)
     w.cache = cache
     return w
 
@@ -924,7 +936,9 @@ def slice_viewer(img_or_results, *, overlay=None, participant_id: str | None = N
     -------
     Explorer
         Controls ``view``, ``slice`` (index in RAS+ order, starting at the
-        middle), ``volume`` (4D images), ``opacity`` (with an overlay), and
+        middle; with a region overlay, at the region's centre, which the
+        slice follows when the view, region, subject or session changes),
+        ``volume`` (4D images), ``opacity`` (with an overlay), and
         with results ``subject``, ``session``, ``kind``, ``region``. The table
         has one row: the image, ``view``, ``slice_index``, ``slice_mm``,
         ``volume``, the mean of the slice's nonzero values (the image's units)
@@ -1017,6 +1031,15 @@ def slice_viewer(img_or_results, *, overlay=None, participant_id: str | None = N
         def overlay_for(values, data):
             return ov
 
+    def region_slice(values, data, axis):
+        """Index of the overlaid region's centre along ``axis`` (None without a region)."""
+        if not is_results or values["region"] == "none":
+            return None
+        ov = overlay_for(values, data)
+        if ov is None or not ov.any():
+            return None
+        return int(_region_centre(np.argwhere(ov > 0), ov[ov > 0])[axis])
+
     first = image_for({k: c.value for k, c in controls.items()})
     shape0 = first[1].shape
     controls["view"] = _dropdown("View", list(VIEWS), view)
@@ -1029,6 +1052,9 @@ def slice_viewer(img_or_results, *, overlay=None, participant_id: str | None = N
         value=0, min=0, max=max(n_vol - 1, 0), description="Volume",
         continuous_update=False, disabled=n_vol == 1, style=_STYLE,
         layout=widgets.Layout(width="auto"))
+    start = region_slice({k: c.value for k, c in controls.items()}, first[1], VIEWS[view])
+    if start is not None:
+        controls["slice"].value = start
     has_overlay = is_results or overlay is not None
     if has_overlay:
         controls["opacity"] = widgets.FloatSlider(
@@ -1054,29 +1080,27 @@ def slice_viewer(img_or_results, *, overlay=None, participant_id: str | None = N
 
     def link(w, change):
         c = w.controls
-        values = w.values
-        data = image_for(values)[1]
-        axis = VIEWS[values["view"]]
-        n = data.shape[axis]
-        if change["owner"] in (c.get("subject"),) and "session" in c:
+        owner = change["owner"]
+        if "subject" in c and owner is c["subject"]:
             opts = _sessions_of(img_or_results, change["new"])
             old = c["session"].value
             c["session"].options = opts
             c["session"].value = old if old in opts else opts[0]
-            values = w.values
-            data = image_for(values)[1]
-        if change["owner"] is c["view"] or c["slice"].max != n - 1:
-            c["slice"].max = n - 1
-            if change["owner"] is c["view"]:
-                c["slice"].value = n // 2
+        values = w.values
+        data = image_for(values)[1]
+        axis = VIEWS[values["view"]]
+        n = data.shape[axis]
+        c["slice"].max = n - 1
         nv = data.shape[3] if data.ndim == 4 else 1
         c["volume"].max = max(nv - 1, 0)
         c["volume"].disabled = nv == 1
-        if is_results and change["owner"] is c.get("region") and change["new"] != "none":
-            ov = overlay_for(values, data)
-            if ov is not None and ov.any():
-                ijk = np.argwhere(ov > 0)
-                c["slice"].value = int(_region_centre(ijk, ov[ov > 0])[axis])
+        follow = [c["view"], *(c[k] for k in ("region", "subject", "session") if k in c)]
+        if any(owner is f for f in follow):
+            centre = region_slice(values, data, axis)
+            if centre is not None:
+                c["slice"].value = centre
+            elif owner is c["view"]:
+                c["slice"].value = n // 2
 
     def draw(values):
         label, data, affine, _ornt, kind_ = image_for(values)
