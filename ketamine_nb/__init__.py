@@ -31,6 +31,11 @@ _LAZY = {
     "robustness_grid": "robustness",
     "voxelwise_inference": "voxelwise",
     "simulate_tables": "simulate",
+    "roi_explorer": "widgets",
+    "outcome_explorer": "widgets",
+    "robustness_explorer": "widgets",
+    "slice_viewer": "widgets",
+    "write_report": "report",
 }
 
 __all__ = ["__version__", *_LAZY]
