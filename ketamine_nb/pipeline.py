@@ -517,7 +517,7 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
             client = Client(scheduler)
         else:
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=":0", silence_logs=40)
+                                   dashboard_address=":0", silence_logs=50)
             client = Client(cluster)
         try:
             futures = client.map(_task, tasks, pure=False)
