@@ -270,14 +270,16 @@ def freedman_lane(df: pd.DataFrame, formula: str, term: str, *, n_permutations: 
     fitted = Xr @ beta_r
     resid = y - fitted
     n, p = Xf.shape
-    perms = np.argsort(rng.random((n_permutations, n)), axis=1)
-    Y = fitted[:, None] + resid[perms].T                       # n x B
+    # y* = fitted + P r. The reduced model's fit lies in the full model's
+    # column space, so the full residuals of y* are (I - H) P r and, with Q an
+    # orthonormal basis of X, RSS* = |r|^2 - |Q' P r|^2: no n x B refit needed.
+    R = resid[np.argsort(rng.random((n_permutations, n)), axis=1)]   # B x n, rows P r
     pinv = np.linalg.pinv(Xf)
-    B = pinv @ Y                                               # p x B
-    res = Y - Xf @ B
-    sigma2 = (res ** 2).sum(0) / (n - p)
+    Q, _ = np.linalg.qr(Xf)
+    bj = R @ pinv[j] + pinv[j] @ fitted
+    rss = resid @ resid - ((R @ Q) ** 2).sum(axis=1)
     c = np.linalg.pinv(Xf.T @ Xf)[j, j]
-    t_perm = B[j] / np.sqrt(sigma2 * c)
+    t_perm = bj / np.sqrt(np.maximum(rss, 0) / (n - p) * c)
     b0 = pinv @ y
     r0 = y - Xf @ b0
     t0 = b0[j] / np.sqrt((r0 @ r0) / (n - p) * c)
@@ -390,6 +392,7 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
     formula = model_formula(config.covariates)
     inter = f"delta_md_e6:{_ARM_TERM}[T.ketamine]"
     corr = correlation_table(rows, n_bootstrap=config.n_bootstrap, seed=config.seed)
+    corr_by = {(r.region, r.outcome, r.arm): r._asdict() for r in corr.itertuples(index=False)}
     rng = np.random.default_rng(config.seed)
     out = []
     for (region, outcome), g in rows.groupby(["region", "outcome"], sort=False):
@@ -397,9 +400,7 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
                "n_ketamine": int((g["arm"] == "ketamine").sum()),
                "n_saline": int((g["arm"] == "saline").sum())}
         for arm in ("ketamine", "saline"):
-            c = corr[(corr["region"] == region) & (corr["outcome"] == outcome)
-                     & (corr["arm"] == arm)]
-            c = c.iloc[0] if len(c) else pd.Series(dtype=float)
+            c = corr_by.get((region, outcome, arm), {})
             names = {"r": f"r_{arm}", "r_ci_low": f"r_{arm}_ci_low",
                      "r_ci_high": f"r_{arm}_ci_high", "r_boot_low": f"r_{arm}_boot_low",
                      "r_boot_high": f"r_{arm}_boot_high", "r_p": f"p_r_{arm}",
