@@ -552,9 +552,14 @@ def plot_glass_stat(stat_img, *, threshold=3.0, figure=None, display_mode: str =
     signed = bool(np.nanmin(data) < 0)  # a t map; a −log10 p map is not
     cmap, vmin = (_DIVERGING, -vmax) if signed else (_SEQUENTIAL, 0.0)
     fig = _new_figure(figure, (11, 3.4))
-    plotting.plot_glass_brain(stat_img, threshold=threshold, display_mode=display_mode,
-                              figure=fig, axes=_BRAIN_RECT, cmap=cmap, plot_abs=False,
-                              vmin=vmin, vmax=vmax, symmetric_cbar=signed, colorbar=False)
+    import warnings
+
+    with warnings.catch_warnings():  # nothing above threshold is a result, not a problem
+        warnings.filterwarnings("ignore", message=".*empty.*", category=UserWarning)
+        plotting.plot_glass_brain(stat_img, threshold=threshold, display_mode=display_mode,
+                                  figure=fig, axes=_BRAIN_RECT, cmap=cmap, plot_abs=False,
+                                  vmin=vmin, vmax=vmax, symmetric_cbar=signed,
+                                  colorbar=False)
     cax = _colorbar(fig, _CBAR_RECT, cmap, vmin, vmax, stat_label)
     cax.axhspan(-threshold if signed else 0.0, threshold, color="0.85")
     n = int(np.count_nonzero(np.abs(data) >= threshold))

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ._utils import InputError
+from .stats import MIN_PER_ARM
 
 __all__ = ["DEFAULT_GRID", "load_cohort_voxels", "ols_interaction", "robustness_grid"]
 
@@ -208,7 +209,12 @@ def robustness_grid(voxels: pd.DataFrame, scores: pd.DataFrame, *, pre: str = "p
                 ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(spre)
                 if cov is not None:
                     ok &= np.all(np.isfinite(cov), axis=1)
-                res = ols_interaction(x[ok], k[ok], y[ok], spre[ok],
-                                      None if cov is None else cov[ok])
+                n_k, n_s = int(k[ok].sum()), int((1 - k[ok]).sum())
+                if min(n_k, n_s) < MIN_PER_ARM:   # as region_stats: too few to fit
+                    res = ols_interaction(x[:0], k[:0], y[:0], spre[:0])
+                    res["n"] = int(ok.sum())
+                else:
+                    res = ols_interaction(x[ok], k[ok], y[ok], spre[ok],
+                                          None if cov is None else cov[ok])
                 rows.append({**spec, "region": region, **res})
     return pd.DataFrame(rows)

@@ -30,6 +30,7 @@ import pandas as pd
 from ._utils import InputError
 
 __all__ = [
+    "MIN_PER_ARM",
     "OUTCOMES",
     "REMISSION_CUTOFFS",
     "RESPONSE_REDUCTION",
@@ -69,6 +70,10 @@ STUDY_DIRECTIONS = {
 }
 
 _ARM_TERM = "C(arm, Treatment('saline'))"
+
+#: Fewest participants per arm for which the interaction model is fitted
+#: (below it the per-arm slope rests on two points).
+MIN_PER_ARM = 3
 
 
 @dataclass(frozen=True)
@@ -407,7 +412,10 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
                      "rho": f"rho_{arm}", "rho_p": f"p_rho_{arm}"}
             for k, name in names.items():
                 rec[name] = c.get(k, np.nan)
-        if min(rec["n_ketamine"], rec["n_saline"]) < 3:
+        if min(rec["n_ketamine"], rec["n_saline"]) < MIN_PER_ARM:
+            rec["study_direction"], _ = _matches(region, {"ketamine": np.nan,
+                                                          "saline": np.nan})
+            rec["matches_study"] = np.nan
             out.append(rec)
             continue
         fit = smf.ols(formula, data=g).fit()

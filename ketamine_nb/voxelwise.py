@@ -167,6 +167,13 @@ def voxelwise_inference(out_dir, scores: pd.DataFrame, *, outcome: str = "madrs"
     have = scores.dropna(subset=[f"{outcome}_pre", f"{outcome}_post"])
     img, ids, mask = delta_md_maps(out_dir, have["participant_id"], pre=pre, post=post)
     design = voxelwise_design(have, ids, outcome=outcome)
+    dof = len(ids) - design.shape[1]
+    if dof < 10:
+        import warnings
+
+        warnings.warn(f"voxelwise: {len(ids)} participants leave {dof} degrees of freedom for "
+                      f"{design.shape[1]} regressors; t values will be unstable (use at least "
+                      f"{design.shape[1] + 10} participants)", UserWarning, stacklevel=2)
     # Scale ΔMD to 1e-6 mm²/s so the effect maps read like the ROI slopes.
     import nibabel as nib
     from nilearn.image import iter_img
