@@ -14,12 +14,14 @@ registration, regions in native space):
 * breakdown: the steps of ``process_session`` called one by one, as it calls
   them (under one BLAS thread): ``load_dwi``, ``brain_mask``, ``fit_dti``,
   ``qc_session``, ``mean_b0`` + ``register_to_template``, ``load_region_maps``
-  + ``apply_transform`` + ``extract_region_voxels``, and writing the outputs;
+  + ``apply_transform`` + ``extract_region_voxels``, the OLS MD of the region
+  voxels (``_md_at``), MD on the 3 mm template grid, and writing the outputs;
   median per step;
 * a pyinstrument call tree of one warm call, when pyinstrument is installed
   (the ``bench`` extra).
 
-No goal is set yet; the numbers are the baseline for the performance issue.
+No goal is set here; ``bench_session_vs_script.py`` judges one session against a
+plain dipy + nilearn script.
 """
 
 from __future__ import annotations
@@ -50,13 +52,19 @@ print(json.dumps({"import": t1 - t0, "call": t2 - t1, "status": res["status"]}))
 
 def steps(dwi_path: Path, out: Path) -> dict[str, float]:
     """Run process_session's steps one by one (default config); seconds per step."""
+    import nibabel as nib
     from threadpoolctl import threadpool_limits
 
-    from ketamine_nb._utils import save_nifti
+    from ketamine_nb._utils import save_nifti, write_json
     from ketamine_nb.dwi import brain_mask, load_dwi, mean_b0, qc_session
-    from ketamine_nb.pipeline import _write_tsv_gz
+    from ketamine_nb.pipeline import MNI_MAP_RESOLUTION, _md_at, _write_tsv_gz
     from ketamine_nb.regions import load_region_maps
-    from ketamine_nb.registration import apply_transform, register_to_template, write_transform
+    from ketamine_nb.registration import (
+        apply_transform,
+        load_template,
+        register_to_template,
+        write_transform,
+    )
     from ketamine_nb.roi import extract_region_voxels
     from ketamine_nb.tensor import fit_dti
 
@@ -86,13 +94,25 @@ def steps(dwi_path: Path, out: Path) -> dict[str, float]:
         t0 = tick("apply_transform (7 region maps to native)", t0)
         voxels = extract_region_voxels(md, fa, mask, regions_native, maps.names)
         t0 = tick("extract_region_voxels", t0)
+        voxels["md_ols"] = _md_at(img, gtab, voxels, "OLS")
+        t0 = tick("OLS MD of the region voxels (_md_at, dipy)", t0)
+        grid3 = load_template(MNI_MAP_RESOLUTION)
+        md_on_grid = apply_transform(md, A, target=grid3, direction="to_mni")
+        in_mask = apply_transform(mask, A, target=grid3, direction="to_mni", order=0)
+        md_on_grid = nib.Nifti1Image(
+            np.where(np.asarray(in_mask.dataobj) > 0, np.asarray(md_on_grid.dataobj), 0)
+            .astype(np.float32), grid3.affine)
+        t0 = tick("MD and mask to the 3 mm template grid", t0)
     save_nifti(mask, out / "mask.nii.gz")
     save_nifti(md, out / "md.nii.gz")
     save_nifti(fa, out / "fa.nii.gz")
+    save_nifti(md_on_grid, out / "md_mni.nii.gz")
     write_transform(A, out / "xfm.txt")
     _write_tsv_gz(voxels, out / "voxels.tsv.gz")
-    (out / "qc.json").write_text(json.dumps(qc))
-    tick("write outputs (3 NIfTI, transform, voxel table, QC)", t0)
+    for name in ("md", "fa"):
+        write_json({"Description": name, "Model": "DTI"}, out / f"{name}.json")
+    write_json(qc, out / "qc.json")
+    tick("write outputs (4 NIfTI, transform, voxel table, JSONs)", t0)
     return t
 
 
@@ -159,7 +179,8 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     lines = ["`process_session(dwi, tmpdir, \"sub-001\", \"pre\")`, default `PipelineConfig`, "
-             "one session (52 x 65 x 50 voxels of 3 mm, 33 volumes).", "",
+             "one session (52 x 65 x 50 voxels of 3 mm, 33 volumes); the data-home caches exist.",
+             "",
              "| run | seconds |", "|---|---|",
              f"| cold: new Python process, import + first call (wall incl. start-up) | "
              f"{cold_wall:.2f} |",

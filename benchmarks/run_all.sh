@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run every benchmark and print a summary.
 #
-#   bash benchmarks/run_all.sh             # run, print, write nothing
+#   bash benchmarks/run_all.sh             # run, print, write nothing (~20 min)
 #   RECORD=1 bash benchmarks/run_all.sh    # also add a dated section to benchmarks/RESULTS.md
 #   PYTHON=/path/to/python bash benchmarks/run_all.sh
+#   bash benchmarks/run_all.sh bench_dask bench_import   # only these, in this order
 #
 # The interpreter is $PYTHON, else the project's .venv/bin/python, else python3; it must
 # import ketamine_nb. bench_md_fit.py installs Debian's mrtrix3 when dwi2tensor is missing
@@ -46,8 +47,22 @@ trap 'rm -f "$BENCH_SUMMARY"' EXIT
 say "python: $("$py" -c 'import sys; print(sys.executable)'); commit $BENCH_COMMIT"
 say "uptime: $(uptime)"
 
+all_benches=(bench_import bench_simulate bench_md_fit bench_session bench_session_vs_script
+             bench_dask bench_demo)
+benches=("${@:-${all_benches[@]}}")
+for bench in "${benches[@]}"; do
+    bench="${bench%.py}"
+    bench="${bench##*/}"
+    if [[ ! -f "benchmarks/$bench.py" ]]; then
+        say "error: no benchmarks/$bench.py (known: ${all_benches[*]})"
+        exit 2
+    fi
+done
+
 failed=()
-for bench in bench_simulate bench_md_fit bench_session; do
+for bench in "${benches[@]}"; do
+    bench="${bench%.py}"
+    bench="${bench##*/}"
     say "=== $bench ==="
     start=$SECONDS
     if ! "$py" "benchmarks/$bench.py" "${args[@]}"; then

@@ -119,8 +119,10 @@ def _region_means(voxels, md_col, prob_thr, csf_thr, codes, n_groups):
     if csf_thr is not None:
         keep &= md <= csf_thr
     keep &= np.isfinite(md)
-    s = np.bincount(codes[keep], weights=md[keep], minlength=n_groups)
-    c = np.bincount(codes[keep], minlength=n_groups)
+    # Probability-weighted, as the pipeline's default regional summary.
+    p = voxels["probability"].to_numpy()[keep]
+    s = np.bincount(codes[keep], weights=md[keep] * p, minlength=n_groups)
+    c = np.bincount(codes[keep], weights=p, minlength=n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
         return s / c
 
@@ -209,8 +211,8 @@ def robustness_grid(voxels: pd.DataFrame, scores: pd.DataFrame, *, pre: str = "p
                 ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(spre)
                 if cov is not None:
                     ok &= np.all(np.isfinite(cov), axis=1)
-                n_k, n_s = int(k[ok].sum()), int((1 - k[ok]).sum())
-                if min(n_k, n_s) < MIN_PER_ARM:   # as region_stats: too few to fit
+                n_ket, n_sal = int(k[ok].sum()), int((1 - k[ok]).sum())
+                if min(n_ket, n_sal) < MIN_PER_ARM:   # as region_stats: too few to fit
                     res = ols_interaction(x[:0], k[:0], y[:0], spre[:0])
                     res["n"] = int(ok.sum())
                 else:

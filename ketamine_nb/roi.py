@@ -106,9 +106,18 @@ def summarise_regions(voxels: pd.DataFrame, *,
     Returns
     -------
     pandas.DataFrame
-        ``*by``, ``region``, ``md_mean``, ``md_median`` (mm²/s), ``n_voxels``
-        (kept), ``n_excluded`` (in the region at this threshold but dropped by
-        the guards).
+        ``*by``, ``region``, ``md_mean``, ``md_median``, ``md_wmean`` (the
+        mean weighted by atlas probability; all mm²/s), ``n_voxels`` (kept),
+        ``n_excluded`` (in the region at this threshold but dropped by the
+        guards).
+
+    Notes
+    -----
+    ``md_wmean = sum(p * MD) / sum(p)`` over the kept voxels, as nilearn's
+    ``NiftiMapsMasker`` weights probabilistic regions: voxels at the region's
+    edge, where partial volume and registration error are largest, count
+    less. It is the pipeline's default summary (see
+    :class:`ketamine_nb.pipeline.PipelineConfig`).
     """
     keys = [*by, "region"]
     v = voxels[voxels["probability"] >= probability_threshold]
@@ -117,12 +126,14 @@ def summarise_regions(voxels: pd.DataFrame, *,
         drop |= v["md"].to_numpy() > csf_md_threshold
     if fa_threshold is not None:
         drop |= v["fa"].to_numpy() > fa_threshold
-    kept = v[~drop]
+    kept = v[~drop].assign(pmd=lambda d: d["probability"] * d["md"])
     g_all = v.groupby(keys, observed=False)
-    g_kept = kept.groupby(keys, observed=False)["md"]
+    g = kept.groupby(keys, observed=False)
+    g_kept = g["md"]
     out = pd.DataFrame({
         "md_mean": g_kept.mean(),
         "md_median": g_kept.median(),
+        "md_wmean": g["pmd"].sum() / g["probability"].sum(),
         "n_voxels": g_kept.size(),
     })
     out["n_excluded"] = g_all.size() - out["n_voxels"]

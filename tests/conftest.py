@@ -85,11 +85,11 @@ def rng():
 
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory):
-    """Simulate a 6-participant cohort once per test session (read-only in tests)."""
+    """Simulate an 8-participant cohort (5 ketamine, 3 saline) once per test session."""
     from ketamine_nb.simulate import SimulationParams, simulate_cohort
 
     out = tmp_path_factory.mktemp("cohort") / "bids"
-    simulate_cohort(out, params=SimulationParams(n_subjects=6), seed=3, progress=False)
+    simulate_cohort(out, params=SimulationParams(n_subjects=8), seed=3, progress=False)
     return out
 
 

@@ -62,12 +62,13 @@ def test_robustness_grid_recovers_known_means_and_matches_region_stats(rng):
     assert best["beta_interaction"] == pytest.approx(ref["beta_interaction"], rel=1e-6)
     assert best["p_interaction"] == pytest.approx(ref["p_interaction"], rel=1e-5)
     assert best["slope_ketamine"] == pytest.approx(2.0, abs=0.1)
-    # Without the guard CSF voxels dilute nothing in ΔMD (constant) but the looser
-    # threshold mixes in unchanged edge voxels: the slope is attenuated by 20/25.
+    # The looser threshold mixes in unchanged edge voxels (probability 0.15) into the
+    # probability-weighted mean: ΔMD shrinks by 20*0.6 / (20*0.6 + 5*0.15), the slope
+    # of Δscore on ΔMD grows by the inverse.
     loose = g[(g.probability_threshold == 0.1) & (g.csf_md_threshold == 1.1e-3)
               & (g.region == "A")].iloc[0]
-    assert loose["slope_ketamine"] == pytest.approx(best["slope_ketamine"] * 25 / 20,
-                                                    rel=0.02)
+    assert loose["slope_ketamine"] == pytest.approx(
+        best["slope_ketamine"] * (20 * 0.6 + 5 * 0.15) / (20 * 0.6), rel=0.02)
     # Region B never changes: ΔMD has no variance and the model is undefined (NaN).
     assert g[g.region == "B"]["p_interaction"].isna().all()
 

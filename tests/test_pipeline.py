@@ -32,7 +32,7 @@ def _hashes(root):
 
 @pytest.fixture
 def processed(processed_cohort):
-    """The 6-participant cohort run once through the pipeline (serial; conftest)."""
+    """The 8-participant cohort run once through the pipeline (serial; conftest)."""
     return processed_cohort
 
 
@@ -156,12 +156,12 @@ def test_roi_tables_have_the_documented_columns(processed):
     out = processed["out"]
     roi_md = pd.read_csv(out / "roi_md.tsv", sep="\t")
     deltas = pd.read_csv(out / "roi_deltas.tsv", sep="\t")
-    assert roi_md.columns[:7].tolist() == ["participant_id", "session", "region", "md_mean",
-                                           "md_median", "n_voxels", "n_excluded"]
-    assert len(roi_md) == 6 * 2 * 7 and (roi_md["n_voxels"] > 5).all()
+    assert roi_md.columns[:8].tolist() == ["participant_id", "session", "region", "md_mean",
+                                           "md_median", "md_wmean", "n_voxels", "n_excluded"]
+    assert len(roi_md) == 8 * 2 * 7 and (roi_md["n_voxels"] > 5).all()
     assert deltas.columns.tolist() == ["participant_id", "arm", "region", "md_pre", "md_post",
                                        "delta_md", "pct_delta_md"]
-    assert len(deltas) == 6 * 7
+    assert len(deltas) == 8 * 7
     np.testing.assert_allclose(deltas["delta_md"], deltas["md_post"] - deltas["md_pre"],
                                atol=1e-12)
     np.testing.assert_allclose(deltas["pct_delta_md"], 100 * deltas["delta_md"] / deltas["md_pre"],
@@ -176,7 +176,7 @@ def test_regional_md_and_its_change_recover_the_ground_truth(processed):
                         sep="\t")
     d = pd.read_csv(processed["out"] / "roi_deltas.tsv", sep="\t").merge(
         truth, on=["participant_id", "region"], suffixes=("", "_true"))
-    assert len(d) == 42
+    assert len(d) == 56
     for s in ("pre", "post"):
         rel = d[f"md_{s}"] / d[f"md_{s}_true"] - 1
         assert rel.abs().max() < 0.05, rel.abs().max()     # within a few percent

@@ -185,7 +185,7 @@ def test_forest_marks_exactly_the_q_below_alpha(forest_table):
 
 
 def test_forest_of_the_pipeline_table(small_results):
-    table = small_results.stats_roi  # 4 ketamine, 2 saline: no model could be fitted
+    table = small_results.stats_roi
     fig = plot_forest(table, outcome="qids")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == small_results.regions

@@ -14,10 +14,10 @@ def test_load_results_has_every_table_and_the_truth(small_results, processed_coh
     r = small_results
     assert r.bids_dir == processed_cohort["bids"].resolve()
     assert r.regions == list(STUDY_REGIONS)
-    assert len(r.roi_deltas) == 6 * 7 and len(r.sessions) == 12
+    assert len(r.roi_deltas) == 8 * 7 and len(r.sessions) == 16
     assert len(r.stats_roi) == 7 * 2 and r.stats_input is not None
     assert r.reliability is not None and r.robustness is not None
-    assert r.ground_truth is not None and len(r.ground_truth) == 6 * 7
+    assert r.ground_truth is not None and len(r.ground_truth) == 8 * 7
     assert set(r.scores.columns) >= {"madrs_pre", "madrs_post", "qids_pre", "qids_post"}
     assert r.config["fit_method"] == "WLS"
 

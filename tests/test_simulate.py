@@ -222,7 +222,7 @@ def test_tables_ground_truth_and_images_agree(small_cohort):
     assert motion[["rot_x_deg", "rot_y_deg", "rot_z_deg"]].abs().max().max() <= 3.0
     assert motion[["trans_x_mm", "trans_y_mm", "trans_z_mm"]].abs().max().max() <= 4.0
     params = json.loads((sim / "simulation_parameters.json").read_text())
-    assert params["seed"] == 3 and params["n_subjects"] == 6
+    assert params["seed"] == 3 and params["n_subjects"] == 8
 
 
 def test_same_seed_gives_byte_identical_files_serial_or_parallel(tmp_path):
@@ -257,7 +257,7 @@ def test_official_bids_validator_reports_no_error(small_cohort):
     # The validator looked at the images and found the two sessions.
     assert set(report["summary"]["sessions"]) == {"ses-pre", "ses-post"} or \
         set(report["summary"]["sessions"]) == {"pre", "post"}
-    assert report["summary"]["subjects"] and len(report["summary"]["subjects"]) == 6
+    assert report["summary"]["subjects"] and len(report["summary"]["subjects"]) == 8
 
 
 def test_cli_simulate_writes_a_cohort_and_rejects_bad_input(tmp_path):

@@ -403,7 +403,7 @@ def test_truth_agreement_bias_rmse_and_r():
 
 def test_truth_agreement_on_the_simulated_cohort(small_results):
     t = kt.truth_agreement(small_results.roi_deltas, small_results.ground_truth)
-    assert len(t) == 7 and (t["n"] == 6).all()
+    assert len(t) == 7 and (t["n"] == 8).all()
     assert (t["md_pre_error_percent"].abs() < 5).all()
 
 

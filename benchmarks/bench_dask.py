@@ -1,0 +1,269 @@
+#!/usr/bin/env python
+"""Speed-up of the run stage on Dask: ``--workers 1`` against ``--workers 2``, same outputs.
+
+On one simulated cohort (``--participants``, default 16, i.e. 32 sessions;
+``simulate_cohort`` seed 0), ``ketamine-nb run BIDS OUT --quiet`` runs as a
+subprocess into a fresh OUT each time:
+
+* ``--workers 1``: the sessions one after another in the command's process
+  (no Dask);
+* ``--workers 2``: a local Dask cluster of two single-threaded worker
+  processes.
+
+Timed side by side in the order 1, 2, 2, 1, ... (``--repeats`` pairs,
+default 2), median per setting, after one untimed 2-session warm-up (data-home
+caches, page cache). Reported: wall time, CPU time of the process tree, peak
+PSS of the tree, and a timeline from the QC JSONs each session writes last:
+start-up to the first finished session, the steady rate, and the tail from
+the last session to the exit (cohort tables).
+
+Outputs: ``roi_md.tsv``, ``roi_deltas.tsv`` and every ``*_dwimap.nii.gz`` of
+every run are compared byte for byte with those of the first
+``--workers 1`` run.
+
+Two probes say where a shortfall comes from (skip them with ``--no-probes``):
+
+* parallel capacity of the machine for this work, without Dask: a plain
+  process runs ``process_session`` on 7 sessions (the first untimed: imports
+  and caches), alone, then two such processes at once; the ratio of the
+  per-session medians (alone / concurrent) is 1.0 when two sessions at once
+  run as fast as one, 0.5 when the CPUs are not really there (shared machine);
+* Dask's fixed cost: start a ``LocalCluster`` of 2 single-threaded worker
+  processes as ``run_pipeline`` does, run a no-op on each worker, close it.
+
+Goal (the performance issue): wall(1 worker) / wall(2 workers) >= 1.7, and
+identical outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import _common as C
+import numpy as np
+
+GOAL_SPEEDUP = 1.7
+
+
+def cli_command() -> list[str]:
+    exe = Path(sys.executable).with_name("ketamine-nb")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "ketamine_nb.cli"]
+
+
+def digests(out: Path) -> dict[str, str]:
+    files = [out / "roi_md.tsv", out / "roi_deltas.tsv", *sorted(out.rglob("*_dwimap.nii.gz"))]
+    return {str(p.relative_to(out)): hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
+
+
+def timeline(out: Path, start: float, end: float, workers: int) -> dict:
+    qc = sorted(p.stat().st_mtime for p in out.glob("sub-*/ses-*/dwi/*_desc-qc_dwi.json"))
+    if not qc:
+        return {}
+    n = len(qc)
+    # Seconds per session per worker in the steady state, from the later half.
+    half = qc[n // 2:]
+    rate = (half[-1] - half[0]) / max(len(half) - 1, 1) * workers if len(half) > 1 else np.nan
+    return {"first": qc[0] - start, "tail": end - qc[-1], "per_session": rate, "n": n}
+
+
+PROBE_CODE = """
+import json, sys, time
+from ketamine_nb.pipeline import process_session
+out, paths = sys.argv[1], sys.argv[2:]
+times, cpu = [], []
+for k, p in enumerate(paths):
+    t0, c0 = time.perf_counter(), time.process_time()
+    process_session(p, out, "sub-%03d" % (k + 1), "pre")
+    times.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
+print(json.dumps({"wall": times, "cpu": cpu}))
+"""
+
+CLUSTER_CODE = """
+import json, time
+t0 = time.perf_counter()
+from dask.distributed import Client, LocalCluster
+t1 = time.perf_counter()
+cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                       dashboard_address=":0", silence_logs=40)
+client = Client(cluster)
+client.run(lambda: None)
+t2 = time.perf_counter()
+client.close()
+cluster.close()
+t3 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "start": t2 - t1, "close": t3 - t2}))
+"""
+
+
+def probes(bids: Path, work: Path) -> dict:
+    """Parallel capacity of the machine (no Dask) and Dask's start/stop cost."""
+    import json
+    import subprocess
+
+    dwis = sorted(bids.glob("sub-*/ses-pre/dwi/*_dwi.nii.gz"))[:7]
+
+    def start(tag):
+        return subprocess.Popen([sys.executable, "-c", PROBE_CODE, str(work / tag),
+                                 *map(str, dwis)], stdout=subprocess.PIPE, text=True)
+
+    def result(p):
+        out, _ = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit("the parallel-capacity probe failed")
+        return json.loads(out.strip().splitlines()[-1])
+
+    alone_r = result(start("alone"))
+    procs = [start("pair_a"), start("pair_b")]
+    pair_r = [result(p) for p in procs]
+    alone, pair = alone_r["wall"], [r["wall"] for r in pair_r]
+    wall, rc, _, text, cpu = C.run_measured([sys.executable, "-c", CLUSTER_CODE])
+    if rc != 0:
+        raise SystemExit(f"the Dask probe failed: {text[-300:]}")
+    dask = json.loads(text.strip().splitlines()[-1])
+    return {"first_alone": alone[0], "alone": float(np.median(alone[1:])),
+            "pair": float(np.median(pair[0][1:] + pair[1][1:])),
+            "first_pair": float(np.median([pair[0][0], pair[1][0]])), "n": len(alone) - 1,
+            "alone_cpu": float(np.median(alone_r["cpu"][1:])),
+            "pair_cpu": float(np.median(pair_r[0]["cpu"][1:] + pair_r[1]["cpu"][1:])),
+            "dask_wall": wall, "dask_cpu": cpu, **dask, "probe_load": C.loadavg()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--record", action="store_true", help="append a section to RESULTS.md")
+    ap.add_argument("--participants", type=int, default=16,
+                    help="participants to simulate (2 sessions each; default 16)")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="pairs of runs, ordered 1,2,2,1,... (default 2)")
+    ap.add_argument("--no-probes", action="store_true",
+                    help="skip the parallel-capacity and Dask start-up probes")
+    args = ap.parse_args(argv)
+    C.check_package()
+    import time
+
+    from ketamine_nb.simulate import SimulationParams, simulate_cohort
+
+    work = Path(tempfile.mkdtemp(prefix="bench_dask_"))
+    try:
+        bids = work / "bids"
+        print(f"simulating {args.participants} participants", flush=True)
+        simulate_cohort(bids, params=SimulationParams(n_subjects=args.participants), seed=0,
+                        n_jobs=min(2, C.n_cpus()), progress=False)
+        warm = C.run_measured([*cli_command(), "run", str(bids), str(work / "warmup"),
+                               "--participant-label", "001", "--workers", "1", "--quiet"])
+        if warm[1] != 0:
+            print(warm[3])
+            raise SystemExit("the warm-up run failed")
+        shutil.rmtree(work / "warmup")
+
+        order = []
+        for k in range(args.repeats):
+            order += [1, 2] if k % 2 == 0 else [2, 1]
+        runs = {1: [], 2: []}
+        ref = None
+        same = {1: [], 2: []}
+        differing = set()
+        for i, w in enumerate(order):
+            out = work / f"out{i}_w{w}"
+            load0 = C.loadavg()
+            start = time.time()
+            wall, rc, smp, text, cpu = C.run_measured(
+                [*cli_command(), "run", str(bids), str(out), "--workers", str(w), "--quiet"])
+            end = start + wall
+            if rc != 0:
+                print(text)
+                raise SystemExit(f"ketamine-nb run --workers {w} failed (exit {rc})")
+            runs[w].append({"wall": wall, "cpu": cpu, "peak": smp.peak_pss,
+                            "procs": smp.peak_procs, "load": load0,
+                            **timeline(out, start, end, w)})
+            d = digests(out)
+            if ref is None:
+                ref = d
+            same[w].append(d == ref)
+            differing |= {k for k in set(d) | set(ref) if d.get(k) != ref.get(k)}
+            n_files = len(d)
+            print(f"--workers {w}: {wall:.1f} s (CPU {cpu:.0f} s), outputs identical to the "
+                  f"first run: {d == ref}", flush=True)
+            shutil.rmtree(out)
+        probe = None
+        if not args.no_probes:
+            print("probes: parallel capacity without Dask, Dask start-up", flush=True)
+            probe = probes(bids, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = {w: float(np.median([r["wall"] for r in v])) for w, v in runs.items()}
+    speedup = med[1] / med[2]
+    ok_speed = speedup >= GOAL_SPEEDUP
+    ok_same = all(same[1]) and all(same[2])
+    n_sess = runs[1][0].get("n", 0)
+
+    def m(w, key):
+        return float(np.median([r[key] for r in runs[w]]))
+
+    lines = [
+        f"`ketamine-nb run BIDS OUT --workers N --quiet` on {args.participants} simulated "
+        f"participants ({n_sess} sessions), fresh OUT each run, order "
+        f"{', '.join(map(str, order))}; median per setting. The timeline comes from the QC "
+        f"JSON each session writes last.", "",
+        "| workers | wall (s), median | repeats (s) | CPU user+sys, tree (s) | peak PSS, tree "
+        "(MB) | processes | start-up to 1st session done (s) | s per session per worker "
+        "(steady) | last session to exit (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for w in (1, 2):
+        lines.append(
+            f"| {w} | {med[w]:.1f} | {C.fmt_times([r['wall'] for r in runs[w]])} | "
+            f"{m(w, 'cpu'):.0f} | {max(r['peak'] for r in runs[w]) / 1e6:.0f} | "
+            f"{max(r['procs'] for r in runs[w])} | {m(w, 'first'):.1f} | "
+            f"{m(w, 'per_session'):.2f} | {m(w, 'tail'):.1f} |")
+    lines += ["", "| goal | measured | goal | result |", "|---|---|---|---|",
+              f"| speed-up, wall(1) / wall(2) | {speedup:.2f} | >= {GOAL_SPEEDUP} | "
+              f"**{'PASS' if ok_speed else 'FAIL'}** |",
+              f"| outputs byte-identical (roi_md.tsv, roi_deltas.tsv, {n_files - 2} "
+              f"*_dwimap.nii.gz) in every run | "
+              f"{'yes' if ok_same else 'NO: ' + ', '.join(sorted(differing)[:5])} | "
+              f"identical | **{'PASS' if ok_same else 'FAIL'}** |", "",
+              f"- CPU time ratio 2 workers / 1 worker: {m(2, 'cpu') / m(1, 'cpu'):.2f} (the "
+              f"extra CPU is Dask and each worker's own imports and template set-up)",
+              "- load average when each run started: "
+              + "; ".join(f"{w} worker(s): " + ", ".join(r["load"].split()[0] for r in runs[w])
+                          for w in (1, 2))]
+    if probe:
+        eff = probe["alone"] / probe["pair"]
+        lines.append(f"- CPU per session: 1 worker {m(1, 'cpu') / n_sess:.2f} s, 2 workers "
+                     f"{m(2, 'cpu') / n_sess:.2f} s (whole tree, start-up included)")
+        lines += [
+            "", "Probes (after the runs; load average then "
+            f"{probe['probe_load']}):", "",
+            "| probe | measured |", "|---|---|",
+            f"| `process_session`, one plain process alone: median of {probe['n']} warm "
+            f"sessions | {probe['alone']:.2f} s, CPU {probe['alone_cpu']:.2f} s (first, cold: "
+            f"{probe['first_alone']:.2f} s) |",
+            f"| same, two plain processes at once (no Dask): median per session | "
+            f"{probe['pair']:.2f} s, CPU {probe['pair_cpu']:.2f} s (first, cold: "
+            f"{probe['first_pair']:.2f} s) |",
+            f"| parallel efficiency of the machine for this work (alone / at once; 1.0 = two "
+            f"CPUs really there) | **{eff:.2f}**, i.e. a speed-up of at most "
+            f"**{2 * eff:.2f}** with 2 workers before any Dask cost |",
+            f"| Dask `LocalCluster` of 2 worker processes: import, start + no-op on each "
+            f"worker, close | {probe['import']:.1f} + {probe['start']:.1f} + "
+            f"{probe['close']:.1f} s (wall {probe['dask_wall']:.1f} s, CPU "
+            f"{probe['dask_cpu']:.1f} s) |"]
+    body = "\n".join(lines)
+    print()
+    print(body)
+    C.summary(f"bench_dask: {'PASS' if ok_speed else 'FAIL'} speed-up {speedup:.2f} with 2 "
+              f"workers ({med[1]:.1f} vs {med[2]:.1f} s; goal >= {GOAL_SPEEDUP}); "
+              f"{'PASS' if ok_same else 'FAIL'} outputs identical")
+    if args.record:
+        print(f"recorded in {C.record('bench_dask: run stage, 1 vs 2 Dask workers', body)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
