@@ -300,11 +300,11 @@ def _corr_ci(x, y, *, n_bootstrap, rng):
            "rho": np.nan, "rho_p": np.nan, "r_boot_low": np.nan, "r_boot_high": np.nan}
     if n < 4 or np.std(x) == 0 or np.std(y) == 0:
         return out
-    r, p = stats.pearsonr(x, y)
+    pr = stats.pearsonr(x, y)
     rho, rho_p = stats.spearmanr(x, y)
-    z, se = np.arctanh(np.clip(r, -0.9999999, 0.9999999)), 1 / np.sqrt(n - 3)
-    out.update(r=r, r_p=p, rho=rho, rho_p=rho_p, r_ci_low=np.tanh(z - 1.959964 * se),
-               r_ci_high=np.tanh(z + 1.959964 * se))
+    ci = pr.confidence_interval(confidence_level=0.95)  # Fisher z, as scipy documents
+    out.update(r=pr.statistic, r_p=pr.pvalue, rho=rho, rho_p=rho_p, r_ci_low=ci.low,
+               r_ci_high=ci.high)
     if n_bootstrap:
         idx = rng.integers(0, n, (n_bootstrap, n))
         xs, ys = x[idx], y[idx]

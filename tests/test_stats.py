@@ -221,3 +221,17 @@ def test_cli_stats_writes_tables_that_refit_exactly(tmp_path, rng):
                               str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert missing.returncode == 2 and "ketamine-nb run" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_fisher_ci_equals_the_formula_by_hand(rng):
+    from ketamine_nb.stats import correlation_table
+
+    deltas, scores = _tables(rng, slope_ket=0.3, slope_sal=0.1, noise=8.0)
+    rows, _ = stats_input(deltas, scores, config=StatsConfig(outcomes=("madrs",)))
+    t = correlation_table(rows, n_bootstrap=0).set_index("arm")
+    for arm, g in rows.groupby("arm"):
+        r = np.corrcoef(g["delta_md_e6"], g["delta_score"])[0, 1]
+        z, se = np.arctanh(r), 1 / np.sqrt(len(g) - 3)
+        assert t.loc[arm, "r"] == pytest.approx(r, rel=1e-12)
+        assert t.loc[arm, "r_ci_low"] == pytest.approx(np.tanh(z - 1.959964 * se), rel=1e-6)
+        assert t.loc[arm, "r_ci_high"] == pytest.approx(np.tanh(z + 1.959964 * se), rel=1e-6)
