@@ -7,15 +7,20 @@ subprocess into a fresh OUT each time:
 
 * ``--workers 1``: the sessions one after another in the command's process
   (no Dask);
-* ``--workers 2``: a local Dask cluster of two single-threaded worker
-  processes.
+* ``--workers 2``: Dask's local multiprocessing scheduler with two worker
+  processes (forked after the parent has imported dipy and loaded the
+  template and region maps), what ``run`` does;
+* ``distributed``: the earlier way, for comparison (skip with
+  ``--no-distributed``): a ``dask.distributed`` ``LocalCluster`` of two
+  single-threaded worker processes, started in a Python process that then
+  calls ``run_pipeline(..., scheduler=ADDRESS)`` (``--scheduler``).
 
-Timed side by side in the order 1, 2, 2, 1, ... (``--repeats`` pairs,
-default 2), median per setting, after one untimed 2-session warm-up (data-home
-caches, page cache). Reported: wall time, CPU time of the process tree, peak
-PSS of the tree, and a timeline from the QC JSONs each session writes last:
-start-up to the first finished session, the steady rate, and the tail from
-the last session to the exit (cohort tables).
+Timed side by side in the order 1, 2, distributed, distributed, 2, 1, ...
+(``--repeats`` rounds, default 2), median per setting, after one untimed
+2-session warm-up (data-home caches, page cache). Reported: wall time, CPU
+time of the process tree, peak PSS of the tree, and a timeline from the QC
+JSONs each session writes last: start-up to the first finished session, the
+steady rate, and the tail from the last session to the exit (cohort tables).
 
 Outputs: ``roi_md.tsv``, ``roi_deltas.tsv`` and every ``*_dwimap.nii.gz`` of
 every run are compared byte for byte with those of the first
@@ -28,8 +33,8 @@ Two probes say where a shortfall comes from (skip them with ``--no-probes``):
   and caches), alone, then two such processes at once; the ratio of the
   per-session medians (alone / concurrent) is 1.0 when two sessions at once
   run as fast as one, 0.5 when the CPUs are not really there (shared machine);
-* Dask's fixed cost: start a ``LocalCluster`` of 2 single-threaded worker
-  processes as ``run_pipeline`` does, run a no-op on each worker, close it.
+* ``dask.distributed``'s fixed cost: start a ``LocalCluster`` of 2
+  single-threaded worker processes, run a no-op on each worker, close it.
 
 Goal (the performance issue): wall(1 worker) / wall(2 workers) >= 1.7, and
 identical outputs.
@@ -48,6 +53,19 @@ import _common as C
 import numpy as np
 
 GOAL_SPEEDUP = 1.7
+
+
+DISTRIBUTED_CODE = """
+import sys
+from dask.distributed import LocalCluster
+from ketamine_nb.pipeline import run_pipeline
+
+if __name__ == "__main__":
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0", silence_logs=40) as cluster:
+        run_pipeline(sys.argv[1], sys.argv[2], scheduler=cluster.scheduler_address,
+                     progress=False)
+"""
 
 
 def cli_command() -> list[str]:
@@ -140,7 +158,9 @@ def main(argv=None) -> int:
     ap.add_argument("--participants", type=int, default=16,
                     help="participants to simulate (2 sessions each; default 16)")
     ap.add_argument("--repeats", type=int, default=2,
-                    help="pairs of runs, ordered 1,2,2,1,... (default 2)")
+                    help="rounds of runs, ordered 1,2,d,d,2,1,... (default 2)")
+    ap.add_argument("--no-distributed", action="store_true",
+                    help="skip the dask.distributed LocalCluster runs")
     ap.add_argument("--no-probes", action="store_true",
                     help="skip the parallel-capacity and Dask start-up probes")
     args = ap.parse_args(argv)
@@ -162,33 +182,37 @@ def main(argv=None) -> int:
             raise SystemExit("the warm-up run failed")
         shutil.rmtree(work / "warmup")
 
+        settings = [1, 2] if args.no_distributed else [1, 2, "distributed"]
         order = []
         for k in range(args.repeats):
-            order += [1, 2] if k % 2 == 0 else [2, 1]
-        runs = {1: [], 2: []}
+            order += settings if k % 2 == 0 else settings[::-1]
+        runs = {w: [] for w in settings}
         ref = None
-        same = {1: [], 2: []}
+        same = {w: [] for w in settings}
         differing = set()
+        script = work / "distributed_run.py"
+        script.write_text(DISTRIBUTED_CODE)
         for i, w in enumerate(order):
             out = work / f"out{i}_w{w}"
             load0 = C.loadavg()
             start = time.time()
-            wall, rc, smp, text, cpu = C.run_measured(
-                [*cli_command(), "run", str(bids), str(out), "--workers", str(w), "--quiet"])
+            cmd = [sys.executable, str(script), str(bids), str(out)] if w == "distributed" \
+                else [*cli_command(), "run", str(bids), str(out), "--workers", str(w), "--quiet"]
+            wall, rc, smp, text, cpu = C.run_measured(cmd)
             end = start + wall
             if rc != 0:
                 print(text)
                 raise SystemExit(f"ketamine-nb run --workers {w} failed (exit {rc})")
             runs[w].append({"wall": wall, "cpu": cpu, "peak": smp.peak_pss,
                             "procs": smp.peak_procs, "load": load0,
-                            **timeline(out, start, end, w)})
+                            **timeline(out, start, end, 2 if w == "distributed" else w)})
             d = digests(out)
             if ref is None:
                 ref = d
             same[w].append(d == ref)
             differing |= {k for k in set(d) | set(ref) if d.get(k) != ref.get(k)}
             n_files = len(d)
-            print(f"--workers {w}: {wall:.1f} s (CPU {cpu:.0f} s), outputs identical to the "
+            print(f"{label(w)}: {wall:.1f} s (CPU {cpu:.0f} s), outputs identical to the "
                   f"first run: {d == ref}", flush=True)
             shutil.rmtree(out)
         probe = None
@@ -201,7 +225,7 @@ def main(argv=None) -> int:
     med = {w: float(np.median([r["wall"] for r in v])) for w, v in runs.items()}
     speedup = med[1] / med[2]
     ok_speed = speedup >= GOAL_SPEEDUP
-    ok_same = all(same[1]) and all(same[2])
+    ok_same = all(all(v) for v in same.values())
     n_sess = runs[1][0].get("n", 0)
 
     def m(w, key):
@@ -212,27 +236,32 @@ def main(argv=None) -> int:
         f"participants ({n_sess} sessions), fresh OUT each run, order "
         f"{', '.join(map(str, order))}; median per setting. The timeline comes from the QC "
         f"JSON each session writes last.", "",
-        "| workers | wall (s), median | repeats (s) | CPU user+sys, tree (s) | peak PSS, tree "
+        "| setting | wall (s), median | repeats (s) | CPU user+sys, tree (s) | peak PSS, tree "
         "(MB) | processes | start-up to 1st session done (s) | s per session per worker "
         "(steady) | last session to exit (s) |", "|---|---|---|---|---|---|---|---|---|"]
-    for w in (1, 2):
+    for w in runs:
         lines.append(
-            f"| {w} | {med[w]:.1f} | {C.fmt_times([r['wall'] for r in runs[w]])} | "
+            f"| {label(w)} | {med[w]:.1f} | {C.fmt_times([r['wall'] for r in runs[w]])} | "
             f"{m(w, 'cpu'):.0f} | {max(r['peak'] for r in runs[w]) / 1e6:.0f} | "
             f"{max(r['procs'] for r in runs[w])} | {m(w, 'first'):.1f} | "
             f"{m(w, 'per_session'):.2f} | {m(w, 'tail'):.1f} |")
     lines += ["", "| goal | measured | goal | result |", "|---|---|---|---|",
               f"| speed-up, wall(1) / wall(2) | {speedup:.2f} | >= {GOAL_SPEEDUP} | "
               f"**{'PASS' if ok_speed else 'FAIL'}** |",
+              *([f"| speed-up of `--workers 2` over the `dask.distributed` LocalCluster "
+                 f"(the earlier way), wall(distributed) / wall(2) | "
+                 f"{med['distributed'] / med[2]:.2f} | - | - |"] if "distributed" in med else []),
               f"| outputs byte-identical (roi_md.tsv, roi_deltas.tsv, {n_files - 2} "
               f"*_dwimap.nii.gz) in every run | "
               f"{'yes' if ok_same else 'NO: ' + ', '.join(sorted(differing)[:5])} | "
               f"identical | **{'PASS' if ok_same else 'FAIL'}** |", "",
               f"- CPU time ratio 2 workers / 1 worker: {m(2, 'cpu') / m(1, 'cpu'):.2f} (the "
-              f"extra CPU is Dask and each worker's own imports and template set-up)",
+              f"extra CPU is the worker processes' own start-up and memory traffic)",
+              *([f"- CPU time ratio distributed / 1 worker: "
+                 f"{m('distributed', 'cpu') / m(1, 'cpu'):.2f}"] if "distributed" in med else []),
               "- load average when each run started: "
-              + "; ".join(f"{w} worker(s): " + ", ".join(r["load"].split()[0] for r in runs[w])
-                          for w in (1, 2))]
+              + "; ".join(f"{label(w)}: " + ", ".join(r["load"].split()[0] for r in runs[w])
+                          for w in runs)]
     if probe:
         eff = probe["alone"] / probe["pair"]
         lines.append(f"- CPU per session: 1 worker {m(1, 'cpu') / n_sess:.2f} s, 2 workers "
@@ -263,6 +292,12 @@ def main(argv=None) -> int:
     if args.record:
         print(f"recorded in {C.record('bench_dask: run stage, 1 vs 2 Dask workers', body)}")
     return 0
+
+
+def label(w) -> str:
+    """Row label of a setting."""
+    return {1: "`--workers 1` (no Dask)", 2: "`--workers 2` (Dask processes)",
+            "distributed": "`--scheduler` on a 2-worker `LocalCluster`"}[w]
 
 
 if __name__ == "__main__":

@@ -95,9 +95,11 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--regions", default=None, metavar="TSV",
                    help="region table (default: the study's seven regions)")
     g.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="N > 1 starts a local Dask cluster of N processes (default 1: no Dask)")
+                   help="N > 1 runs N sessions at once in N Dask worker processes "
+                        "(default 1: no Dask)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="join a running Dask scheduler, e.g. tcp://host:8786")
+                   help="send the sessions to a running dask.distributed scheduler, "
+                        "e.g. tcp://host:8786")
 
 
 def _cmd_run(args) -> int:

@@ -37,7 +37,7 @@ __all__ = [
     "session_paths",
 ]
 
-PIPELINE_VERSION = "2"  # bump when per-session outputs change meaning
+PIPELINE_VERSION = "3"  # bump when per-session outputs change meaning
 
 
 #: Voxel size (mm) of the MD maps resampled to the template for voxelwise
@@ -368,6 +368,88 @@ def _task(args):
                          "and report it"}
 
 
+def _show(bar, res):
+    bar.update()
+    bar.set_postfix_str(f"{res['participant_id']} ses-{res['session']}: {res['status']}")
+
+
+def _warm_up(config: PipelineConfig):
+    """Import and cache here what every session needs, before workers are forked.
+
+    Forked workers inherit the imports (dipy, nilearn), the registration
+    template and the region maps, so none of them pays the ~1.5 s first-session
+    cost again.
+    """
+    import dipy.align.imaffine  # noqa: F401
+    import dipy.reconst.dti  # noqa: F401
+    from dipy.core.gradients import gradient_table  # noqa: F401
+
+    from .regions import load_region_maps
+    from .registration import REGISTRATION_PARAMS, load_template
+
+    load_template(REGISTRATION_PARAMS["template_resolution"], crop=True)
+    load_template(MNI_MAP_RESOLUTION)
+    if config.space != "native":
+        load_template(2.0)
+    load_region_maps(table=config.regions)
+
+
+def _start_method() -> str:
+    """``fork`` on Linux (workers start warm; see :func:`_warm_up`), else ``spawn``."""
+    import multiprocessing
+    import sys
+
+    return "fork" if sys.platform.startswith("linux") and \
+        "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _run_local(tasks, workers: int, bar, config: PipelineConfig) -> list:
+    """Run the sessions on Dask's local multiprocessing scheduler with ``workers`` processes.
+
+    The sessions are independent and each is a second or two of numpy work,
+    so the lightest Dask scheduler fits: a pool of plain worker processes,
+    one session per task (``chunksize=1``). On two CPUs it ran the run stage
+    1.4x faster than a distributed ``LocalCluster`` of two workers, whose
+    nanny sets ``MALLOC_TRIM_THRESHOLD_`` (ten times the page faults here)
+    and whose spawned workers each import everything again (see
+    benchmarks/RESULTS.md). A cluster is still one option away:
+    ``--scheduler ADDRESS``.
+    """
+    import multiprocessing
+
+    import dask
+    from dask.callbacks import Callback
+
+    method = _start_method()
+    if method == "fork":
+        _warm_up(config)
+
+    def posttask(key, result, dsk, state, worker_id):
+        _show(bar, result)
+
+    jobs = [dask.delayed(_task, pure=False)(t, dask_key_name=f"session-{i}")
+            for i, t in enumerate(tasks)]
+    ctx = multiprocessing.get_context(method)
+    # A multiprocessing.Pool forks all its workers up front, before it starts
+    # its own helper threads.
+    with ctx.Pool(workers) as pool, Callback(posttask=posttask):
+        out = dask.compute(*jobs, scheduler="processes", pool=pool, chunksize=1)
+    return list(out)
+
+
+def _run_on_cluster(tasks, address: str, bar) -> list:
+    """Run the sessions on a running Dask cluster (``dask.distributed``)."""
+    from dask.distributed import Client, as_completed
+
+    results = []
+    with Client(address) as client:
+        futures = client.map(_task, tasks, pure=False)
+        for fut in as_completed(futures):
+            results.append(fut.result())
+            _show(bar, results[-1])
+    return results
+
+
 def roi_tables(out_dir, sessions: pd.DataFrame, participants: pd.DataFrame, *,
                pre: str, post: str, config: PipelineConfig | None = None):
     """Build ``roi_md`` and ``roi_deltas`` from the per-session voxel tables.
@@ -463,8 +545,9 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
     config : PipelineConfig, optional
         Processing choices.
     workers : int, default=1
-        ``1`` runs in this process without Dask; ``N > 1`` starts a local
-        Dask cluster of N single-threaded worker processes.
+        ``1`` runs in this process without Dask; ``N > 1`` runs the
+        sessions on Dask's local multiprocessing scheduler with N worker
+        processes (one BLAS thread each).
     scheduler : str, optional
         Address of a running Dask scheduler (``tcp://host:8786``), e.g. one
         started by dask-jobqueue on a cluster; overrides ``workers``.
@@ -513,34 +596,14 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
     results = []
     bar = tqdm(total=len(tasks), desc="processing sessions", unit="session",
                disable=not progress)
-    if scheduler or workers > 1:
-        from dask.distributed import Client, LocalCluster, as_completed
-
-        cluster = None
-        if scheduler:
-            client = Client(scheduler)
-        else:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=":0", silence_logs=50)
-            client = Client(cluster)
-        try:
-            futures = client.map(_task, tasks, pure=False)
-            for fut in as_completed(futures):
-                res = fut.result()
-                results.append(res)
-                bar.update()
-                bar.set_postfix_str(f"{res['participant_id']} ses-{res['session']}: "
-                                    f"{res['status']}")
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+    if scheduler:
+        results = _run_on_cluster(tasks, scheduler, bar)
+    elif workers > 1:
+        results = _run_local(tasks, workers, bar, config)
     else:
         for t in tasks:
-            res = _task(t)
-            results.append(res)
-            bar.update()
-            bar.set_postfix_str(f"{res['participant_id']} ses-{res['session']}: {res['status']}")
+            results.append(_task(t))
+            _show(bar, results[-1])
     bar.close()
 
     status = pd.DataFrame(results)

@@ -243,7 +243,7 @@ def test_dask_workers_give_identical_outputs(processed, tmp_path):
 
     labels = ["sub-002", "sub-003"]
     out = tmp_path / "dask"
-    # --workers 2: a local cluster started by the pipeline.
+    # --workers 2: Dask's local multiprocessing scheduler with 2 processes.
     res = run_pipeline(processed["bids"], out, participant_label=labels[:1], workers=2,
                        progress=False)
     assert set(res.sessions["status"]) == {"processed"}
@@ -262,6 +262,24 @@ def test_dask_workers_give_identical_outputs(processed, tmp_path):
     parallel = pd.read_csv(out / "roi_deltas.tsv", sep="\t")
     pd.testing.assert_frame_equal(parallel, serial[serial["participant_id"].isin(labels)]
                                   .reset_index(drop=True))
+
+
+def test_spawned_workers_give_identical_outputs(processed, tmp_path, monkeypatch):
+    """Where fork is not used (macOS, Windows), workers are spawned and start cold."""
+    import ketamine_nb.pipeline as pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "_start_method", lambda: "spawn")
+    monkeypatch.setattr(pipeline, "_warm_up", lambda config: calls.append(config))
+    out = tmp_path / "spawn"
+    res = run_pipeline(processed["bids"], out, participant_label=["sub-002"], workers=2,
+                       progress=False)
+    assert res.sessions["status"].tolist() == ["processed", "processed"]
+    assert calls == []  # nothing to inherit: the parent does not warm up for spawn
+    for ses in ("pre", "post"):
+        a, b = session_paths(out, "sub-002", ses), session_paths(processed["out"], "sub-002", ses)
+        for key in ("md", "mask", "xfm", "voxels"):
+            assert a[key].read_bytes() == b[key].read_bytes(), (ses, key)
 
 
 def test_other_session_labels_and_uncompressed_nifti(processed, tmp_path):
