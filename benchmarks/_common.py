@@ -160,7 +160,8 @@ time is judged. Sections are dated, newest first; earlier ones are never rewritt
     "| `bench_simulate.py` | `ketamine-nb simulate OUT --subjects 98 --seed 0 --quiet`: wall "
     "time, peak memory of the process tree (summed PSS, sampled every 0.1 s), disk; cold and "
     "warm data-home caches | <= 60 s, <= 1 GB, <= 800 MB, voxels <= 3 mm, >= 20 directions |",
-    "| `bench_md_fit.py` | one session: `compute_md_map` vs dipy `TensorModel` vs MRtrix3 "
+    "| `bench_md_fit.py` | one session and an issue-sized volume (96 x 96 x 60, 6 b0 + 64 "
+    "directions, ~221k voxels): `compute_md_map` vs dipy `TensorModel` vs MRtrix3 "
     "`dwi2tensor`/`tensor2metric`; `brain_mask` vs dipy `median_otsu` | ours <= 0.5x MRtrix3 "
     "(file to file); >= 99.9 % of voxels within 1e-4 of dipy WLS (earlier: r >= 0.999 with "
     "MRtrix3; 100 % within 1e-6 of dipy) |",

@@ -94,7 +94,7 @@ def _cholesky_solve(A, b):
 
     The Cholesky factorisation written out element by element, each step one
     numpy operation over all systems (structure of arrays): for 7 x 7
-    systems, 4-7 times faster than ``numpy.linalg.solve`` on a stack, which
+    systems, 3-5 times faster than ``numpy.linalg.solve`` on a stack, which
     calls LAPACK once per system.
 
     Parameters
