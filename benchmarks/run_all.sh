@@ -47,7 +47,7 @@ trap 'rm -f "$BENCH_SUMMARY"' EXIT
 say "python: $("$py" -c 'import sys; print(sys.executable)'); commit $BENCH_COMMIT"
 say "uptime: $(uptime)"
 
-all_benches=(bench_import bench_simulate bench_md_fit bench_session bench_session_vs_script
+all_benches=(bench_import bench_simulate bench_md_fit bench_registration bench_session bench_session_vs_script
              bench_dask bench_demo bench_stats bench_widgets)
 benches=("${@:-${all_benches[@]}}")
 for bench in "${benches[@]}"; do
