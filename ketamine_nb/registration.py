@@ -194,9 +194,23 @@ def apply_transform(img, mni_to_native, *, target, direction: str = "to_native",
     coords = vox[:3, :3] @ ijk + vox[:3, 3:4]
     data = np.asarray(img.dataobj, dtype=np.float32)
     vols = data[..., None] if data.ndim == 3 else data
-    out = np.stack([map_coordinates(vols[..., k], coords, order=order, mode="constant",
-                                    cval=0.0, prefilter=False).reshape(shape)
-                    for k in range(vols.shape[-1])], axis=-1)
+    out = np.zeros((coords.shape[1], vols.shape[-1]), np.float32)
+    for k in range(vols.shape[-1]):
+        # Only points near the volume's non-zero box can get a non-zero value
+        # (linear or nearest interpolation, 0 outside): interpolate just those.
+        # Region maps cover a few percent of the grid, so this is most of the
+        # work saved; the values are the same as interpolating everywhere.
+        vol = vols[..., k]
+        nz = [np.flatnonzero(vol.any(axis=tuple(a for a in range(3) if a != ax)))
+              for ax in range(3)]
+        if any(len(n) == 0 for n in nz):
+            continue
+        near = np.ones(coords.shape[1], bool)
+        for ax in range(3):
+            near &= (coords[ax] > nz[ax][0] - 1) & (coords[ax] < nz[ax][-1] + 1)
+        out[near, k] = map_coordinates(vol, coords[:, near], order=order, mode="constant",
+                                       cval=0.0, prefilter=False)
+    out = out.reshape(*shape, vols.shape[-1])
     if data.ndim == 3:
         out = out[..., 0]
     return nib.Nifti1Image(out.astype(np.float32), target.affine)
