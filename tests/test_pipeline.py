@@ -198,6 +198,31 @@ def test_registration_recovers_the_true_head_position(processed):
         assert err.max() < 1.5, (row.participant_id, row.session, err)
 
 
+def test_template_cache_gives_the_template_nilearn_builds(tmp_path, monkeypatch):
+    from ketamine_nb import registration
+
+    monkeypatch.setenv("KETAMINE_NB_DATA", str(tmp_path))
+    registration._template.cache_clear()
+    try:
+        first = registration.load_template(3.0, crop=True)      # built, then cached
+        cached = list((tmp_path / "template_cache").glob("*res-3mm_desc-head*.nii.gz"))
+        assert len(cached) == 1
+        registration._template.cache_clear()
+        again = registration.load_template(3.0, crop=True)      # read from the cache
+        fresh = registration._build_template(3.0, True)
+        for img in (first, again):
+            assert img.shape == fresh.shape == (51, 62, 54)
+            np.testing.assert_array_equal(img.affine, fresh.affine)
+            np.testing.assert_array_equal(np.asarray(img.dataobj), np.asarray(fresh.dataobj))
+        cached[0].write_bytes(b"damaged")                        # rebuilt, not an error
+        registration._template.cache_clear()
+        np.testing.assert_array_equal(
+            np.asarray(registration.load_template(3.0, crop=True).dataobj),
+            np.asarray(fresh.dataobj))
+    finally:
+        registration._template.cache_clear()
+
+
 def test_thresholds_recompute_from_cached_voxels_without_refitting(processed):
     out = processed["out"]
     voxels = pd.read_csv(session_paths(out, "sub-001", "pre")["voxels"], sep="\t")
