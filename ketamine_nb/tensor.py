@@ -343,7 +343,7 @@ def fit_dti(dwi_img, gtab, *, mask=None, fit_method: str = DEFAULT_FIT_METHOD,
     engine : {"auto", "dipy"}, default="auto"
         ``auto`` fits WLS with dipy's algorithm in blocks of voxels, each
         step one array operation (MD within 2e-7 relative of dipy's, i.e.
-        float32 rounding; 40-50 times faster than dipy on one thread; see
+        float32 rounding; 40-55 times faster than dipy on one thread; see
         ``benchmarks/RESULTS.md``) and the other methods with dipy;
         ``dipy`` always uses ``dipy.reconst.dti``.
     n_threads : int, optional
