@@ -403,16 +403,16 @@ def _start_method() -> str:
         "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _run_local(tasks, workers: int, bar, config: PipelineConfig) -> list:
+def _run_local(tasks, workers: int, new_bar, config: PipelineConfig) -> list:
     """Run the sessions on Dask's local multiprocessing scheduler with ``workers`` processes.
 
-    The sessions are independent and each is a second or two of numpy work,
+    The sessions are independent and each is about a second of numpy work,
     so the lightest Dask scheduler fits: a pool of plain worker processes,
     one session per task (``chunksize=1``). On two CPUs it ran the run stage
-    1.4x faster than a distributed ``LocalCluster`` of two workers, whose
-    nanny sets ``MALLOC_TRIM_THRESHOLD_`` (ten times the page faults here)
-    and whose spawned workers each import everything again (see
-    benchmarks/RESULTS.md). A cluster is still one option away:
+    1.5-1.9 times faster than a ``dask.distributed`` ``LocalCluster`` of two
+    workers, whose nanny sets ``MALLOC_TRIM_THRESHOLD_`` (ten times the page
+    faults, sessions ~15 % slower) and whose spawned workers each import
+    everything again (``benchmarks/bench_dask.py``). A cluster is still one option away:
     ``--scheduler ADDRESS``.
     """
     import multiprocessing
@@ -423,6 +423,7 @@ def _run_local(tasks, workers: int, bar, config: PipelineConfig) -> list:
     method = _start_method()
     if method == "fork":
         _warm_up(config)
+    bar = None
 
     def posttask(key, result, dsk, state, worker_id):
         _show(bar, result)
@@ -431,18 +432,24 @@ def _run_local(tasks, workers: int, bar, config: PipelineConfig) -> list:
             for i, t in enumerate(tasks)]
     ctx = multiprocessing.get_context(method)
     # A multiprocessing.Pool forks all its workers up front, before it starts
-    # its own helper threads.
-    with ctx.Pool(workers) as pool, Callback(posttask=posttask):
-        out = dask.compute(*jobs, scheduler="processes", pool=pool, chunksize=1)
+    # its own helper threads; the progress bar (and tqdm's monitor thread)
+    # comes after, so no other thread of ours exists at fork time.
+    with ctx.Pool(workers) as pool:
+        bar = new_bar()
+        try:
+            with Callback(posttask=posttask):
+                out = dask.compute(*jobs, scheduler="processes", pool=pool, chunksize=1)
+        finally:
+            bar.close()
     return list(out)
 
 
-def _run_on_cluster(tasks, address: str, bar) -> list:
+def _run_on_cluster(tasks, address: str, new_bar) -> list:
     """Run the sessions on a running Dask cluster (``dask.distributed``)."""
     from dask.distributed import Client, as_completed
 
     results = []
-    with Client(address) as client:
+    with Client(address) as client, new_bar() as bar:
         futures = client.map(_task, tasks, pure=False)
         for fut in as_completed(futures):
             results.append(fut.result())
@@ -593,18 +600,20 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
 
     tasks = [(r.dwi, r.bval, r.bvec, str(out), r.participant_id, r.session, config, force)
              for r in sessions.itertuples()]
-    results = []
-    bar = tqdm(total=len(tasks), desc="processing sessions", unit="session",
-               disable=not progress)
+    def new_bar():
+        return tqdm(total=len(tasks), desc="processing sessions", unit="session",
+                    disable=not progress)
+
     if scheduler:
-        results = _run_on_cluster(tasks, scheduler, bar)
+        results = _run_on_cluster(tasks, scheduler, new_bar)
     elif workers > 1:
-        results = _run_local(tasks, workers, bar, config)
+        results = _run_local(tasks, workers, new_bar, config)
     else:
-        for t in tasks:
-            results.append(_task(t))
-            _show(bar, results[-1])
-    bar.close()
+        results = []
+        with new_bar() as bar:
+            for t in tasks:
+                results.append(_task(t))
+                _show(bar, results[-1])
 
     status = pd.DataFrame(results)
     if len(status):
