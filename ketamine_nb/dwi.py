@@ -126,6 +126,31 @@ def check_gradients(bvals, bvecs, n_volumes: int, *, source: str = "gradients",
     return bvals, out
 
 
+def _read_float32(path: Path):
+    """Load a NIfTI image and its data as float32 (scaling applied).
+
+    A ``.nii.gz`` is decompressed with ISA-L (the ``isal`` package) when it is
+    installed: twice as fast as zlib, which is most of the time it takes to
+    read a DWI series (0.15 vs 0.31 s for a 96 x 96 x 60 x 70 int16 series,
+    see benchmarks/RESULTS.md); the bytes are the same. Anything it cannot
+    read (NIfTI-2, a damaged file) goes to ``nibabel.load``, which reads it
+    or says what is wrong.
+    """
+    import nibabel as nib
+
+    if path.name.endswith(".gz"):
+        try:
+            from isal import igzip
+
+            with igzip.open(path, "rb") as f:
+                img = nib.Nifti1Image.from_stream(f)
+                return img, np.asarray(img.dataobj, dtype=np.float32)
+        except Exception:  # no isal, or not a file it can read: nibabel decides
+            pass
+    img = nib.load(path)
+    return img, np.asarray(img.dataobj, dtype=np.float32)
+
+
 def load_dwi(dwi_path, bval_path=None, bvec_path=None, *, b0_threshold: float = B0_THRESHOLD):
     """Load a DWI series as float32 with its checked gradient table.
 
@@ -157,8 +182,7 @@ def load_dwi(dwi_path, bval_path=None, bvec_path=None, *, b0_threshold: float = 
     if dwi_path.stat().st_size == 0:
         raise InputError(f"{dwi_path}: empty file (0 bytes); copy the image again")
     try:
-        img = nib.load(dwi_path)
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        img, data = _read_float32(dwi_path)
     except Exception as exc:  # nibabel raises many kinds for broken files
         kind = type(exc).__name__
         raise InputError(f"{dwi_path}: cannot read as NIfTI ({kind}: {exc}); the file is "

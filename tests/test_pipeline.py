@@ -61,6 +61,34 @@ def test_md_map_equals_a_direct_dipy_fit(small_cohort):
                                   np.asarray(compute_md_map(img, gtab, mask=mask).dataobj))
 
 
+@pytest.mark.parametrize("kind", ["nifti1.nii.gz", "nifti2.nii.gz", "nifti1.nii"])
+def test_dwi_reads_the_same_values_whatever_the_file_kind(small_cohort, tmp_path, kind,
+                                                         monkeypatch):
+    """ISA-L reads .nii.gz, nibabel the rest; the values are nibabel's either way."""
+    src = small_cohort / "sub-001" / "ses-pre" / "dwi" / "sub-001_ses-pre_dwi.nii.gz"
+    raw = nib.load(src)
+    expected = np.asarray(raw.dataobj, dtype=np.float32)
+    klass = nib.Nifti2Image if kind.startswith("nifti2") else nib.Nifti1Image
+    img = klass(np.asarray(raw.dataobj), raw.affine, raw.header if klass is nib.Nifti1Image
+                else None)
+    img.header.set_slope_inter(0.5, 10.0)   # scaling must be applied on either path
+    path = tmp_path / f"sub-001_ses-pre_dwi.{kind.split('.', 1)[1]}"
+    nib.save(img, path)
+    for ext in (".bval", ".bvec"):
+        shutil.copy(src.with_name("sub-001_ses-pre_dwi" + ext), path.with_name(
+            "sub-001_ses-pre_dwi" + ext))
+    if kind == "nifti1.nii.gz":  # must not need nibabel's own (zlib) reader
+        pytest.importorskip("isal")
+
+        def no_zlib_reader(*args, **kwargs):
+            raise AssertionError("nibabel.load used for a NIfTI-1 .nii.gz")
+        monkeypatch.setattr(nib, "load", no_zlib_reader)
+    loaded, gtab = load_dwi(path)
+    np.testing.assert_array_equal(np.asarray(loaded.dataobj), expected * 0.5 + 10.0)
+    np.testing.assert_array_equal(loaded.affine, raw.affine)
+    assert gtab.bvals.shape == (expected.shape[3],)
+
+
 def test_fit_methods_agree_on_grey_matter_md(small_cohort):
     dwi = small_cohort / "sub-002" / "ses-pre" / "dwi" / "sub-002_ses-pre_dwi.nii.gz"
     img, gtab = load_dwi(dwi)
