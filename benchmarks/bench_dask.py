@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed-up of the run stage on Dask: ``--workers 1`` against ``--workers 2``, same outputs.
 
-On one simulated cohort (``--participants``, default 16, i.e. 32 sessions;
+On one simulated cohort (``--participants``, default 48, i.e. 96 sessions;
 ``simulate_cohort`` seed 0), ``ketamine-nb run BIDS OUT --quiet`` runs as a
 subprocess into a fresh OUT each time:
 
@@ -10,12 +10,13 @@ subprocess into a fresh OUT each time:
 * ``--workers 2``: Dask's local multiprocessing scheduler with two worker
   processes (forked after the parent has imported dipy and loaded the
   template and region maps), what ``run`` does;
-* ``distributed``: the earlier way, for comparison (skip with
-  ``--no-distributed``): a ``dask.distributed`` ``LocalCluster`` of two
+* ``distributed`` (with ``--distributed``): the earlier way, for comparison:
+  a ``dask.distributed`` ``LocalCluster`` of two
   single-threaded worker processes, started in a Python process that then
   calls ``run_pipeline(..., scheduler=ADDRESS)`` (``--scheduler``).
 
-Timed side by side in the order 1, 2, distributed, distributed, 2, 1, ...
+Timed side by side in the order 1, 2, 2, 1, ... (with the distributed runs:
+1, 2, distributed, distributed, 2, 1, ...)
 (``--repeats`` rounds, default 2), median per setting, after one untimed
 2-session warm-up (data-home caches, page cache). Reported: wall time, CPU
 time of the process tree, peak PSS of the tree, and a timeline from the QC
@@ -155,12 +156,12 @@ def probes(bids: Path, work: Path) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--record", action="store_true", help="append a section to RESULTS.md")
-    ap.add_argument("--participants", type=int, default=16,
-                    help="participants to simulate (2 sessions each; default 16)")
+    ap.add_argument("--participants", type=int, default=48,
+                    help="participants to simulate (2 sessions each; default 48)")
     ap.add_argument("--repeats", type=int, default=2,
                     help="rounds of runs, ordered 1,2,d,d,2,1,... (default 2)")
-    ap.add_argument("--no-distributed", action="store_true",
-                    help="skip the dask.distributed LocalCluster runs")
+    ap.add_argument("--distributed", action="store_true",
+                    help="also run on a dask.distributed LocalCluster (the earlier way)")
     ap.add_argument("--no-probes", action="store_true",
                     help="skip the parallel-capacity and Dask start-up probes")
     args = ap.parse_args(argv)
@@ -182,7 +183,7 @@ def main(argv=None) -> int:
             raise SystemExit("the warm-up run failed")
         shutil.rmtree(work / "warmup")
 
-        settings = [1, 2] if args.no_distributed else [1, 2, "distributed"]
+        settings = [1, 2, "distributed"] if args.distributed else [1, 2]
         order = []
         for k in range(args.repeats):
             order += settings if k % 2 == 0 else settings[::-1]

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Latency of the explorers: from setting a control to an updated table and figure.
 
-On the full demo (98 participants, ``<data home>/demo/derivatives`` or
-``--results DIR``), ``roi_explorer`` and ``outcome_explorer`` are built once;
-then each control's ``.value`` is set from code, as the widget comm does when
-a user clicks in the browser, cycling through its values ``--rounds`` times
+On the full demo (98 participants, ``<data home>/demo/derivatives``, prepared
+first with ``ketamine-nb demo`` when missing, or ``--results DIR``),
+``roi_explorer`` and ``outcome_explorer`` are built once; then each
+control's ``.value`` is set from code, as the widget comm does when a user
+clicks in the browser, cycling through its values ``--rounds`` times
 (default 3). The **update** time runs from setting the value until the
 observer returns, i.e. the table is replaced and every artist is updated
 (what a test or an export can read). A Jupyter kernel then renders the
@@ -146,8 +147,13 @@ def main(argv=None) -> int:
 
     out_dir = args.results or get_demo_dir() / "derivatives"
     if not (out_dir / "roi_deltas.tsv").is_file():
-        sys.exit(f"{out_dir}: no demo results; run 'ketamine-nb demo' first (or pass "
-                 "--results DIR)")
+        if args.results is not None:
+            sys.exit(f"{out_dir}: no roi_deltas.tsv; pass the derivatives folder of a run")
+        import subprocess
+
+        print(f"preparing the demo in {get_demo_dir()} (not timed)", flush=True)
+        subprocess.run([sys.executable, "-m", "ketamine_nb.cli", "demo", "--quiet"],
+                       check=True)
     results = load_results(out_dir)
     n = results.roi_deltas["participant_id"].nunique()
     print(f"results: {out_dir} ({n} participants, {len(results.sessions)} sessions); "
