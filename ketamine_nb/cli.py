@@ -290,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="prepare the demo: simulate the cohort (and analyse it)",
                        description="Prepare the demo in the data home (KETAMINE_NB_DATA, else "
-                                   "~/ketamine_nb_data) or in --out.")
+                                   "~/ketamine_nb_data) or in --out: simulate the cohort, "
+                                   "process every session, fit the study's model and the "
+                                   "robustness grid (what the notebooks read).")
     p.add_argument("--out", metavar="DIR", help="demo folder (default: <data home>/demo)")
     p.add_argument("--data-dir", metavar="DIR", help="data home (wins over KETAMINE_NB_DATA)")
     p.add_argument("--force", action="store_true", help="redo every step")
@@ -298,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulation_args(p)
     _add_pipeline_args(p)
     _add_stats_args(p)
-    p.set_defaults(func=_cmd_demo, workers=min(2, os.cpu_count() or 1))
+    # The demo feeds the notebooks, and notebook 06 needs the robustness grid
+    # (about a second on the demo), so the demo always computes it.
+    p.set_defaults(func=_cmd_demo, workers=min(2, os.cpu_count() or 1), robustness=True)
 
     p = sub.add_parser("run", help="process a BIDS study: DWI -> MD maps -> region tables",
                        description="Process every session of a BIDS DWI study into a "

@@ -183,6 +183,12 @@ def demo_results(data_dir=None, *, prepare: bool = True, n_subjects: int = 98,
 
     demo = get_demo_dir(data_dir)
     deriv = demo / "derivatives"
+    if prepare and (deriv / "stats_roi.tsv").is_file() \
+            and not (deriv / "robustness.tsv").is_file():
+        # A demo prepared without the grid (by an earlier ketamine-nb): add it.
+        from .stats import run_stats
+
+        run_stats(deriv, robustness=True)
     if not (deriv / "stats_roi.tsv").is_file():
         if not prepare:
             raise InputError(f"{deriv}: the demo is not prepared; run 'ketamine-nb demo'")

@@ -21,6 +21,17 @@ def test_demo_simulates_runs_and_reuses(tmp_path):
     assert "6 processed" in first.stdout
     deltas = pd.read_csv(demo / "derivatives" / "roi_deltas.tsv", sep="\t")
     assert len(deltas) == 3 * 7 and deltas["delta_md"].notna().all()
+    # What the notebooks read is there, the robustness grid (notebook 06) too.
+    from ketamine_nb.results import demo_results
+
+    res = demo_results(home, prepare=False)
+    assert res.robustness is not None and set(res.robustness["region"]) == set(
+        deltas["region"])
+    grid = demo / "derivatives" / "robustness.tsv"
+    grid.unlink()                      # a demo prepared by an earlier version
+    rebuilt = demo_results(home).robustness
+    assert grid.is_file()
+    pd.testing.assert_frame_equal(rebuilt, res.robustness)
     # The caches followed --data-dir.
     assert (home / "atlas_cache").is_dir() and (home / "sim_cache").is_dir()
 
