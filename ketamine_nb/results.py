@@ -161,7 +161,7 @@ def demo_results(data_dir=None, *, prepare: bool = True, n_subjects: int = 98,
     The notebooks start here. The demo lives in the data home
     (``data_dir``, else ``KETAMINE_NB_DATA``, else ``~/ketamine_nb_data``);
     when it is missing it is simulated and processed with progress bars
-    (a few minutes on 2 cores; Binder's postBuild does it at build time).
+    (about two minutes on 2 cores; Binder's postBuild does it at build time).
 
     Parameters
     ----------
