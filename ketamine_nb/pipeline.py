@@ -395,12 +395,21 @@ def _warm_up(config: PipelineConfig):
 
 
 def _start_method() -> str:
-    """``fork`` on Linux (workers start warm; see :func:`_warm_up`), else ``spawn``."""
+    """``fork`` on Linux when this process runs no other Python thread, else ``spawn``.
+
+    Forked workers start warm (see :func:`_warm_up`). A process with other
+    threads, such as a Jupyter kernel (its I/O threads hold locks that a
+    forked child could inherit held), gets spawned workers, which import
+    and load what they need themselves.
+    """
     import multiprocessing
     import sys
+    import threading
 
-    return "fork" if sys.platform.startswith("linux") and \
-        "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if (sys.platform.startswith("linux") and threading.active_count() == 1
+            and "fork" in multiprocessing.get_all_start_methods()):
+        return "fork"
+    return "spawn"
 
 
 def _run_local(tasks, workers: int, new_bar, config: PipelineConfig) -> list:
@@ -412,10 +421,17 @@ def _run_local(tasks, workers: int, new_bar, config: PipelineConfig) -> list:
     1.5-1.9 times faster than a ``dask.distributed`` ``LocalCluster`` of two
     workers, whose nanny sets ``MALLOC_TRIM_THRESHOLD_`` (ten times the page
     faults, sessions ~15 % slower) and whose spawned workers each import
-    everything again (``benchmarks/bench_dask.py``). A cluster is still one option away:
-    ``--scheduler ADDRESS``.
+    everything again (``benchmarks/bench_dask.py``). A cluster is still one
+    option away: ``--scheduler ADDRESS``.
+
+    A worker process that dies (killed for memory, a crash in a C library)
+    breaks the pool: the sessions not finished by then are reported as
+    failed, with what to do, instead of waiting for them forever.
     """
     import multiprocessing
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     import dask
     from dask.callbacks import Callback
@@ -423,25 +439,46 @@ def _run_local(tasks, workers: int, new_bar, config: PipelineConfig) -> list:
     method = _start_method()
     if method == "fork":
         _warm_up(config)
+    done = {}
     bar = None
 
     def posttask(key, result, dsk, state, worker_id):
+        done[key] = result
         _show(bar, result)
 
-    jobs = [dask.delayed(_task, pure=False)(t, dask_key_name=f"session-{i}")
-            for i, t in enumerate(tasks)]
-    ctx = multiprocessing.get_context(method)
-    # A multiprocessing.Pool forks all its workers up front, before it starts
-    # its own helper threads; the progress bar (and tqdm's monitor thread)
-    # comes after, so no other thread of ours exists at fork time.
-    with ctx.Pool(workers) as pool:
+    keys = [f"session-{i}" for i in range(len(tasks))]
+    jobs = [dask.delayed(_task, pure=False)(t, dask_key_name=k)
+            for k, t in zip(keys, tasks, strict=True)]
+    with warnings.catch_warnings():
+        # Python >= 3.12 warns on fork whenever the process has other OS
+        # threads; here those are OpenBLAS's idle pool, which is fork-safe.
+        warnings.filterwarnings("ignore", message=".*use of fork", category=DeprecationWarning)
+        pool = ProcessPoolExecutor(min(workers, len(tasks)),
+                                   mp_context=multiprocessing.get_context(method))
+        # With fork, the first task starts every worker (before the pool's
+        # own thread); the progress bar and its thread come after.
+        pool.submit(int).result()
+    broken = False
+    try:
         bar = new_bar()
-        try:
-            with Callback(posttask=posttask):
-                out = dask.compute(*jobs, scheduler="processes", pool=pool, chunksize=1)
-        finally:
-            bar.close()
-    return list(out)
+        with bar, Callback(posttask=posttask):
+            dask.compute(*jobs, scheduler="processes", pool=pool, chunksize=1)
+    except BrokenProcessPool:
+        broken = True
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    results = []
+    for key, t in zip(keys, tasks, strict=True):
+        if key in done:
+            results.append(done[key])
+        else:
+            results.append({
+                "participant_id": t[4], "session": t[5], "status": "failed",
+                "error": f"{t[0]}: not processed: a worker process died"
+                         f"{' (killed for memory?)' if broken else ''} while this session "
+                         "was running or waiting; rerun (done sessions are reused), with "
+                         "fewer --workers if memory is short"})
+    return results
 
 
 def _run_on_cluster(tasks, address: str, new_bar) -> list:
@@ -606,7 +643,7 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
 
     if scheduler:
         results = _run_on_cluster(tasks, scheduler, new_bar)
-    elif workers > 1:
+    elif workers > 1 and len(tasks) > 1:
         results = _run_local(tasks, workers, new_bar, config)
     else:
         results = []

@@ -54,6 +54,10 @@ REGISTRATION_PARAMS = {
 }
 
 
+#: Version of :func:`_build_template`'s recipe, part of the cache file name.
+_TEMPLATE_RECIPE = 1
+
+
 def _build_template(resolution: float, crop: bool):
     import nibabel as nib
     from nilearn.datasets import load_mni152_template
@@ -91,9 +95,13 @@ def _template(resolution: float, crop: bool = False):
     from .datasets import get_data_home
 
     desc = "_desc-head" if crop else ""
+    # The recipe version changes whenever _build_template does.
     name = (f"tpl-{TEMPLATE_SPACE}_res-{resolution:g}mm{desc}_T1w_"
-            f"nilearn-{version('nilearn')}.nii.gz")
-    path = get_data_home() / "template_cache" / name
+            f"nilearn-{version('nilearn')}_recipe-{_TEMPLATE_RECIPE}.nii.gz")
+    try:
+        path = get_data_home() / "template_cache" / name
+    except OSError:  # no usable data home: build it every time
+        return _build_template(resolution, crop)
     if path.exists():
         try:
             img = nib.load(path)
@@ -234,11 +242,15 @@ def apply_transform(img, mni_to_native, *, target, direction: str = "to_native",
     vols = data[..., None] if data.ndim == 3 else data
     out = np.zeros((coords.shape[1], vols.shape[-1]), np.float32)
     for k in range(vols.shape[-1]):
+        vol = vols[..., k]
+        if order > 1:  # splines reach beyond the next voxel: interpolate everywhere
+            out[:, k] = map_coordinates(vol, coords, order=order, mode="constant", cval=0.0,
+                                        prefilter=False)
+            continue
         # Only points near the volume's non-zero box can get a non-zero value
         # (linear or nearest interpolation, 0 outside): interpolate just those.
         # Region maps cover a few percent of the grid, so this is most of the
         # work saved; the values are the same as interpolating everywhere.
-        vol = vols[..., k]
         nz = [np.flatnonzero(vol.any(axis=tuple(a for a in range(3) if a != ax)))
               for ax in range(3)]
         if any(len(n) == 0 for n in nz):

@@ -154,6 +154,32 @@ def load_results(out_dir) -> Results:
                    ground_truth=truth)
 
 
+def _add_robustness_grid(deriv: Path) -> None:
+    """Add ``robustness.tsv`` to a demo prepared without it (by an earlier ketamine-nb).
+
+    Only the grid is computed: the other statistics, possibly made with the
+    user's own settings, are left as they are. A demo that cannot be written
+    (shared read-only) stays without the grid, with a warning.
+    """
+    import warnings
+
+    from ._utils import write_tsv
+    from .robustness import load_cohort_voxels, robustness_grid
+
+    scores = pd.read_csv(deriv / "scores.tsv", sep="\t", na_values="n/a",
+                         keep_default_na=False)
+    pp = deriv / "participants.tsv"
+    participants = pd.read_csv(pp, sep="\t", na_values="n/a", keep_default_na=False) \
+        if pp.is_file() else None
+    grid = robustness_grid(load_cohort_voxels(deriv), scores, participants=participants)
+    try:
+        write_tsv(grid, deriv / "robustness.tsv")
+    except OSError as exc:
+        warnings.warn(f"{deriv}: cannot write robustness.tsv ({exc}); notebook 06's "
+                      "robustness part needs it: run 'ketamine-nb demo' where you can write",
+                      stacklevel=3)
+
+
 def demo_results(data_dir=None, *, prepare: bool = True, n_subjects: int = 98,
                  workers: int = 2) -> Results:
     """Load the demo's results, preparing the demo first when it is missing.
@@ -185,10 +211,7 @@ def demo_results(data_dir=None, *, prepare: bool = True, n_subjects: int = 98,
     deriv = demo / "derivatives"
     if prepare and (deriv / "stats_roi.tsv").is_file() \
             and not (deriv / "robustness.tsv").is_file():
-        # A demo prepared without the grid (by an earlier ketamine-nb): add it.
-        from .stats import run_stats
-
-        run_stats(deriv, robustness=True)
+        _add_robustness_grid(deriv)
     if not (deriv / "stats_roi.tsv").is_file():
         if not prepare:
             raise InputError(f"{deriv}: the demo is not prepared; run 'ketamine-nb demo'")

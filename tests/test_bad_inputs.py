@@ -102,6 +102,14 @@ def _truncate(raw, out):
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
 
 
+def _bit_flip(raw, out):
+    """One flipped bit inside the compressed data: only the gzip CRC tells."""
+    f = _dwi(raw)
+    b = bytearray(f.read_bytes())
+    b[len(b) // 2] ^= 0x10
+    f.write_bytes(bytes(b))
+
+
 def _zero_bytes(raw, out):
     _dwi(raw).write_bytes(b"")
 
@@ -168,6 +176,7 @@ def _missing_post_session(raw, out):
 PER_SESSION = [
     ("truncated .nii.gz", _truncate, "sub-002_ses-post_dwi.nii.gz", "copy"),
     ("zero-byte .nii.gz", _zero_bytes, "sub-002_ses-post_dwi.nii.gz", "empty"),
+    ("damaged .nii.gz (CRC)", _bit_flip, "sub-002_ses-post_dwi.nii.gz", "CRC check failed"),
     ("not a NIfTI file", _not_nifti, "sub-002_ses-post_dwi.nii.gz", "not a NIfTI"),
     ("3D image as DWI", _three_d, "sub-002_ses-post_dwi.nii.gz", "not 4D"),
     ("NaNs in the data", _nans, "sub-002_ses-post_dwi.nii.gz", "NaN"),

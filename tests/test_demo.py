@@ -29,9 +29,12 @@ def test_demo_simulates_runs_and_reuses(tmp_path):
         deltas["region"])
     grid = demo / "derivatives" / "robustness.tsv"
     grid.unlink()                      # a demo prepared by an earlier version
+    kept = {p.name: p.read_bytes() for p in (demo / "derivatives").glob("*.*") if p.is_file()}
     rebuilt = demo_results(home).robustness
     assert grid.is_file()
     pd.testing.assert_frame_equal(rebuilt, res.robustness)
+    # Only the grid was added: the statistics (maybe the user's settings) are untouched.
+    assert {p: (demo / "derivatives" / p).read_bytes() for p in kept} == kept
     # The caches followed --data-dir.
     assert (home / "atlas_cache").is_dir() and (home / "sim_cache").is_dir()
 

@@ -251,6 +251,35 @@ def test_template_cache_gives_the_template_nilearn_builds(tmp_path, monkeypatch)
         registration._template.cache_clear()
 
 
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_apply_transform_equals_interpolating_every_point(order):
+    """Interpolating only near each volume's non-zero box changes no value."""
+    from scipy.ndimage import map_coordinates
+
+    from ketamine_nb.registration import apply_transform
+
+    rng = np.random.default_rng(order)
+    vol = np.zeros((30, 34, 28, 2), np.float32)
+    vol[8:14, 10:20, 5:9, 0] = rng.uniform(0.1, 1, (6, 10, 4))   # a box, as a region map
+    vol[19:23, 3:7, 18:22, 1] = 1.0                              # a blob elsewhere
+    src = nib.Nifti1Image(vol, np.diag([2.0, 2.0, 2.0, 1.0]))
+    target = nib.Nifti1Image(np.zeros((25, 27, 23), np.float32),
+                             np.diag([2.5, 2.5, 2.5, 1.0]))
+    angle = 0.2
+    A = np.eye(4)
+    A[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    A[:3, 3] = [3.3, -2.1, 1.7]
+    got = np.asarray(apply_transform(src, A, target=target, order=order).dataobj)
+    vox = np.linalg.inv(src.affine) @ np.linalg.inv(A) @ target.affine
+    ijk = np.indices(target.shape, dtype=np.float32).reshape(3, -1)
+    coords = vox[:3, :3] @ ijk + vox[:3, 3:4]
+    for k in range(2):
+        want = map_coordinates(vol[..., k], coords, order=order, mode="constant", cval=0.0,
+                               prefilter=False).reshape(target.shape)
+        np.testing.assert_array_equal(got[..., k], want)
+        assert np.count_nonzero(want) > 0
+
+
 def test_thresholds_recompute_from_cached_voxels_without_refitting(processed):
     out = processed["out"]
     voxels = pd.read_csv(session_paths(out, "sub-001", "pre")["voxels"], sep="\t")
@@ -333,6 +362,47 @@ def test_spawned_workers_give_identical_outputs(processed, tmp_path, monkeypatch
         a, b = session_paths(out, "sub-002", ses), session_paths(processed["out"], "sub-002", ses)
         for key in ("md", "mask", "xfm", "voxels"):
             assert a[key].read_bytes() == b[key].read_bytes(), (ses, key)
+
+
+def test_a_dying_worker_fails_its_sessions_instead_of_hanging(processed, tmp_path,
+                                                              monkeypatch):
+    """A worker killed (as the kernel's OOM killer does) must not hang the run."""
+    import os
+    import signal
+
+    import ketamine_nb.pipeline as pipeline
+
+    real_task = pipeline._task
+
+    def task(args):
+        if args[4] == "sub-003" and args[5] == "post":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_task(args)
+
+    monkeypatch.setattr(pipeline, "_task", task)
+    old = signal.signal(signal.SIGALRM, lambda *a: pytest.fail("the run hung"))
+    signal.alarm(300)
+    try:
+        res = run_pipeline(processed["bids"], tmp_path / "out",
+                           participant_label=["sub-002", "sub-003"], workers=2,
+                           progress=False)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    status = res.sessions.set_index(["participant_id", "session"])["status"]
+    assert status[("sub-003", "post")] == "failed"
+    assert set(status) <= {"processed", "failed"} and len(status) == 4
+    failed = res.failures.set_index(["participant_id", "session"])
+    assert "worker process died" in failed.loc[("sub-003", "post"), "error"]
+    assert res.exit_code == 1 and (tmp_path / "out" / "failures.tsv").is_file()
+    # The sessions that finished are kept and reused by the rerun that is advised.
+    monkeypatch.setattr(pipeline, "_task", real_task)
+    again = run_pipeline(processed["bids"], tmp_path / "out",
+                         participant_label=["sub-002", "sub-003"], workers=2, progress=False)
+    done = status[status == "processed"].index
+    assert set(again.sessions.set_index(["participant_id", "session"])
+               .loc[done, "status"]) <= {"reused"}
+    assert again.exit_code == 0
 
 
 def test_other_session_labels_and_uncompressed_nifti(processed, tmp_path):
