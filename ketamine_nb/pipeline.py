@@ -171,16 +171,10 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
     paths = session_paths(out_dir, participant_id, session)
     key = config.processing_key()
     inputs = _fingerprint(dwi_path, bval, bvec)
-    if not force and paths["qc"].exists():
-        try:
-            done = json.loads(paths["qc"].read_text())
-        except (OSError, ValueError):
-            done = {}
-        outputs = [paths[k] for k in ("mask", "md", "fa", "xfm", "voxels", "md_mni")]
-        if (done.get("processing_key") == key and done.get("inputs") == inputs
-                and all(p.exists() for p in outputs)):
-            return {"participant_id": participant_id, "session": session, "status": "reused",
-                    "seconds": 0.0, **done.get("qc", {})}
+    if not force:
+        reused = _reused(dwi_path, out_dir, participant_id, session, config, bval, bvec)
+        if reused is not None:
+            return reused
 
     t0 = time.perf_counter()
     paths["dir"].mkdir(parents=True, exist_ok=True)
@@ -246,6 +240,25 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
     write_json(qc_doc, paths["qc"])
     return {"participant_id": participant_id, "session": session, "status": "processed",
             "seconds": round(time.perf_counter() - t0, 2), **qc}
+
+
+def _reused(dwi_path, out_dir, participant_id: str, session: str, config: PipelineConfig,
+            bval=None, bvec=None) -> dict | None:
+    """Return the result of a session done before with the same parameters and raw files."""
+    paths = session_paths(out_dir, participant_id, session)
+    if not paths["qc"].exists():
+        return None
+    try:
+        done = json.loads(paths["qc"].read_text())
+    except (OSError, ValueError):
+        return None
+    outputs = [paths[k] for k in ("mask", "md", "fa", "xfm", "voxels", "md_mni")]
+    if (done.get("processing_key") == config.processing_key()
+            and done.get("inputs") == _fingerprint(dwi_path, bval, bvec)
+            and all(p.exists() for p in outputs)):
+        return {"participant_id": participant_id, "session": session, "status": "reused",
+                "seconds": 0.0, **done.get("qc", {})}
+    return None
 
 
 def _fingerprint(dwi_path, bval=None, bvec=None) -> dict:
@@ -637,18 +650,24 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
 
     tasks = [(r.dwi, r.bval, r.bvec, str(out), r.participant_id, r.session, config, force)
              for r in sessions.itertuples()]
-    def new_bar():
-        return tqdm(total=len(tasks), desc="processing sessions", unit="session",
-                    disable=not progress)
+    # Sessions done before with the same parameters are settled here, so a
+    # rerun starts no worker for them.
+    reused = [] if force else [_reused(t[0], out, t[4], t[5], config, t[1], t[2])
+                               for t in tasks]
+    results = [r for r in reused if r is not None]
+    todo = [t for t, r in zip(tasks, reused, strict=True) if r is None] if not force else tasks
 
-    if scheduler:
-        results = _run_on_cluster(tasks, scheduler, new_bar)
-    elif workers > 1 and len(tasks) > 1:
-        results = _run_local(tasks, workers, new_bar, config)
+    def new_bar():
+        return tqdm(total=len(todo), desc="processing sessions", unit="session",
+                    disable=not progress or not todo)
+
+    if scheduler and todo:
+        results += _run_on_cluster(todo, scheduler, new_bar)
+    elif workers > 1 and len(todo) > 1:
+        results += _run_local(todo, workers, new_bar, config)
     else:
-        results = []
         with new_bar() as bar:
-            for t in tasks:
+            for t in todo:
                 results.append(_task(t))
                 _show(bar, results[-1])
 

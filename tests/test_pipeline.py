@@ -405,6 +405,20 @@ def test_a_dying_worker_fails_its_sessions_instead_of_hanging(processed, tmp_pat
     assert again.exit_code == 0
 
 
+def test_a_rerun_with_nothing_to_do_starts_no_worker(processed, tmp_path, monkeypatch):
+    import ketamine_nb.pipeline as pipeline
+
+    out = tmp_path / "out"
+    shutil.copytree(processed["out"], out)   # the shared tables stay as they are
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("workers started for sessions that are done")
+    monkeypatch.setattr(pipeline, "_run_local", no_pool)
+    res = run_pipeline(processed["bids"], out, participant_label=["sub-001"], workers=2,
+                       progress=False)
+    assert res.sessions["status"].tolist() == ["reused", "reused"]
+
+
 def test_other_session_labels_and_uncompressed_nifti(processed, tmp_path):
     """The same two participants renamed to baseline/24h and stored as .nii."""
     src, bids = processed["bids"], tmp_path / "bids"
