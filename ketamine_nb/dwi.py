@@ -44,16 +44,26 @@ def read_gradients(bval_path, bvec_path):
         if not p.is_file():
             raise InputError(f"{p}: file not found; every DWI series needs its .bval and .bvec "
                              "next to it with the same name")
+    import warnings
+
     try:
-        bvals = np.loadtxt(bval_path, ndmin=1)
+        with warnings.catch_warnings():  # an empty file: the count check below says so
+            warnings.filterwarnings("ignore", message="loadtxt: input contained no data")
+            bvals = np.loadtxt(bval_path, ndmin=1)
     except ValueError:
         raise InputError(f"{bval_path}: not a list of numbers; write the b-values on one line, "
                          "separated by spaces") from None
     try:
-        bvecs = np.loadtxt(bvec_path, ndmin=2)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="loadtxt: input contained no data")
+            bvecs = np.loadtxt(bvec_path, ndmin=2)
     except ValueError:
         raise InputError(f"{bvec_path}: not a table of numbers; write three rows (x, y, z) of "
                          "one value per volume") from None
+    for path, values in ((bval_path, bvals), (bvec_path, bvecs)):
+        if values.size == 0:
+            raise InputError(f"{path}: empty; write the gradient file again (dcm2niix writes "
+                             "it beside the image)")
     bvals = bvals.ravel()
     if bvecs.shape[0] == 3:
         bvecs = bvecs.T
