@@ -317,9 +317,9 @@ def _n_threads(n_threads) -> int:
         if isinstance(n_threads, bool) or int(n_threads) != n_threads or n_threads < 1:
             raise InputError(f"n_threads must be a positive integer, not {n_threads!r}")
         return int(n_threads)
-    # joblib (a nilearn dependency) counts the CPUs this process may use,
-    # CPU affinity and container (cgroup) quotas included, e.g. on Binder.
-    from joblib import cpu_count
+    # Dask counts the CPUs this process may use, CPU affinity and container
+    # (cgroup) quotas included, e.g. on Binder.
+    from dask.system import cpu_count
 
     cpus = cpu_count()
     blas = [lib.num_threads for lib in _blas_controller().select(user_api="blas").lib_controllers]

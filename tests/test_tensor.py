@@ -167,6 +167,15 @@ def test_n_threads_follows_the_blas_limit_or_the_argument():
     assert tensor._n_threads(3) == 3
     with threadpool_limits(limits=1, user_api="blas"):
         assert tensor._n_threads(None) == 1
+    # Never more threads than CPUs this process may use (a container quota).
+    import dask.system
+
+    with threadpool_limits(limits=4, user_api="blas"), \
+            pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dask.system, "cpu_count", lambda: 3)
+        assert tensor._n_threads(None) == 3
+        mp.setattr(dask.system, "cpu_count", lambda: 1)
+        assert tensor._n_threads(None) == 1
     for bad in (0, -1, 1.5, True):
         with pytest.raises(InputError, match="n_threads"):
             tensor._n_threads(bad)
