@@ -52,16 +52,14 @@ print(json.dumps({"import": t1 - t0, "call": t2 - t1, "status": res["status"]}))
 
 def steps(dwi_path: Path, out: Path) -> dict[str, float]:
     """Run process_session's steps one by one (default config); seconds per step."""
-    import nibabel as nib
     from threadpoolctl import threadpool_limits
 
     from ketamine_nb._utils import save_nifti, write_json
     from ketamine_nb.dwi import brain_mask, load_dwi, mean_b0, qc_session
-    from ketamine_nb.pipeline import MNI_MAP_RESOLUTION, _md_at, _write_tsv_gz
+    from ketamine_nb.pipeline import _md_at, _md_on_template_grid, _write_tsv_gz
     from ketamine_nb.regions import load_region_maps
     from ketamine_nb.registration import (
         apply_transform,
-        load_template,
         register_to_template,
         write_transform,
     )
@@ -96,12 +94,7 @@ def steps(dwi_path: Path, out: Path) -> dict[str, float]:
         t0 = tick("extract_region_voxels", t0)
         voxels["md_ols"] = _md_at(img, gtab, voxels, "OLS")
         t0 = tick("OLS MD of the region voxels (_md_at, dipy)", t0)
-        grid3 = load_template(MNI_MAP_RESOLUTION)
-        md_on_grid = apply_transform(md, A, target=grid3, direction="to_mni")
-        in_mask = apply_transform(mask, A, target=grid3, direction="to_mni", order=0)
-        md_on_grid = nib.Nifti1Image(
-            np.where(np.asarray(in_mask.dataobj) > 0, np.asarray(md_on_grid.dataobj), 0)
-            .astype(np.float32), grid3.affine)
+        md_on_grid = _md_on_template_grid(md, mask, A)
         t0 = tick("MD and mask to the 3 mm template grid", t0)
     save_nifti(mask, out / "mask.nii.gz")
     save_nifti(md, out / "md.nii.gz")

@@ -210,15 +210,7 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
                                           direction="to_native")
             voxels = extract_region_voxels(md_mni, fa_mni, mask_mni, regions_mni, maps.names)
             voxels["md_ols"] = np.nan
-        # MD on the template grid for voxelwise statistics (trilinear, inside the mask).
-        from .registration import load_template as _template
-
-        grid3 = _template(MNI_MAP_RESOLUTION)
-        md_on_grid = apply_transform(md, A, target=grid3, direction="to_mni")
-        in_mask = apply_transform(mask, A, target=grid3, direction="to_mni", order=0)
-        md_on_grid = nib.Nifti1Image(
-            np.where(np.asarray(in_mask.dataobj) > 0, np.asarray(md_on_grid.dataobj), 0)
-            .astype(np.float32), grid3.affine)
+        md_on_grid = _md_on_template_grid(md, mask, A)
     del img, fit_img
 
     save_nifti(mask, paths["mask"])
@@ -240,6 +232,35 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
     write_json(qc_doc, paths["qc"])
     return {"participant_id": participant_id, "session": session, "status": "processed",
             "seconds": round(time.perf_counter() - t0, 2), **qc}
+
+
+def _md_on_template_grid(md_img, mask_img, mni_to_native):
+    """MD on the 3 mm template grid, for voxelwise statistics.
+
+    Trilinear interpolation of the MD map, set to 0 outside the brain mask
+    brought over by nearest neighbour.
+
+    Parameters
+    ----------
+    md_img, mask_img : nibabel.Nifti1Image
+        MD map (mm²/s) and brain mask on the DWI grid.
+    mni_to_native : numpy.ndarray, shape (4, 4)
+        The session's registration (:func:`~ketamine_nb.registration.register_to_template`).
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        float32 MD (mm²/s) on the :data:`MNI_MAP_RESOLUTION` mm template grid.
+    """
+    import nibabel as nib
+
+    from .registration import apply_transform, load_template
+
+    grid = load_template(MNI_MAP_RESOLUTION)
+    md = apply_transform(md_img, mni_to_native, target=grid, direction="to_mni")
+    inside = apply_transform(mask_img, mni_to_native, target=grid, direction="to_mni", order=0)
+    data = np.where(np.asarray(inside.dataobj) > 0, np.asarray(md.dataobj), 0)
+    return nib.Nifti1Image(data.astype(np.float32), grid.affine)
 
 
 def _reused(dwi_path, out_dir, participant_id: str, session: str, config: PipelineConfig,
