@@ -285,6 +285,8 @@ class TreeMemorySampler:
     def __init__(self, pid: int, interval: float = 0.1):
         self.pid = pid
         self.interval = interval
+        #: (epoch time, PSS, RSS, processes) of every sample
+        self.timeline: list[tuple[float, int, int, int]] = []
         self.peak_pss = 0  # bytes
         self.peak_rss = 0
         self.peak_procs = 0
@@ -357,6 +359,7 @@ class TreeMemorySampler:
             got = sample()
             if got:
                 pss, rss, n = got
+                self.timeline.append((time.time(), pss, rss, n))
                 self.peak_pss = max(self.peak_pss, pss)
                 self.peak_rss = max(self.peak_rss, rss)
                 self.peak_procs = max(self.peak_procs, n)

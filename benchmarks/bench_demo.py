@@ -52,27 +52,6 @@ BUDGET_PEAK_BYTES = 1.5e9
 BUDGET_DISK_BYTES = 1e9
 
 
-class TimelineSampler(C.TreeMemorySampler):
-    """``TreeMemorySampler`` that also keeps (epoch time, PSS, RSS, processes) per sample."""
-
-    def __init__(self, pid: int, interval: float = 0.1):
-        super().__init__(pid, interval)
-        self.timeline: list[tuple[float, int, int, int]] = []
-
-    def _run(self):
-        sample = self._sample_psutil if self._psutil else self._sample_proc
-        while not self._stop.is_set():
-            got = sample()
-            if got:
-                pss, rss, n = got
-                self.timeline.append((time.time(), pss, rss, n))
-                self.peak_pss = max(self.peak_pss, pss)
-                self.peak_rss = max(self.peak_rss, rss)
-                self.peak_procs = max(self.peak_procs, n)
-                self.samples += 1
-            self._stop.wait(self.interval)
-
-
 def cli_command() -> list[str]:
     """``ketamine-nb`` next to this interpreter (the venv's), else ``python -m``."""
     exe = Path(sys.executable).with_name("ketamine-nb")
@@ -165,7 +144,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
-        smp = TimelineSampler(proc.pid, args.interval).start()
+        smp = C.TreeMemorySampler(proc.pid, args.interval).start()
         text, _ = proc.communicate()
         wall = time.perf_counter() - t0
         end = time.time()
