@@ -1,4 +1,4 @@
-"""Private helpers: errors, atomic writes, deterministic NIfTI and table output."""
+"""Private helpers: atomic writes, deterministic NIfTI and table output."""
 
 from __future__ import annotations
 
@@ -9,29 +9,12 @@ import tempfile
 from pathlib import Path
 
 __all__ = [
-    "KetamineNBError",
-    "InputError",
     "atomic_write_bytes",
     "atomic_write_text",
     "save_nifti",
     "write_json",
     "write_tsv",
 ]
-
-
-class KetamineNBError(Exception):
-    """Base class of the errors this package raises on purpose.
-
-    The message is one line that names the file or subject, the problem and
-    the fix. The command line prints it without a traceback (``--debug``
-    shows one).
-    """
-
-    exit_code = 2
-
-
-class InputError(KetamineNBError, ValueError):
-    """An input file or table cannot be used as it is."""
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:

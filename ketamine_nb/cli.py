@@ -199,7 +199,7 @@ def _cmd_report(args) -> int:
 def _notebooks_dir() -> Path:
     here = Path(__file__).resolve().parents[1] / "notebooks"
     if not (here / "00_start_here.ipynb").is_file():
-        from ._utils import InputError
+        from .exceptions import InputError
 
         raise InputError(f"{here}: the notebooks are not there; they come with the source "
                          "checkout (git clone), install it with pip install -e .")
@@ -364,13 +364,13 @@ def main(argv=None) -> int:
     """
     import warnings
 
-    from ._utils import KetamineNBError
+    from .exceptions import KetamineNBError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.debug:
         # The loader's warnings are printed once each as "note:" lines instead.
-        from .study import StudyWarning
+        from .exceptions import StudyWarning
 
         warnings.simplefilter("ignore", StudyWarning)
     try:

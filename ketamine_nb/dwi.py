@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._utils import InputError
+from .exceptions import InputError
 
 __all__ = [
     "B0_THRESHOLD",

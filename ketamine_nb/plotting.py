@@ -18,7 +18,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from ._utils import InputError
+from .exceptions import InputError
 
 __all__ = [
     "ARM_COLORS",

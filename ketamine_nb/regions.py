@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._utils import InputError, save_nifti
+from .exceptions import InputError
+from ._utils import save_nifti
 
 __all__ = [
     "ATLASES",

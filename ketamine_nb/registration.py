@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._utils import InputError
+from .exceptions import InputError
 
 __all__ = [
     "REGISTRATION_PARAMS",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ._utils import InputError
+from .exceptions import InputError
 
 __all__ = ["Results", "demo_results", "load_results"]
 

@@ -15,7 +15,7 @@ import itertools
 import numpy as np
 import pandas as pd
 
-from ._utils import InputError
+from .exceptions import InputError
 from .stats import MIN_PER_ARM
 
 __all__ = ["DEFAULT_GRID", "load_cohort_voxels", "ols_interaction", "robustness_grid"]

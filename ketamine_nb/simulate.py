@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._utils import InputError, save_nifti, write_json, write_tsv
+from .exceptions import InputError
+from ._utils import save_nifti, write_json, write_tsv
 from .regions import STUDY_REGIONS
 
 __all__ = [

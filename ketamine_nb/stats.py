@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ._utils import InputError
+from .exceptions import InputError
 
 __all__ = [
     "MIN_PER_ARM",

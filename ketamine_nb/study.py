@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from ._utils import InputError
+from .exceptions import InputError, StudyWarning
 
 __all__ = [
     "ARMS",
@@ -59,14 +59,6 @@ _DWI_NAME = re.compile(
 )
 _SESSION_FLAGS = "pre=/post= (--pre-session/--post-session)"
 _SELECT_FLAGS = "acq= and/or run= (--acq/--run)"
-
-
-class StudyWarning(UserWarning):
-    """Something in the dataset could not be used; the rest was loaded.
-
-    The message is one line: the file or participant, the problem and the
-    fix. The same lines are kept in :attr:`Study.problems`.
-    """
 
 
 class SessionFiles(NamedTuple):

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from ._utils import InputError
+from .exceptions import InputError
 from .regions import STUDY_REGIONS
 from .roi import DEFAULT_CSF_MD_THRESHOLD
 from .stats import OUTCOMES, STUDY_DIRECTIONS

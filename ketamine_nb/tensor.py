@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 
-from ._utils import InputError
+from .exceptions import InputError
 
 __all__ = ["DEFAULT_FIT_METHOD", "FIT_METHODS", "compute_md_map", "denoise", "fit_dti"]
 

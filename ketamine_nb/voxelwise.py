@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._utils import InputError
+from .exceptions import InputError
 
 __all__ = ["delta_md_maps", "voxelwise_design", "voxelwise_inference"]
 

@@ -44,7 +44,7 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
-from ._utils import InputError
+from .exceptions import InputError
 from .plotting import ARM_COLORS, MD_LABEL, MD_SCALE
 
 __all__ = [

@@ -13,7 +13,7 @@ from matplotlib.contour import ContourSet
 from matplotlib.figure import Figure
 
 from ketamine_nb import plotting
-from ketamine_nb._utils import InputError
+from ketamine_nb.exceptions import InputError
 from ketamine_nb.plotting import (
     ARM_COLORS,
     DELTA_MD_LABEL,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ketamine_nb._utils import InputError
+from ketamine_nb.exceptions import InputError
 from ketamine_nb.regions import STUDY_REGIONS
 from ketamine_nb.results import load_results
 

@@ -15,7 +15,7 @@ import pytest
 from dipy.core.gradients import gradient_table
 from dipy.reconst.dti import TensorModel
 
-from ketamine_nb._utils import InputError
+from ketamine_nb.exceptions import InputError
 from ketamine_nb.regions import STUDY_REGIONS
 from ketamine_nb.simulate import (
     DEFAULT_PATTERN,

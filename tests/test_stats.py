@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from ketamine_nb._utils import InputError
+from ketamine_nb.exceptions import InputError
 from ketamine_nb.regions import STUDY_REGIONS
 from ketamine_nb.simulate import SimulationParams, simulate_tables
 from ketamine_nb.stats import (

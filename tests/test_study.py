@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ketamine_nb._utils import InputError
+from ketamine_nb.exceptions import InputError
 from ketamine_nb.study import (
     DEFAULT_OUTCOMES,
     SessionFiles,

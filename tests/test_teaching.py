@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ketamine_nb import teaching as kt
-from ketamine_nb._utils import InputError
+from ketamine_nb.exceptions import InputError
 from ketamine_nb.simulate import gradient_scheme
 from ketamine_nb.stats import STUDY_DIRECTIONS
 

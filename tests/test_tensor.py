@@ -10,7 +10,7 @@ from dipy.reconst.dti import TensorModel, design_matrix
 from threadpoolctl import threadpool_limits
 
 from ketamine_nb import tensor
-from ketamine_nb._utils import InputError
+from ketamine_nb.exceptions import InputError
 from ketamine_nb.simulate import gradient_scheme
 from ketamine_nb.tensor import compute_md_map, fit_dti
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from ketamine_nb import widgets as W
-from ketamine_nb._utils import InputError
+from ketamine_nb.exceptions import InputError
 from ketamine_nb.results import Results
 from ketamine_nb.roi import summarise_regions
 from ketamine_nb.stats import StatsConfig, region_stats, stats_input
