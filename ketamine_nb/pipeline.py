@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .exceptions import InputError, KetamineNBError
 from ._utils import save_nifti, write_json, write_tsv
+from .exceptions import InputError, KetamineNBError
 from .regions import DEFAULT_PROBABILITY_THRESHOLD
 from .registration import TEMPLATE_SPACE
 from .roi import DEFAULT_CSF_MD_THRESHOLD, DEFAULT_FA_THRESHOLD

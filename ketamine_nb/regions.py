@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .exceptions import InputError
 from ._utils import save_nifti
+from .exceptions import InputError
 
 __all__ = [
     "ATLASES",

@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .exceptions import InputError
 from ._utils import save_nifti, write_json, write_tsv
+from .exceptions import InputError
 from .regions import STUDY_REGIONS
 
 __all__ = [

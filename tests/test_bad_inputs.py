@@ -28,9 +28,9 @@ from conftest import tree_hashes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ketamine_nb.exceptions import InputError
 from ketamine_nb.cli import main
 from ketamine_nb.dwi import check_gradients, read_gradients
+from ketamine_nb.exceptions import InputError
 from ketamine_nb.pipeline import run_pipeline, session_paths
 
 GOOD, BAD = "sub-001", "sub-002"

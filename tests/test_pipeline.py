@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from dipy.reconst.dti import TensorModel
 
-from ketamine_nb.exceptions import InputError
 from ketamine_nb.dwi import brain_mask, check_gradients, load_dwi
+from ketamine_nb.exceptions import InputError
 from ketamine_nb.pipeline import PipelineConfig, process_session, run_pipeline, session_paths
 from ketamine_nb.regions import STUDY_REGIONS
 from ketamine_nb.registration import read_transform
