@@ -18,7 +18,7 @@ import pandas as pd
 from .exceptions import InputError
 from .stats import MIN_PER_ARM
 
-__all__ = ["DEFAULT_GRID", "load_cohort_voxels", "ols_interaction", "robustness_grid"]
+__all__ = ["CHOICES", "DEFAULT_GRID", "load_cohort_voxels", "ols_interaction", "robustness_grid"]
 
 #: Default grid: 2 x 4 x 4 x 2 x 2 x 2 = 256 specifications.
 DEFAULT_GRID = {
@@ -29,6 +29,10 @@ DEFAULT_GRID = {
     "change": ("absolute", "percent"),
     "covariates": ((), ("age", "sex")),
 }
+
+#: The analytic choices of the grid, in the order of the robustness table's
+#: columns (the one list the figure, the explorer and the summaries use).
+CHOICES = tuple(DEFAULT_GRID)
 
 
 def load_cohort_voxels(out_dir, sessions: pd.DataFrame | None = None) -> pd.DataFrame:
