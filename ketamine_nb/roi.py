@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_CSF_MD_THRESHOLD",
     "DEFAULT_FA_THRESHOLD",
     "MIN_CACHED_PROBABILITY",
+    "classify_voxels",
     "extract_region_voxels",
     "summarise_regions",
 ]
@@ -140,3 +141,33 @@ def summarise_regions(voxels: pd.DataFrame, *,
     out = out.reset_index()
     out[["n_voxels", "n_excluded"]] = out[["n_voxels", "n_excluded"]].fillna(0).astype(int)
     return out
+
+
+def classify_voxels(voxels: pd.DataFrame, *,
+                    probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD,
+                    csf_md_threshold: float | None = DEFAULT_CSF_MD_THRESHOLD,
+                    fa_threshold: float | None = DEFAULT_FA_THRESHOLD) -> pd.DataFrame:
+    """Say of each cached voxel whether :func:`summarise_regions` keeps or drops it.
+
+    Parameters
+    ----------
+    voxels : pandas.DataFrame
+        Output of :func:`extract_region_voxels` (``probability``, ``md``, ``fa``).
+    probability_threshold, csf_md_threshold, fa_threshold
+        As in :func:`summarise_regions` (``None``: that guard is off).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Same index, boolean ``inside`` (atlas probability >= threshold),
+        ``kept`` (inside and not dropped) and ``dropped`` (inside, above a
+        guard); ``kept.sum()`` per region is ``summarise_regions``'s ``n_voxels``.
+    """
+    inside = voxels["probability"].to_numpy() >= probability_threshold
+    drop = np.zeros(len(voxels), dtype=bool)
+    if csf_md_threshold is not None:
+        drop |= voxels["md"].to_numpy() > csf_md_threshold
+    if fa_threshold is not None:
+        drop |= voxels["fa"].to_numpy() > fa_threshold
+    return pd.DataFrame({"inside": inside, "kept": inside & ~drop, "dropped": inside & drop},
+                        index=voxels.index)
