@@ -1,12 +1,10 @@
-"""Shared helpers of the benchmarks: machine facts, process-tree memory, RESULTS.md.
+"""Shared helpers of the benchmarks: machine facts, the result dict, process-tree memory.
 
 Not a benchmark itself. The ``bench_*.py`` scripts import it (they run with
-``benchmarks/`` first on ``sys.path``).
-
-RESULTS.md keeps one dated section per run, newest first. A run is named by
-``BENCH_RUN_ID`` (``run_all.sh`` sets one for all its scripts, so they share
-a section); a script run on its own makes its own section. Each script
-appends its subsection at the end of its run's section.
+``benchmarks/`` first on ``sys.path``). Each script's ``measure()`` returns
+:func:`result`; ``_render.py`` (the one renderer) prints it, judges it against
+the goals table and, when recording, writes ``history/*.json`` and RESULTS.md.
+A run of ``run_all.sh`` shares one ``BENCH_RUN_ID``, commit and load average.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import re
 import subprocess
 import sys
 import threading
@@ -23,8 +20,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-RESULTS = HERE / "RESULTS.md"
-MARKER = "<!-- benchmark runs below, newest first; the scripts insert them here -->"
 
 _RUN_ID = os.environ.get("BENCH_RUN_ID") or _dt.datetime.now(_dt.UTC).strftime(
     "%Y%m%dT%H%M%SZ")
@@ -99,129 +94,87 @@ def _git_commit_now() -> str:
 _SCRIPT_CODE = _git_commit_now()
 
 
-def versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    parts = [f"python {platform.python_version()}"]
-    for name in ("ketamine-nb", "numpy", "scipy", "dipy", "nibabel"):
-        try:
-            parts.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            parts.append(f"{name} (not installed)")
-    return ", ".join(parts)
-
-
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def machine_lines() -> list[str]:
-    now = _dt.datetime.now().astimezone()
-    load = LOAD_BEFORE
-    busy = float(load.split()[0]) >= 0.5
-    return [
-        f"- git commit: {git_commit()}; section started {now:%Y-%m-%d %H:%M:%S %Z}",
-        f"- machine: {n_cpus()} CPUs (nproc), {cpu_model()}, {ram_gib():.1f} GiB RAM, "
-        f"{platform.system()} {platform.release()}",
-        f"- load average before the run (1/5/15 min): {load}"
-        + (" - NOT idle: the machine was shared with other work, so absolute times are "
-           "noisy; the side-by-side ratios are the numbers to trust" if busy else " (idle)"),
-        f"- software: {versions()}",
-    ]
+def software() -> dict:
+    """Versions of the interpreter and the libraries that set the speed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("ketamine-nb", "numpy", "scipy", "dipy", "nibabel"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
-# --------------------------------------------------------------------------
-# RESULTS.md
+def machine() -> dict:
+    """Facts about this machine, for a result dict."""
+    return {"cpus": n_cpus(), "cpu_model": cpu_model(), "ram_gib": round(ram_gib(), 1),
+            "system": f"{platform.system()} {platform.release()}", "software": software()}
 
 
-_HEADER = """# Benchmarks
-
-Speed, memory and disk of `ketamine_nb`, measured here and never in the unit tests.
-
-    bash benchmarks/run_all.sh            # runs all, prints a summary, writes nothing
-    RECORD=1 bash benchmarks/run_all.sh   # also adds a dated section below (~20 min)
-    bash benchmarks/run_all.sh bench_dask bench_import   # only these
-
-`PYTHON=/path/to/python` picks the interpreter (default `.venv/bin/python`, else
-`python3`); it must import `ketamine_nb`. Each script also runs alone and appends its
-own section with `--record` (`python benchmarks/bench_md_fit.py --help`).
-
-| script | measures | goal |
-|---|---|---|
-{rows}
-
-`bench_md_fit.py` installs Debian's `mrtrix3` when `dwi2tensor` is missing (as root or
-with passwordless sudo; otherwise it skips MRtrix3 and says so). Units: MB = 10^6 bytes.
-Ratios are measured side by side in one process and one run, since the machines are
-shared and noisy; each section gives the load average, and the CPU time where the wall
-time is judged. Sections are dated, newest first; earlier ones are never rewritten.
-
-""".format(rows="\n".join([
-    "| `bench_simulate.py` | `ketamine-nb simulate OUT --subjects 98 --seed 0 --quiet`: wall "
-    "time, peak memory of the process tree (summed PSS, sampled every 0.1 s), disk; cold and "
-    "warm data-home caches | <= 60 s, <= 1 GB, <= 800 MB, voxels <= 3 mm, >= 20 directions |",
-    "| `bench_md_fit.py` | one session and an issue-sized volume (96 x 96 x 60, 6 b0 + 64 "
-    "directions, ~221k voxels): `compute_md_map` vs dipy `TensorModel` vs MRtrix3 "
-    "`dwi2tensor`/`tensor2metric`; `brain_mask` vs dipy `median_otsu` | ours <= 0.5x MRtrix3 "
-    "(file to file); >= 99.9 % of voxels within 1e-4 of dipy WLS (earlier: r >= 0.999 with "
-    "MRtrix3; 100 % within 1e-6 of dipy) |",
-    "| `bench_session.py` | one session through `process_session`, with a per-step breakdown "
-    "and a pyinstrument tree | baseline for the performance issue |",
-    "| `bench_import.py` | fresh-process wall time of `import ketamine_nb`, `import "
-    "ketamine_nb.pipeline` and `ketamine-nb --help` (median of 5); `-X importtime` top "
-    "offenders | import <= 1.0 s |",
-    "| `bench_session_vs_script.py` | one session end to end: `process_session` + ROI table "
-    "vs `plain_script.py` (dipy `median_otsu`, `TensorModel(WLS)`, rigid MI registration to "
-    "nilearn's 2 mm template at the tutorial's parameters, `AffineMap`), new process and warm"
-    " | ours <= 0.33x the script; regional MD within a few % |",
-    "| `bench_dask.py` | `ketamine-nb run` on 16 participants, `--workers 1` vs `--workers "
-    "2`; outputs compared byte for byte | speed-up >= 1.7; identical outputs |",
-    "| `bench_demo.py` | `ketamine-nb demo --out TMP --quiet` (98 participants, warm data "
-    "home): wall time, peak PSS of the tree, disk; per stage; pyinstrument of the run stage |"
-    " <= 180 s, <= 1.5 GB, <= 1 GB |",
-])) + MARKER + "\n"
+def _floats(load: str) -> list[float]:
+    try:
+        return [float(x) for x in load.split()[:3]]
+    except ValueError:
+        return []
 
 
-def record(title: str, body: str) -> Path:
-    """Append a subsection to this run's dated section of RESULTS.md (creating it)."""
-    import fcntl
+#: A load average (1 min) from this value up marks a run as made on a busy machine.
+BUSY_LOAD = 0.5
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a+", encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        fh.seek(0)
-        text = fh.read() or _HEADER
-        if MARKER not in text:
-            text = text.rstrip("\n") + "\n\n" + MARKER + "\n"
-        tag = f"<!-- run: {run_id()} -->"
-        sub = (f"\n### {title}\n\n{body.strip()}\n- load average (1/5/15 min) when this "
-               f"benchmark started -> ended: {_SCRIPT_LOAD} -> {loadavg()}\n"
-               f"- code measured: commit {_SCRIPT_CODE} when this benchmark started\n")
-        if tag not in text:
-            now = _dt.datetime.now().astimezone()
-            section = (f"\n## {now:%Y-%m-%d %H:%M %Z} (run {run_id()})\n{tag}\n\n"
-                       + "\n".join(machine_lines()) + "\n" + sub)
-            head, tail = text.split(MARKER, 1)
-            tail = tail.lstrip("\n")
-            text = head + MARKER + "\n" + section + ("\n" + tail if tail else "")
+
+def result(bench: str, title: str, *, options: dict, metrics: dict,
+           details: list[str] | None = None, notes: list[str] | None = None) -> dict:
+    """The plain dict a ``measure()`` returns: facts, date, commit, load, the numbers.
+
+    ``metrics`` is flat, ``{name: number}``, in SI units with the unit as the
+    name's suffix (``_s``, ``_bytes``, ``_mm``, ``_ratio``, ``_fraction``,
+    ``_count``, ``_r``, ``_bool``); ``_render.GOALS`` judges some of them.
+    ``details`` are Markdown lines printed after the run and kept in the JSON.
+    """
+    before = _floats(LOAD_BEFORE)
+    busy = bool(before) and before[0] >= BUSY_LOAD
+    note = os.environ.get("BENCH_LOAD_NOTE", "")
+    if busy and not note:
+        note = ("NOT idle: the machine was shared with other work, so absolute times are "
+                "noisy; the side-by-side ratios are the numbers to trust")
+    clean = {}
+    for k, v in metrics.items():
+        if v is None:
+            clean[k] = None
+        elif isinstance(v, bool):
+            clean[k] = int(v)
         else:
-            start = text.index(tag)
-            m = re.compile(r"^## ", re.M).search(text, start)
-            end = m.start() if m else len(text)
-            text = text[:end].rstrip("\n") + "\n" + sub + ("\n" + text[end:] if m else "")
-        fh.seek(0)
-        fh.truncate()
-        fh.write(text.rstrip("\n") + "\n")
-    return RESULTS
+            v = float(v)
+            clean[k] = None if v != v else (int(v) if k.endswith(("_count", "_bytes"))
+                                             else v)
+    return {
+        "bench": bench,
+        "title": title,
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "code_at_script_start": _SCRIPT_CODE,
+        "run_id": run_id(),
+        "machine": machine(),
+        "load": {"before_1_5_15_min": before, "script_start_1_5_15_min": _floats(_SCRIPT_LOAD),
+                 "after_1_5_15_min": _floats(loadavg()), "busy": busy, "note": note},
+        "options": options,
+        "metrics": clean,
+        "details": list(details or []),
+        "notes": list(notes or []),
+    }
 
 
-def summary(line: str) -> None:
-    """Print a summary line and hand it to run_all.sh (``BENCH_SUMMARY`` file)."""
-    print(line)
-    path = os.environ.get("BENCH_SUMMARY")
-    if path:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+def report(res: dict, record: bool) -> int:
+    """Hand a result to the one renderer (prints; with ``record`` writes JSON + RESULTS.md)."""
+    import _render
+
+    return _render.report(res, record=record)
 
 
 # --------------------------------------------------------------------------

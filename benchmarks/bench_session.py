@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,15 +110,9 @@ def steps(dwi_path: Path, out: Path) -> dict[str, float]:
     return t
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--record", action="store_true", help="append a section to RESULTS.md")
-    ap.add_argument("--repeats", type=int, default=3, help="timed repeats (default 3)")
-    ap.add_argument("--no-profile", action="store_true", help="skip the pyinstrument profile")
-    args = ap.parse_args(argv)
-    C.check_package()
-    R = args.repeats
-
+def measure(*, repeats: int = 3, profile: bool = True) -> dict:
+    """One session cold (new process), warm (median of ``repeats``), step by step."""
+    R = repeats
     tmp = Path(tempfile.mkdtemp(prefix="bench_session_"))
     try:
         print("simulating one session (3-subject cohort, sub-001 ses-pre)", flush=True)
@@ -153,7 +148,7 @@ def main(argv=None) -> int:
         total_steps = sum(step_med.values())
 
         prof_tree = None
-        if not args.no_profile:
+        if profile:
             try:
                 from pyinstrument import Profiler
             except ImportError:
@@ -194,16 +189,26 @@ def main(argv=None) -> int:
     if prof_tree:
         lines += ["", "pyinstrument call tree of one warm call (seconds; library frames "
                   "collapsed):", "", "```", prof_tree, "```"]
-    text = "\n".join(lines)
-    print()
-    print(text)
-    top_step = max(names, key=lambda n: step_med[n])
-    C.summary(f"bench_session: process_session warm {warm:.2f} s, cold {cold_wall:.1f} s "
-              f"(new process); largest step: {top_step} "
-              f"{100 * step_med[top_step] / total_steps:.0f} %")
-    if args.record:
-        print(f"recorded in {C.record('bench_session: one session end to end', text)}")
-    return 0
+    metrics = {"cold_wall_s": cold_wall, "cold_import_s": cold["import"],
+               "cold_call_s": cold["call"], "warm_wall_s": warm,
+               "sum_of_steps_s": total_steps}
+    for n in names:
+        key = re.sub(r"[^a-z0-9]+", "_", n.lower()).strip("_")
+        metrics[f"step_{key}_s"] = step_med[n]
+    return C.result("bench_session", "one session end to end",
+                    options={"repeats": repeats, "profile": profile}, metrics=metrics,
+                    details=lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--record", action="store_true",
+                    help="write history/<date>_bench_session.json and regenerate RESULTS.md")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats (default 3)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the pyinstrument profile")
+    args = ap.parse_args(argv)
+    C.check_package()
+    return C.report(measure(repeats=args.repeats, profile=not args.no_profile), args.record)
 
 
 if __name__ == "__main__":

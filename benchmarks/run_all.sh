@@ -2,13 +2,16 @@
 # Run every benchmark and print a summary.
 #
 #   bash benchmarks/run_all.sh             # run, print, write nothing (~20 min)
-#   RECORD=1 bash benchmarks/run_all.sh    # also add a dated section to benchmarks/RESULTS.md
+#   RECORD=1 bash benchmarks/run_all.sh    # also write benchmarks/history/<date>_<bench>.json
+#                                          # and regenerate benchmarks/RESULTS.md
 #   PYTHON=/path/to/python bash benchmarks/run_all.sh
 #   bash benchmarks/run_all.sh bench_dask bench_import   # only these, in this order
 #
 # The interpreter is $PYTHON, else the project's .venv/bin/python, else python3; it must
 # import ketamine_nb. bench_md_fit.py installs Debian's mrtrix3 when dwi2tensor is missing
 # (as root or through sudo; otherwise it skips MRtrix3 and says so).
+# BENCH_LOAD_NOTE="..." adds a note on the machine's load to every result (e.g. "shared with
+# 5 other agents"); a load average >= 0.5 at the start marks the results as "busy" anyway.
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,7 +36,7 @@ if [[ "${RECORD:-0}" == 1 ]]; then
     args+=(--record)
 fi
 
-# One run id and the load before the first benchmark, shared by all scripts of this run.
+# One run id, commit and load before the first benchmark, shared by all scripts of this run.
 BENCH_RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
 BENCH_LOADAVG="$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 BENCH_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -76,9 +79,9 @@ echo
 echo "===== benchmark summary (run $BENCH_RUN_ID, load before: $BENCH_LOADAVG) ====="
 cat "$BENCH_SUMMARY"
 if [[ "${RECORD:-0}" == 1 ]]; then
-    echo "recorded in benchmarks/RESULTS.md"
+    echo "recorded in benchmarks/history/ (one JSON per benchmark); benchmarks/RESULTS.md regenerated"
 else
-    echo "(not recorded; RECORD=1 appends a dated section to benchmarks/RESULTS.md)"
+    echo "(not recorded; RECORD=1 writes benchmarks/history/*.json and regenerates benchmarks/RESULTS.md)"
 fi
 if ((${#failed[@]})); then
     say "failed: ${failed[*]}"
