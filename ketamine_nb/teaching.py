@@ -1,14 +1,19 @@
-"""Small helpers the teaching notebooks call: tidy tables and a few didactic figures.
+"""Didactic experiments the teaching notebooks run: what goes wrong, and how much.
 
-Each notebook cell in ``notebooks/`` is a few lines calling the package; what
-a cell would otherwise compute in a loop lives here, tested with known
-answers in ``tests/test_teaching.py``. Nothing here is part of the analysis
-pipeline: these functions restate, compare and summarise what the pipeline
-and the statistics computed, or run small didactic experiments (a slice
-dropout, a shifted registration, a voxel with some CSF in it).
+Each function is a small experiment with a known answer (tested in
+``tests/test_teaching.py``): a slice dropout planted in a DWI series, the
+tensor fitted by several methods, a voxel with some CSF in it, a
+registration moved on purpose, the registration error against the planted
+head position. None is part of the analysis pipeline. Their figures are in
+:mod:`ketamine_nb.plotting` (``plot_fit_methods``, ``plot_md_difference``,
+``plot_partial_volume``, ``plot_registration_shift``); the summaries of the
+results are in their own modules (:func:`ketamine_nb.stats.cohort_table`,
+:func:`ketamine_nb.stats.study_comparison`,
+:func:`ketamine_nb.robustness.robustness_summary`,
+:func:`ketamine_nb.voxelwise.voxelwise_summary`, ...).
 
-Conventions are the package's: MD in mm²/s in tables (10⁻³ mm²/s in
-figures), Δ = post − pre, one row per thing in every table.
+Conventions are the package's: MD in mm²/s in tables, Δ = post − pre, one
+row per thing in every table.
 """
 
 from __future__ import annotations
@@ -20,60 +25,24 @@ import numpy as np
 import pandas as pd
 
 from .exceptions import InputError
-from .regions import STUDY_REGIONS
 from .roi import DEFAULT_CSF_MD_THRESHOLD
-from .stats import OUTCOMES, STUDY_DIRECTIONS
 from .tensor import DEFAULT_FIT_METHOD, FIT_METHODS
 
 __all__ = [
     "BRAIN_POINTS_MNI",
-    "REPORTED_PATTERN",
-    "clinical_summary",
-    "cohort_table",
     "compare_fit_methods",
-    "delta_summary",
-    "gradients_frame",
-    "mean_delta_md_map",
+    "md_percent_difference",
     "middle_slices",
-    "multiple_comparisons",
     "partial_volume_md",
     "partial_volume_table",
-    "md_percent_difference",
-    "plot_fit_methods",
-    "plot_md_difference",
-    "plot_partial_volume",
-    "plot_registration_shift",
-    "plot_score_change",
     "registration_errors",
     "registration_shift_table",
     "regions_in_session",
-    "robustness_summary",
     "session_qc_table",
     "simulate_dropout",
-    "study_comparison",
-    "study_pattern",
     "tissue_tensors",
     "transform_error",
-    "truth_agreement",
-    "voxelwise_summary",
 ]
-
-#: What the paper's abstract reports per region (Kopelman et al. 2023; see
-#: ``STUDY.md``). The signs are :data:`ketamine_nb.stats.STUDY_DIRECTIONS`;
-#: this is the same pattern in words, with the reported p-values.
-REPORTED_PATTERN = {
-    "BA10_L": "MD decrease went with improvement, mainly in the ketamine arm "
-              "(interaction p = 0.016-0.082)",
-    "BA10_R": "MD decrease went with improvement in both arms (p = 0.007)",
-    "amygdala_L": "MD decrease went with improvement, mainly in the ketamine arm "
-                  "(interaction p = 0.016-0.082)",
-    "amygdala_R": "not reported",
-    "hippocampus_L": "MD increase went with improvement in the ketamine arm, MADRS only "
-                     "(p = 0.032-0.06)",
-    "hippocampus_R": "MD increase went with improvement in the ketamine arm, MADRS only "
-                     "(p = 0.032-0.06)",
-    "vACC": "nothing reported",
-}
 
 #: Points (MNI mm) spread over the brain where registration error is measured:
 #: the centre, frontal and occipital poles' neighbourhood, the temporal lobes
@@ -85,127 +54,8 @@ BRAIN_POINTS_MNI = np.array([[0.0, 0.0, 0.0], [0.0, 55.0, 5.0], [0.0, -85.0, 5.0
 _AXES = {"x": 0, "y": 1, "z": 2}
 
 
-def _sign(value) -> str:
-    return {1: "+", -1: "−"}.get(int(value), "0")
-
-
-# --------------------------------------------------------------------------
-# The study
-
-
-def study_pattern() -> pd.DataFrame:
-    """Return the pattern the paper reports, one row per study region.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``region``, ``ketamine`` and ``saline`` (+1: a larger MD *decrease*
-        went with a larger improvement; −1: an MD *increase* did; 0: nothing
-        reported for that arm) and ``reported`` (the abstract in words, with
-        its p-values). From :data:`ketamine_nb.stats.STUDY_DIRECTIONS` and
-        :data:`REPORTED_PATTERN`.
-
-    Notes
-    -----
-    Δ = post − pre for MD and for the scores, and a lower score is better,
-    so +1 is a positive slope of Δscore on ΔMD.
-    """
-    rows = []
-    for region in STUDY_REGIONS:
-        d = STUDY_DIRECTIONS.get(region, {})
-        rows.append({"region": region, "ketamine": int(d.get("ketamine", 0)),
-                     "saline": int(d.get("saline", 0)),
-                     "reported": REPORTED_PATTERN.get(region, "not reported")})
-    return pd.DataFrame(rows)
-
-
-def study_comparison(stats_roi: pd.DataFrame, *, outcome: str | None = None,
-                     alpha: float = 0.05) -> pd.DataFrame:
-    """Set the paper's reported pattern beside this analysis, region by region.
-
-    Parameters
-    ----------
-    stats_roi : pandas.DataFrame
-        ``Results.stats_roi`` (from :func:`ketamine_nb.stats.region_stats`).
-    outcome : str, optional
-        Keep one outcome (``"madrs"`` or ``"qids"``); default: all rows.
-    alpha : float, default=0.05
-        Level for ``significant`` (the corrected q of the interaction).
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``region``, ``outcome``, ``reported`` (the abstract in words),
-        ``study_direction`` (the reported signs), ``slope_ketamine``,
-        ``slope_saline`` (Δscore points per 10⁻⁶ mm²/s of ΔMD),
-        ``p_slope_ketamine``, ``p_slope_saline``, ``beta_interaction``,
-        ``p_interaction``, ``p_perm_interaction``, ``q`` (FDR or Holm),
-        ``matches_study`` (every reported sign has the same sign here),
-        ``verdict`` (``"same direction"``, ``"opposite direction"``,
-        ``"not reported"`` or ``"not estimated"``) and ``significant``
-        (``q < alpha``).
-
-    Notes
-    -----
-    A matching *direction* is not a replication: the interaction may be far
-    from significant. For right BA10 the paper reports the relation in both
-    arms, so no arm difference (interaction) is expected there; read the two
-    simple slopes and their p-values instead.
-    """
-    t = stats_roi if outcome is None else stats_roi[stats_roi["outcome"] == outcome]
-    if t.empty:
-        raise InputError(f"no rows for outcome {outcome!r}")
-    qcol = next((c for c in ("q_fdr", "q_holm") if c in t), None)
-    out = pd.DataFrame({
-        "region": t["region"].to_numpy(), "outcome": t["outcome"].to_numpy(),
-        "reported": [REPORTED_PATTERN.get(r, "not reported") for r in t["region"]]})
-    for col in ("study_direction", "slope_ketamine", "slope_saline", "p_slope_ketamine",
-                "p_slope_saline", "beta_interaction", "p_interaction", "p_perm_interaction"):
-        out[col] = t[col].to_numpy() if col in t else np.nan
-    out["q"] = t[qcol].to_numpy(float) if qcol else np.nan
-    verdicts, matches = [], []
-    for region, sk, ss in zip(out["region"], out["slope_ketamine"], out["slope_saline"],
-                              strict=True):
-        expected = STUDY_DIRECTIONS.get(region, {})
-        slopes = {"ketamine": sk, "saline": ss}
-        if not expected:
-            verdicts.append("not reported")
-            matches.append(np.nan)
-        elif not all(np.isfinite(slopes[a]) for a in expected):
-            verdicts.append("not estimated")
-            matches.append(np.nan)
-        else:
-            ok = all(np.sign(slopes[a]) == s for a, s in expected.items())
-            verdicts.append("same direction" if ok else "opposite direction")
-            matches.append(ok)
-    out["matches_study"] = pd.array(matches, dtype="boolean")
-    out["verdict"] = verdicts
-    out["significant"] = out["q"].to_numpy(float) < alpha
-    return out
-
-
 # --------------------------------------------------------------------------
 # Raw DWI and QC
-
-
-def gradients_frame(gtab) -> pd.DataFrame:
-    """Return the gradient table as a tidy table, one row per volume.
-
-    Parameters
-    ----------
-    gtab : dipy.core.gradients.GradientTable
-        Gradients (b-values in s/mm²).
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``volume``, ``bval`` (s/mm²), ``x``, ``y``, ``z`` (the unit
-        direction; 0 for b = 0) and ``b0`` (True for the b = 0 volumes).
-    """
-    g = np.asarray(gtab.bvecs, float)
-    return pd.DataFrame({"volume": np.arange(len(gtab.bvals)),
-                         "bval": np.asarray(gtab.bvals, float), "x": g[:, 0], "y": g[:, 1],
-                         "z": g[:, 2], "b0": np.asarray(gtab.b0s_mask, bool)})
 
 
 def simulate_dropout(dwi_img, gtab, *, volume=None, slice_index=None, factor: float = 0.3):
@@ -269,7 +119,7 @@ def session_qc_table(results) -> pd.DataFrame:
         (``;``-separated, empty when all is well), read from each session's
         ``*_desc-qc_dwi.json`` (see :func:`ketamine_nb.dwi.qc_session`).
     """
-    from .pipeline import session_paths
+    from .derivatives import session_paths
 
     rows = []
     for pid, ses in results.sessions.itertuples(index=False):
@@ -461,46 +311,6 @@ def compare_fit_methods(dwi_img, gtab, mask, *, methods=FIT_METHODS,
     return (table, maps) if return_maps else table
 
 
-def plot_fit_methods(maps: dict, mask, *, reference: str = DEFAULT_FIT_METHOD):
-    """Voxel MD of each fit method against the reference method.
-
-    Parameters
-    ----------
-    maps : dict of str -> nibabel.Nifti1Image
-        MD maps by method (from ``compare_fit_methods(..., return_maps=True)``).
-    mask : nibabel.Nifti1Image
-        The voxels compared.
-    reference : str, default="WLS"
-        The method on the x-axis.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        One panel per other method: a point per voxel (10⁻³ mm²/s) and the
-        identity line; points off the line are voxels where the methods
-        disagree.
-    """
-    import matplotlib.pyplot as plt
-
-    from .plotting import MD_SCALE
-
-    if reference not in maps:
-        raise InputError(f"no map for the reference {reference!r}")
-    m = np.asarray(mask.dataobj) > 0
-    others = [k for k in maps if k != reference]
-    fig, axs = plt.subplots(1, max(len(others), 1), figsize=(3.3 * max(len(others), 1), 3.4),
-                            layout="constrained", squeeze=False)
-    x = np.asarray(maps[reference].dataobj, float)[m] * MD_SCALE
-    for ax, name in zip(axs[0], others, strict=False):
-        y = np.asarray(maps[name].dataobj, float)[m] * MD_SCALE
-        ax.scatter(x, y, s=3, alpha=0.3, color="#0072B2", edgecolor="none")
-        ax.plot([0, 3.5], [0, 3.5], color="0.3", lw=0.8, ls="--")
-        ax.set(xlim=(0, 3.5), ylim=(0, 3.5), aspect="equal", title=name,
-               xlabel=f"{reference} MD (10⁻³ mm²/s)", ylabel=f"{name} MD (10⁻³ mm²/s)")
-    fig.suptitle(f"Tensor fit methods against {reference}, {int(m.sum())} voxels", fontsize=10)
-    return fig
-
-
 def md_percent_difference(md_img, reference_md):
     """Voxelwise difference between two MD maps, in percent of the reference.
 
@@ -525,55 +335,6 @@ def md_percent_difference(md_img, reference_md):
     ok = (a > 0) & (b > 0)
     out[ok] = 100.0 * (a[ok] - b[ok]) / b[ok]
     return nib.Nifti1Image(out, reference_md.affine)
-
-
-def plot_md_difference(md_img, reference_md, *, display_mode: str = "x", cut_coords=None,
-                       vmax=None, threshold: float = 0.5, title=None):
-    """Show where an MD map differs from a reference, in percent, over the reference.
-
-    Parameters
-    ----------
-    md_img, reference_md : nibabel.Nifti1Image
-        MD maps (mm²/s) on the same grid.
-    display_mode : str, default="x"
-        nilearn display mode (``"x"``: sagittal views, where a damaged axial
-        slice shows as a horizontal line).
-    cut_coords : sequence of float, optional
-        Cut positions (world mm); default: nilearn's choice.
-    vmax : float, optional
-        Colour range ±vmax (%); default: the 99th percentile of |difference|
-        over the voxels that differ.
-    threshold : float, default=0.5
-        Differences smaller than this (%, either sign) are not coloured.
-    title : str, optional
-        Figure title.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        The percent difference (:func:`md_percent_difference`) in diverging
-        colours (red: higher than the reference) over the reference map.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-    from nilearn import plotting
-
-    diff = md_percent_difference(md_img, reference_md)
-    d = np.abs(np.asarray(diff.dataobj))
-    if vmax is None:
-        vmax = float(np.percentile(d[d > 0], 99)) if np.any(d > 0) else 1.0
-    fig = plt.figure(figsize=(10, 4))
-    plotting.plot_stat_map(diff, bg_img=reference_md, display_mode=display_mode,
-                           cut_coords=cut_coords, figure=fig, axes=(0.0, 0.04, 0.88, 0.86),
-                           cmap="RdBu_r", vmin=-vmax, vmax=vmax, symmetric_cbar=True,
-                           threshold=threshold, colorbar=False, black_bg=True,
-                           draw_cross=False)
-    cax = fig.add_axes((0.9, 0.18, 0.018, 0.64))
-    fig.colorbar(ScalarMappable(Normalize(-vmax, vmax), "RdBu_r"), cax=cax,
-                 label="MD difference (% of the reference)")
-    fig.suptitle(title or "MD difference from the reference (% of the reference)", fontsize=11)
-    return fig
 
 
 # --------------------------------------------------------------------------
@@ -651,49 +412,6 @@ def partial_volume_table(csf_fractions=None, *, csf_md_threshold=DEFAULT_CSF_MD_
     return pd.DataFrame({"csf_fraction": np.atleast_1d(f), "apparent_md": md,
                          "md_bias_percent": 100 * (md - tissue) / tissue,
                          "kept_by_guard": kept})
-
-
-def plot_partial_volume(table: pd.DataFrame | None = None, *,
-                        csf_md_threshold=DEFAULT_CSF_MD_THRESHOLD, ax=None):
-    """Apparent MD against the CSF fraction, with the CSF guard.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame, optional
-        From :func:`partial_volume_table`; default: its defaults.
-    csf_md_threshold : float or None, default=1.1e-3
-        Guard drawn as a horizontal line (mm²/s).
-    ax : matplotlib.axes.Axes, optional
-        Axes to draw into.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        The curve in 10⁻³ mm²/s: points kept by the guard filled, dropped
-        open.
-    """
-    import matplotlib.pyplot as plt
-
-    from .plotting import MD_SCALE
-
-    t = partial_volume_table(csf_md_threshold=csf_md_threshold) if table is None else table
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5.2, 3.8), layout="constrained")
-    else:
-        fig = ax.figure
-    x, y = 100 * t["csf_fraction"].to_numpy(), t["apparent_md"].to_numpy() * MD_SCALE
-    kept = t["kept_by_guard"].to_numpy(bool)
-    ax.plot(x, y, color="0.5", lw=1)
-    ax.scatter(x[kept], y[kept], color="#009E73", zorder=3, label="kept by the CSF guard")
-    ax.scatter(x[~kept], y[~kept], facecolor="white", edgecolor="#CC79A7", zorder=3,
-               label="dropped by the CSF guard")
-    if csf_md_threshold is not None:
-        ax.axhline(csf_md_threshold * MD_SCALE, color="#CC79A7", ls="--", lw=1,
-                   label=f"guard: MD ≤ {csf_md_threshold * MD_SCALE:g}")
-    ax.set(xlabel="CSF in the voxel (% of its volume)", ylabel="apparent MD (10⁻³ mm²/s)",
-           title="Partial volume: a little CSF raises MD a lot")
-    ax.legend(fontsize=8, loc="upper left")
-    return fig
 
 
 # --------------------------------------------------------------------------
@@ -865,355 +583,3 @@ def registration_shift_table(results, participant_id: str, session: str, *,
     return out
 
 
-def plot_registration_shift(table: pd.DataFrame, *, ax=None):
-    """Percent change of each region's MD against a deliberate registration shift.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        From :func:`registration_shift_table`.
-    ax : matplotlib.axes.Axes, optional
-        Axes to draw into.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        One line per region (left solid, right dashed).
-    """
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5.8, 3.8), layout="constrained")
-    else:
-        fig = ax.figure
-    for region, g in table.groupby("region", sort=False):
-        ax.plot(g["shift_mm"], g["md_change_percent"], marker="o",
-                ls="--" if str(region).endswith("_R") else "-", label=region)
-    ax.axhline(0, color="0.5", lw=0.8, ls=":")
-    ax.set(xlabel="regions shifted by (mm)", ylabel="change in regional MD (%)",
-           title="What a registration error does to regional MD")
-    ax.legend(fontsize=8, ncol=2)
-    return fig
-
-
-# --------------------------------------------------------------------------
-# The cohort, the deltas, the truth
-
-
-def cohort_table(scores: pd.DataFrame) -> pd.DataFrame:
-    """Who is in the cohort, per arm (a "table 1").
-
-    Parameters
-    ----------
-    scores : pandas.DataFrame
-        One row per participant: ``arm``, optionally ``age``, ``sex`` and
-        ``<outcome>_pre``/``_post`` (``Results.scores``).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per arm: ``n``; ``age_mean``, ``age_sd`` and
-        ``female_percent`` when the columns exist; the mean of every score
-        column present (``madrs_pre``, ``madrs_post``, ``qids_pre``...).
-    """
-    if "arm" not in scores:
-        raise InputError("the scores table needs an 'arm' column")
-    g = scores.groupby("arm", sort=True)
-    out = pd.DataFrame({"n": g.size()})
-    if "age" in scores:
-        out["age_mean"] = g["age"].mean()
-        out["age_sd"] = g["age"].std(ddof=1)
-    if "sex" in scores:
-        out["female_percent"] = g["sex"].apply(lambda s: 100 * (s == "F").mean())
-    for o in OUTCOMES:
-        for ses in ("pre", "post"):
-            col = f"{o}_{ses}"
-            if col in scores:
-                out[f"{col}_mean"] = g[col].mean()
-    return out.reset_index()
-
-
-def clinical_summary(scores: pd.DataFrame, *, outcomes=("madrs", "qids")) -> pd.DataFrame:
-    """Score change, response and remission per arm and outcome.
-
-    Parameters
-    ----------
-    scores : pandas.DataFrame
-        One row per participant (``Results.scores``).
-    outcomes : sequence of str, default=("madrs", "qids")
-        Outcomes.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``outcome``, ``arm``, ``n`` (with both scores), ``pre_mean``,
-        ``post_mean``, ``delta_mean`` and ``delta_sd`` (post − pre, points;
-        negative = better), ``responders_percent`` (a reduction of at least
-        50 %) and ``remitters_percent`` (post at or below the cut-off), from
-        :func:`ketamine_nb.stats.clinical_change`.
-    """
-    from .stats import clinical_change
-
-    c = clinical_change(scores, outcomes).dropna(subset=["delta_score"])
-    g = c.groupby(["outcome", "arm"], sort=False)
-    out = pd.DataFrame({"n": g.size(), "pre_mean": g["score_pre"].mean(),
-                        "post_mean": g["score_post"].mean(),
-                        "delta_mean": g["delta_score"].mean(),
-                        "delta_sd": g["delta_score"].std(ddof=1),
-                        "responders_percent": 100 * g["responder"].mean(),
-                        "remitters_percent": 100 * g["remitter"].mean()})
-    return out.reset_index()
-
-
-def plot_score_change(scores: pd.DataFrame, *, outcome: str = "madrs", figure=None):
-    """Each participant's score before and 24 h after the infusion, per arm.
-
-    Parameters
-    ----------
-    scores : pandas.DataFrame
-        One row per participant with ``arm`` and ``<outcome>_pre``/``_post``.
-    outcome : {"madrs", "qids"}, default="madrs"
-        Outcome shown.
-    figure : matplotlib.figure.Figure, optional
-        Figure to draw into (cleared first).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        One panel per arm: a thin line per participant, the arm's mean in
-        bold, on the scale's full range.
-    """
-    import matplotlib.pyplot as plt
-
-    from .plotting import ARM_COLORS
-
-    if outcome not in OUTCOMES:
-        raise InputError(f"outcome must be one of {', '.join(OUTCOMES)}")
-    pre, post = f"{outcome}_pre", f"{outcome}_post"
-    d = scores.dropna(subset=[pre, post])
-    arms = [a for a in ARM_COLORS if a in set(d["arm"])] + \
-        sorted(set(d["arm"]) - set(ARM_COLORS))
-    fig = plt.figure(figsize=(3.2 * max(len(arms), 1) + 0.6, 3.8), layout="constrained") \
-        if figure is None else figure
-    fig.clf()
-    axs = fig.subplots(1, max(len(arms), 1), sharey=True, squeeze=False)[0]
-    label, top = OUTCOMES[outcome]["label"], OUTCOMES[outcome]["max"]
-    for ax, arm in zip(axs, arms, strict=False):
-        g = d[d["arm"] == arm]
-        colour = ARM_COLORS.get(arm, "#999999")
-        ax.plot([0, 1], g[[pre, post]].to_numpy(float).T, color=colour, alpha=0.25, lw=0.8)
-        ax.plot([0, 1], g[[pre, post]].mean().to_numpy(float), color=colour, lw=3,
-                marker="o", label="mean")
-        ax.set(xticks=[0, 1], xticklabels=["pre", "24 h post"], xlim=(-0.2, 1.2),
-               ylim=(0, top), title=f"{arm} (n = {len(g)})")
-        ax.legend(fontsize=8, loc="lower left")
-    axs[0].set_ylabel(f"{label} (0-{top}; lower = better)")
-    fig.suptitle(f"{label} before and 24 h after the infusion", fontsize=11)
-    return fig
-
-
-def delta_summary(roi_deltas: pd.DataFrame) -> pd.DataFrame:
-    """Mean ΔMD per region and arm.
-
-    Parameters
-    ----------
-    roi_deltas : pandas.DataFrame
-        ``Results.roi_deltas`` (``region``, ``arm``, ``delta_md`` in mm²/s,
-        ``pct_delta_md``).
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``region``, ``arm``, ``n``, ``delta_md_mean``, ``delta_md_sd``
-        (mm²/s), ``pct_delta_md_mean`` (percent of the pre value) and
-        ``share_decreased`` (fraction of participants whose MD went down).
-    """
-    d = roi_deltas.dropna(subset=["delta_md"])
-    g = d.groupby(["region", "arm"], sort=False)
-    out = pd.DataFrame({"n": g.size(), "delta_md_mean": g["delta_md"].mean(),
-                        "delta_md_sd": g["delta_md"].std(ddof=1),
-                        "pct_delta_md_mean": g["pct_delta_md"].mean(),
-                        "share_decreased": g["delta_md"].apply(lambda s: (s < 0).mean())})
-    return out.reset_index()
-
-
-def truth_agreement(roi_deltas: pd.DataFrame, ground_truth: pd.DataFrame) -> pd.DataFrame:
-    """How close the measured ΔMD comes to the planted ΔMD, per region.
-
-    Parameters
-    ----------
-    roi_deltas : pandas.DataFrame
-        ``Results.roi_deltas``.
-    ground_truth : pandas.DataFrame
-        ``Results.ground_truth`` (the simulation's ``ground_truth_roi.tsv``:
-        ``delta_md`` is what a perfect measurement with the pipeline's CSF
-        guard would report).
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``region``, ``n``, ``r`` (Pearson, measured vs planted ΔMD; NaN
-        below 3 participants), ``bias`` (mean measured − planted, mm²/s),
-        ``rmse`` (mm²/s) and ``md_pre_error_percent`` (mean relative error
-        of the pre-infusion MD itself).
-    """
-    if ground_truth is None:
-        raise InputError("no ground truth: only the simulated cohort has one")
-    d = roi_deltas[["participant_id", "region", "md_pre", "delta_md"]].merge(
-        ground_truth[["participant_id", "region", "md_pre", "delta_md"]],
-        on=["participant_id", "region"], suffixes=("", "_true")).dropna()
-    rows = []
-    for region, g in d.groupby("region", sort=False):
-        x, y = g["delta_md_true"].to_numpy(float), g["delta_md"].to_numpy(float)
-        r = np.corrcoef(x, y)[0, 1] if len(g) >= 3 and np.std(x) > 0 and np.std(y) > 0 \
-            else np.nan
-        rows.append({"region": region, "n": len(g), "r": r, "bias": float(np.mean(y - x)),
-                     "rmse": float(np.sqrt(np.mean((y - x) ** 2))),
-                     "md_pre_error_percent": float(100 * np.mean(
-                         g["md_pre"] / g["md_pre_true"] - 1))})
-    return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------
-# Beyond the study
-
-
-def multiple_comparisons(stats_roi: pd.DataFrame, *, column: str = "p_interaction",
-                         alpha: float = 0.05) -> pd.DataFrame:
-    """How many tests pass at ``alpha`` with no correction, Bonferroni, Holm and FDR.
-
-    Parameters
-    ----------
-    stats_roi : pandas.DataFrame
-        A table with one p-value per test (``Results.stats_roi``).
-    column : str, default="p_interaction"
-        The p-value column (e.g. ``"p_perm_interaction"``).
-    alpha : float, default=0.05
-        Level; a test passes when its adjusted p is below it.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per correction (``none``, ``bonferroni``, ``holm``,
-        ``fdr_bh``): ``n_tests`` (finite p-values), ``n_significant``,
-        ``controls`` (what the correction keeps at ``alpha``) and ``tests``
-        (the region/outcome of each passing test, when the table has them).
-    """
-    from statsmodels.stats.multitest import multipletests
-
-    if column not in stats_roi:
-        raise InputError(f"no column {column!r} in the table")
-    p = stats_roi[column].to_numpy(float)
-    ok = np.isfinite(p)
-    names = (stats_roi["region"].astype(str) + "/" + stats_roi["outcome"].astype(str)
-             ).to_numpy() if {"region", "outcome"} <= set(stats_roi) \
-        else np.arange(len(p)).astype(str)
-    controls = {"none": "nothing: each test alone at alpha",
-                "bonferroni": "family-wise error (any false positive)",
-                "holm": "family-wise error, uniformly more powerful than Bonferroni",
-                "fdr_bh": "false discovery rate (expected share of false positives)"}
-    rows = []
-    for method, what in controls.items():
-        adj = np.full(p.shape, np.nan)
-        if ok.any():
-            adj[ok] = p[ok] if method == "none" else multipletests(p[ok], method=method)[1]
-        sig = ok & (adj < alpha)
-        rows.append({"correction": method, "n_tests": int(ok.sum()),
-                     "n_significant": int(sig.sum()), "controls": what,
-                     "tests": ", ".join(names[sig])})
-    return pd.DataFrame(rows)
-
-
-def mean_delta_md_map(results, *, arm: str = "ketamine", pre: str = "pre",
-                      post: str = "post"):
-    """Mean ΔMD map (template space) of one arm's participants.
-
-    Parameters
-    ----------
-    results : ketamine_nb.results.Results
-        Pipeline results.
-    arm : str, default="ketamine"
-        Arm averaged.
-    pre, post : str
-        Session labels.
-
-    Returns
-    -------
-    nibabel.Nifti1Image
-        3D mean of MD(post) − MD(pre) (mm²/s) over the arm's participants,
-        0 outside the voxels :func:`ketamine_nb.voxelwise.delta_md_maps`
-        keeps (tissue with MD in every session).
-    """
-    import nibabel as nib
-
-    from .voxelwise import delta_md_maps
-
-    p = results.participants
-    ids = list(p.loc[p["arm"] == arm, "participant_id"])
-    if not ids:
-        raise InputError(f"no participants in arm {arm!r}")
-    img, _, mask = delta_md_maps(results.out_dir, ids, pre=pre, post=post)
-    mean = np.asarray(img.dataobj, np.float32).mean(axis=-1)
-    mean[np.asarray(mask.dataobj) == 0] = 0
-    return nib.Nifti1Image(mean.astype(np.float32), img.affine)
-
-
-def voxelwise_summary(result: dict, *, alpha: float = 0.05,
-                      t_threshold: float = 3.0) -> pd.DataFrame:
-    """Summarise what the voxelwise test found, in one row.
-
-    Parameters
-    ----------
-    result : dict
-        From :func:`ketamine_nb.voxelwise.voxelwise_inference`.
-    alpha : float, default=0.05
-        Family-wise error level.
-    t_threshold : float, default=3.0
-        Uncorrected |t| threshold counted for comparison.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``n_participants``, ``n_voxels`` (tested: non-zero t), ``peak_abs_t``,
-        ``n_voxels_t_above`` (|t| ≥ ``t_threshold``, uncorrected),
-        ``min_p_fwe`` (smallest max-t FWE p) and ``n_voxels_fwe`` (FWE p <
-        ``alpha``).
-    """
-    t = np.asarray(result["t"].dataobj, float)
-    logp = np.asarray(result["logp_max_t"].dataobj, float)
-    tested = t != 0
-    p = np.power(10.0, -logp[tested]) if tested.any() else np.array([np.nan])
-    return pd.DataFrame([{
-        "n_participants": len(result.get("ids", [])), "n_voxels": int(tested.sum()),
-        "peak_abs_t": float(np.abs(t).max()),
-        "n_voxels_t_above": int((np.abs(t) >= t_threshold).sum()),
-        "min_p_fwe": float(np.nanmin(p)), "n_voxels_fwe": int((p < alpha).sum())}])
-
-
-def robustness_summary(robustness: pd.DataFrame, *, alpha: float = 0.05) -> pd.DataFrame:
-    """Across the specifications of the robustness grid, per region.
-
-    Parameters
-    ----------
-    robustness : pandas.DataFrame
-        ``Results.robustness`` (one row per specification × region).
-    alpha : float, default=0.05
-        Uncorrected level counted.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``region``, ``n_specifications`` (with an estimate), ``t_median``,
-        ``t_min``, ``t_max`` (interaction t = β / SE, unitless),
-        ``share_positive`` (fraction with t > 0) and ``share_significant``
-        (fraction with p < ``alpha``, uncorrected).
-    """
-    d = robustness.assign(t=robustness["beta_interaction"] / robustness["se_interaction"])
-    d = d[np.isfinite(d["t"])]
-    g = d.groupby("region", sort=False)
-    out = pd.DataFrame({"n_specifications": g.size(), "t_median": g["t"].median(),
-                        "t_min": g["t"].min(), "t_max": g["t"].max(),
-                        "share_positive": g["t"].apply(lambda s: (s > 0).mean()),
-                        "share_significant": g["p_interaction"].apply(
-                            lambda s: (s < alpha).mean())})
-    return out.reset_index()

@@ -30,7 +30,8 @@ from ketamine_nb.plotting import (
     plot_truth_vs_measured,
 )
 
-UNITS = "10⁻³ mm²/s"
+UNITS = "10⁻³ mm²/s"  # MD
+DELTA_UNITS = "10⁻⁶ mm²/s"  # ΔMD
 
 
 @pytest.fixture(autouse=True)
@@ -105,9 +106,9 @@ def test_delta_by_arm_shows_every_delta_in_display_units(small_results):
     fig = plot_delta_by_arm(d)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
-    assert UNITS in ax.get_ylabel()
+    assert DELTA_UNITS in ax.get_ylabel()
     y = np.concatenate([c.get_offsets()[:, 1] for c in _points(ax)])
-    expected = d["delta_md"].dropna().to_numpy() * 1e3
+    expected = d["delta_md"].dropna().to_numpy() * 1e6
     np.testing.assert_allclose(np.sort(y), np.sort(expected), rtol=1e-6)
     assert [t.get_text() for t in ax.get_xticklabels()] == small_results.regions
     colours = {_rgb(c.get_facecolor()[0]) for c in _points(ax)}
@@ -138,14 +139,14 @@ def test_scatter_one_fit_per_arm_in_arm_colour(small_results):
         arm = line.get_gid()[4:]
         assert _rgba(line.get_color()) == _rgba(ARM_COLORS[arm])
         g = rows[rows["arm"] == arm]
-        slope = np.polyfit(g["delta_md"] * 1e3, g["delta_score"], 1)[0]
+        slope = np.polyfit(g["delta_md"] * 1e6, g["delta_score"], 1)[0]
         x, y = line.get_xdata(), line.get_ydata()
         assert (y[-1] - y[0]) / (x[-1] - x[0]) == pytest.approx(slope)
         pts = _by_gid(ax, f"points:{arm}").get_offsets()
         assert len(pts) == len(g)
         np.testing.assert_allclose(np.sort(pts[:, 1]), np.sort(g["delta_score"]))
     assert sum(len(c.get_offsets()) for c in _points(ax, "points:")) == len(rows)
-    assert UNITS in ax.get_xlabel() and "MADRS" in ax.get_ylabel()
+    assert DELTA_UNITS in ax.get_xlabel() and "MADRS" in ax.get_ylabel()
 
 
 def test_scatter_annotates_r_from_the_stats_row(small_results):
@@ -207,8 +208,9 @@ def test_robustness_curve_is_sorted_and_matrix_matches(spec_table):
     assert list(_by_gid(bottom, "probability_threshold=0.5").get_offsets()[:, 0]) == [0, 1]
     labels = [t.get_text() for t in bottom.get_yticklabels()]
     assert "CSF guard: none" in labels and f"CSF guard: MD ≤ 1.1×{UNITS}" in labels
-    marked = [line.get_xdata()[0] for line in top.lines if line.get_gid() == "highlight"]
+    marked = list(_by_gid(top, "selected").get_offsets()[:, 0])
     assert marked == [1]  # spec 3 (OLS, 1.1e-3) sits second
+    assert list(_by_gid(bottom, "matrix_selected").get_offsets()[:, 0]) == [1] * 6  # 6 choices
     t = plot_robustness(spec_table, "BA10_L", estimate="t").axes[0]
     ts = _by_gid(t, "estimates").get_offsets()[:, 1]
     np.testing.assert_allclose(ts, np.sort(spec_table["beta_interaction"]
@@ -238,7 +240,7 @@ def test_truth_vs_measured(small_results, tmp_path):
     assert sum(len(c.get_offsets()) for c in _points(ax, "points:")) == len(m)
     (identity,) = [line for line in ax.lines if line.get_gid() == "identity"]
     np.testing.assert_allclose(identity.get_xdata(), identity.get_ydata())
-    assert UNITS in ax.get_xlabel() and UNITS in ax.get_ylabel()
+    assert DELTA_UNITS in ax.get_xlabel() and DELTA_UNITS in ax.get_ylabel()
     png = tmp_path / "truth.png"
     fig.savefig(png, dpi=60)
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
@@ -291,7 +293,7 @@ def test_md_map_has_a_contour_per_region_and_cut(small_results):
     contours = [c for ax in fig.axes for c in ax.collections if isinstance(c, ContourSet)]
     assert len(contours) == 3 * len(names)  # ortho: three cuts, one contour set each
     colours = {_rgba(c.get_edgecolor()[0]) for c in contours}
-    assert colours == {_rgba(c) for c, _ in plotting._region_styles(names).values()}
+    assert colours == {_rgba(c) for c, _ in plotting._base._region_styles(names).values()}
     assert [t.get_text() for t in fig.legends[0].get_texts()] == names
     assert any(UNITS in ax.get_ylabel() for ax in fig.axes)  # the colour bar
     top = max(float(np.nanmax(im.get_array())) for ax in fig.axes for im in ax.images)
@@ -325,13 +327,13 @@ def _mni_blobs(values):
 def test_delta_md_map_symmetric_in_display_units():
     img = _mni_blobs({(20, 40, 30): -2e-5, (40, 40, 30): 1e-5})
     given = plt.figure()
-    fig = plot_delta_md_map(img, vmax=0.03, figure=given)
+    fig = plot_delta_md_map(img, vmax=30, figure=given)
     assert fig is given
     cbar = fig.axes[-1]
     assert cbar.get_ylabel() == DELTA_MD_LABEL
-    assert cbar.get_ylim() == pytest.approx((-0.03, 0.03))
+    assert cbar.get_ylim() == pytest.approx((-30, 30))
     auto = plot_delta_md_map(img).axes[-1]
-    assert auto.get_ylim() == pytest.approx((-0.02, 0.02))  # 99th pct of |ΔMD| × 1e3
+    assert auto.get_ylim() == pytest.approx((-20, 20))  # 99th pct of |ΔMD| × 1e6
 
 
 def test_glass_stat_threshold_and_label():
@@ -340,3 +342,125 @@ def test_glass_stat_threshold_and_label():
     assert fig.axes[-1].get_ylabel() == "t (interaction)"
     assert "(27 voxels)" in fig.get_suptitle()  # one 3x3x3 blob above |t| = 3
     assert fig.axes[-1].get_ylim() == pytest.approx((-5, 5))
+
+
+# ---------------------------------------------------------------- conventions and builders
+
+def _luminance(colour):
+    """WCAG relative luminance of an sRGB colour."""
+    rgb = np.array(to_rgba(colour)[:3])
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return float(lin @ [0.2126, 0.7152, 0.0722])
+
+
+def test_region_palette_is_visible_on_black_and_spares_the_arms():
+    assert len(set(plotting.REGION_PALETTE)) == len(plotting.REGION_PALETTE) >= 4
+    for colour in plotting.REGION_PALETTE:
+        # contrast with black (L = 0) at least 3:1, the WCAG minimum for graphics
+        assert (_luminance(colour) + 0.05) / 0.05 >= 3, colour
+    assert not set(plotting.REGION_PALETTE) & set(ARM_COLORS.values())
+    styles = plotting._base._region_styles(["BA10_L", "BA10_R", "vACC"])
+    assert styles["BA10_L"][0] == styles["BA10_R"][0] != styles["vACC"][0]
+    assert (styles["BA10_L"][1], styles["BA10_R"][1]) == ("-", "--")
+
+
+def test_one_choice_label_for_every_spelling_of_off():
+    from ketamine_nb.plotting import choice_label
+
+    for off in (None, float("nan"), float("inf"), "n/a", ""):
+        assert choice_label("csf_md_threshold", off) == "CSF guard: none"
+    assert choice_label("csf_md_threshold", "0.0011") == f"CSF guard: MD ≤ 1.1×{UNITS}"
+    assert choice_label("probability_threshold", 0.25) == "atlas probability ≥ 0.25"
+    assert choice_label("covariates", ("age", "sex")) == "covariates: age+sex"
+    assert choice_label("covariates", "none") == "covariates: none"
+
+
+def test_scatter_figure_updates_its_artists_in_place(memory_results):
+    from ketamine_nb.plotting import ScatterFigure
+
+    rows = memory_results.stats_input
+    stats = memory_results.stats_roi.set_index(["region", "outcome"])
+    handle = ScatterFigure()
+    before = dict(handle.artists)
+    for region in ("BA10_L", "amygdala_L"):
+        g = rows[(rows["region"] == region) & (rows["outcome"] == "madrs")]
+        row = stats.loc[(region, "madrs")]
+        assert handle.update(g, region=region, outcome="madrs", stats_row=row,
+                             line="model") is handle
+        assert handle.artists == before  # the same artists, new data
+        for arm in ("ketamine", "saline"):
+            a = g[g["arm"] == arm]
+            pts = handle.artists[f"points:{arm}"].get_offsets()
+            np.testing.assert_allclose(np.sort(pts[:, 0]), np.sort(a["delta_md"] * 1e6))
+            x, y = handle.artists[f"fit:{arm}"].get_data()
+            assert (y[1] - y[0]) / (x[1] - x[0]) == pytest.approx(row[f"slope_{arm}"])
+            # the model's line passes through the arm's means
+            xm, ym = a["delta_md"].mean() * 1e6, a["delta_score"].mean()
+            assert np.interp(xm, x, y) == pytest.approx(ym)
+        assert region in handle.artists["title"].get_text()
+    # BA10_L's planted slopes (tests/_builders.py) are recovered by the model
+    from _builders import SLOPES
+
+    for arm, slope in SLOPES.items():
+        assert stats.loc[("BA10_L", "madrs"), f"slope_{arm}"] == pytest.approx(slope, abs=0.15)
+    handle.update(g, region="amygdala_L", outcome="madrs", arms=["saline"])
+    assert len(handle.artists["points:ketamine"].get_offsets()) == 0
+    assert [t.get_text()[:6] for t in handle.ax.get_legend().get_texts()] == ["saline"]
+
+
+def test_spec_curve_figure_selects_and_resorts(memory_results):
+    from ketamine_nb.plotting import SpecCurveFigure, select_specifications
+    from ketamine_nb.plotting.specification import spec_levels
+
+    grid = memory_results.robustness
+    handle = SpecCurveFigure(spec_levels(grid))
+    handle.update(grid, "BA10_R", estimate="beta", selected={"fit_method": "OLS"})
+    g = grid[grid["region"] == "BA10_R"]
+    y = handle.artists["estimates"].get_offsets()[:, 1]
+    np.testing.assert_allclose(y, np.sort(g["beta_interaction"]))
+    sel = handle.artists["selected"].get_offsets()
+    assert len(sel) == (g["fit_method"] == "OLS").sum() == 4
+    np.testing.assert_allclose(np.sort(sel[:, 1]),
+                               np.sort(g.loc[g["fit_method"] == "OLS", "beta_interaction"]))
+    handle.update(grid, "amygdala_L", estimate="t", selected={"csf_md_threshold": None})
+    t = handle.shown
+    assert t["selected"].sum() == g["csf_md_threshold"].isna().sum() == 4
+    assert select_specifications(grid, {"csf_md_threshold": float("inf")}).sum() == 12
+    assert select_specifications(grid, {"csf_md_threshold": "all"}).all()
+    with pytest.raises(InputError):
+        handle.update(grid, "nowhere")
+
+
+def test_region_voxels_figure_draws_the_known_layout(memory_results):
+    from _builders import N_CSF
+
+    from ketamine_nb.plotting import plot_region_voxels
+    from ketamine_nb.plotting._base import DROPPED_COLOR, KEPT_COLOR
+    from ketamine_nb.plotting.slices import count_color
+
+    md = memory_results.image("sub-01", "pre", "md")
+    vox = memory_results.session_voxels("sub-01", "pre")
+    fig = plot_region_voxels(md, vox, "BA10_L", probability_threshold=0.25,
+                             csf_md_threshold=1.1e-3, view="axial")
+    full = next(ax for ax in fig.axes if ax.images)
+    rgba = np.asarray(full.images[1].get_array())
+    # the slice through the box's centre: 9 voxels, of which the CSF ones in that slice dropped
+    assert count_color(rgba, KEPT_COLOR) + count_color(rgba, DROPPED_COLOR) == 9
+    assert "kept 23 voxels" in fig.texts[1].get_text() and f"dropped {N_CSF}" in \
+        fig.texts[1].get_text()
+    low = plot_region_voxels(md, vox, "BA10_L", probability_threshold=0.1,
+                             csf_md_threshold=None, view="axial")
+    assert "kept 125 voxels" in low.texts[1].get_text()  # the 5 × 5 × 5 box with its shell
+
+
+def test_slice_figure_in_ras_orientation(memory_results):
+    from ketamine_nb.plotting import plot_slice
+
+    md = memory_results.image("sub-01", "pre", "md")
+    fig = plot_slice(md, view="axial", slice_index=7, kind="md")
+    ax = fig.axes[0]
+    shown = np.asarray(ax.images[0].get_array())
+    data = np.asarray(md.dataobj)[::-1, :, 7].T * 1e3  # stored LAS: flip x for RAS+
+    np.testing.assert_allclose(shown, data, rtol=1e-6)
+    assert [t.get_text() for t in ax.texts] == ["L", "R"]
+    assert UNITS in fig.axes[1].get_xlabel()
