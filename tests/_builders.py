@@ -42,7 +42,7 @@ SHAPE = (16, 18, 12)
 #: LAS, 2 mm: stored index i runs right to left.
 AFFINE = np.array([[-2.0, 0, 0, 15], [0, 2.0, 0, -17], [0, 0, 2.0, -11], [0, 0, 0, 1]])
 #: Lowest stored corner of each region's 3 × 3 × 3 box.
-BOXES = {"BA10_L": (3, 12, 6), "BA10_R": (10, 12, 6), "amygdala_L": (4, 5, 3)}
+BOXES = {"BA10_L": (10, 12, 6), "BA10_R": (3, 12, 6), "amygdala_L": (10, 5, 3)}
 IMAGED = ("sub-01", "sub-02")
 CONFIG = {"probability_threshold": 0.25, "csf_md_threshold": 1.1e-3, "fa_threshold": None}
 
