@@ -151,7 +151,7 @@ def result(bench: str, title: str, *, options: dict, metrics: dict,
             clean[k] = int(v)
         else:
             v = float(v)
-            clean[k] = None if v != v else (int(v) if k.endswith(("_count", "_bytes"))
+            clean[k] = None if v != v else (int(v) if k.endswith(("_count", "_bytes", "_bool"))
                                              else v)
     return {
         "bench": bench,

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""Speed-up of the run stage on Dask: ``--workers 1`` against ``--workers 2``, same outputs.
+"""Speed-up of the run stage on Dask: ``--n-jobs 1`` against ``--n-jobs 2``, same outputs.
 
 On one simulated cohort (``--participants``, default 48, i.e. 96 sessions;
 ``simulate_cohort`` seed 0), ``ketamine-nb run BIDS OUT --quiet`` runs as a
 subprocess into a fresh OUT each time:
 
-* ``--workers 1``: the sessions one after another in the command's process
+* ``--n-jobs 1``: the sessions one after another in the command's process
   (no Dask);
-* ``--workers 2``: Dask's local multiprocessing scheduler with two worker
+* ``--n-jobs 2``: Dask's local multiprocessing scheduler with two worker
   processes (forked after the parent has imported dipy and loaded the
   template and region maps), what ``run`` does;
 * ``distributed`` (with ``--distributed``): the earlier way, for comparison:
@@ -25,7 +25,7 @@ steady rate, and the tail from the last session to the exit (cohort tables).
 
 Outputs: ``roi_md.tsv``, ``roi_deltas.tsv`` and every ``*_dwimap.nii.gz`` of
 every run are compared byte for byte with those of the first
-``--workers 1`` run.
+``--n-jobs 1`` run.
 
 Two probes say where a shortfall comes from (skip them with ``--no-probes``):
 
@@ -164,7 +164,7 @@ def measure(*, participants: int = 48, repeats: int = 2, distributed: bool = Fal
         simulate_cohort(bids, params=SimulationParams(n_subjects=participants), seed=0,
                         n_jobs=min(2, C.n_cpus()), progress=False)
         warm = C.run_measured([*cli_command(), "run", str(bids), str(work / "warmup"),
-                               "--participant-label", "001", "--workers", "1", "--quiet"])
+                               "--participant-label", "001", "--n-jobs", "1", "--quiet"])
         if warm[1] != 0:
             print(warm[3])
             raise SystemExit("the warm-up run failed")
@@ -185,12 +185,12 @@ def measure(*, participants: int = 48, repeats: int = 2, distributed: bool = Fal
             load0 = C.loadavg()
             start = time.time()
             cmd = [sys.executable, str(script), str(bids), str(out)] if w == "distributed" \
-                else [*cli_command(), "run", str(bids), str(out), "--workers", str(w), "--quiet"]
+                else [*cli_command(), "run", str(bids), str(out), "--n-jobs", str(w), "--quiet"]
             wall, rc, smp, text, cpu = C.run_measured(cmd)
             end = start + wall
             if rc != 0:
                 print(text)
-                raise SystemExit(f"ketamine-nb run --workers {w} failed (exit {rc})")
+                raise SystemExit(f"ketamine-nb run --n-jobs {w} failed (exit {rc})")
             runs[w].append({"wall": wall, "cpu": cpu, "peak": smp.peak_pss,
                             "procs": smp.peak_procs, "load": load0,
                             **timeline(out, start, end, 2 if w == "distributed" else w)})
@@ -219,7 +219,7 @@ def measure(*, participants: int = 48, repeats: int = 2, distributed: bool = Fal
         return float(np.median([r[key] for r in runs[w]]))
 
     lines = [
-        f"`ketamine-nb run BIDS OUT --workers N --quiet` on {participants} simulated "
+        f"`ketamine-nb run BIDS OUT --n-jobs N --quiet` on {participants} simulated "
         f"participants ({n_sess} sessions), fresh OUT each run, order "
         f"{', '.join(map(str, order))}; median per setting. The timeline comes from the QC "
         f"JSON each session writes last.", "",
@@ -233,7 +233,7 @@ def measure(*, participants: int = 48, repeats: int = 2, distributed: bool = Fal
             f"{max(r['procs'] for r in runs[w])} | {m(w, 'first'):.1f} | "
             f"{m(w, 'per_session'):.2f} | {m(w, 'tail'):.1f} |")
     lines += ["", f"- speed-up, wall(1) / wall(2): {speedup:.2f}",
-              *([f"- speed-up of `--workers 2` over the `dask.distributed` LocalCluster "
+              *([f"- speed-up of `--n-jobs 2` over the `dask.distributed` LocalCluster "
                  f"(the earlier way), wall(distributed) / wall(2): "
                  f"{med['distributed'] / med[2]:.2f}"] if "distributed" in med else []),
               f"- outputs byte-identical (roi_md.tsv, roi_deltas.tsv, {n_files - 2} "
@@ -304,7 +304,7 @@ def main(argv=None) -> int:
 
 def label(w) -> str:
     """Row label of a setting."""
-    return {1: "`--workers 1` (no Dask)", 2: "`--workers 2` (Dask processes)",
+    return {1: "`--n-jobs 1` (no Dask)", 2: "`--n-jobs 2` (Dask processes)",
             "distributed": "`--scheduler` on a 2-worker `LocalCluster`"}[w]
 
 

@@ -17,7 +17,7 @@ local Dask cluster of min(2, CPUs) workers, 5000 permutations):
 * disk: the sum of the sizes of all files under TMP (MB = 10^6 bytes), raw
   BIDS and derivatives apart;
 * where the run stage's time goes: after the demo, a pyinstrument profile of
-  ``run_pipeline(BIDS, OUT, workers=1)`` on the first ``--profile-participants``
+  ``run_pipeline(BIDS, OUT, n_jobs=1)`` on the first ``--profile-participants``
   (default 4) participants of the demo's BIDS, in a new process (one process
   runs what each Dask worker runs, minus Dask).
 
@@ -73,7 +73,7 @@ labels = ["%03d" % (i + 1) for i in range(int(sys.argv[3]))]
 prof = Profiler(interval=0.005)
 prof.start()
 t0 = time.perf_counter()
-res = run_pipeline(sys.argv[1], sys.argv[2], workers=1, participant_label=labels,
+res = run_pipeline(sys.argv[1], sys.argv[2], n_jobs=1, participant_label=labels,
                    progress=False)
 wall = time.perf_counter() - t0
 prof.stop()
@@ -83,7 +83,7 @@ print(prof.output_text(unicode=False, color=False))
 
 
 def profile_run(bids: Path, out: Path, env: dict, n: int):
-    """pyinstrument tree of run_pipeline(workers=1) on the first n participants, or a note."""
+    """pyinstrument tree of run_pipeline(n_jobs=1) on the first n participants, or a note."""
     try:
         import pyinstrument  # noqa: F401
     except ImportError:
@@ -190,7 +190,7 @@ def measure(*, subjects: int | None = None, data_home: str | None = None,
         tree, info = prof_tree
         if info:
             lines += ["", f"pyinstrument call tree of the run stage without Dask: "
-                      f"`run_pipeline(BIDS, OUT, workers=1)` on {profile_participants} "
+                      f"`run_pipeline(BIDS, OUT, n_jobs=1)` on {profile_participants} "
                       f"participants of the demo ({info[0]} sessions, {info[1]:.1f} s, "
                       f"{info[1] / max(info[0], 1):.2f} s per session; seconds, library frames "
                       f"collapsed):", "", "```", tree, "```"]

@@ -56,8 +56,9 @@ def steps(dwi_path: Path, out: Path) -> dict[str, float]:
     from threadpoolctl import threadpool_limits
 
     from ketamine_nb._utils import save_nifti, write_json
+    from ketamine_nb.derivatives import write_region_voxels
     from ketamine_nb.dwi import brain_mask, load_dwi, mean_b0, qc_session
-    from ketamine_nb.pipeline import _md_at, _md_on_template_grid, _write_tsv_gz
+    from ketamine_nb.pipeline import _md_at, _md_on_template_grid
     from ketamine_nb.regions import load_region_maps
     from ketamine_nb.registration import (
         apply_transform,
@@ -102,7 +103,7 @@ def steps(dwi_path: Path, out: Path) -> dict[str, float]:
     save_nifti(fa, out / "fa.nii.gz")
     save_nifti(md_on_grid, out / "md_mni.nii.gz")
     write_transform(A, out / "xfm.txt")
-    _write_tsv_gz(voxels, out / "voxels.tsv.gz")
+    write_region_voxels(voxels, out / "voxels.tsv.gz")
     for name in ("md", "fa"):
         write_json({"Description": name, "Model": "DTI"}, out / f"{name}.json")
     write_json(qc, out / "qc.json")

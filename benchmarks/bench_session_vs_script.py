@@ -52,7 +52,8 @@ import numpy as np
 OURS_CODE = """
 import json, sys, time
 t0 = time.perf_counter()
-from ketamine_nb.pipeline import load_region_voxels, process_session
+from ketamine_nb.derivatives import load_region_voxels
+from ketamine_nb.pipeline import process_session
 from ketamine_nb.roi import summarise_regions
 t1 = time.perf_counter()
 res = process_session(sys.argv[1], sys.argv[2], "sub-001", "pre")
@@ -69,7 +70,8 @@ import sys
 from pyinstrument import Profiler
 prof = Profiler(interval=0.005)
 prof.start()
-from ketamine_nb.pipeline import load_region_voxels, process_session
+from ketamine_nb.derivatives import load_region_voxels
+from ketamine_nb.pipeline import process_session
 from ketamine_nb.roi import summarise_regions
 process_session(sys.argv[1], sys.argv[2], "sub-001", "pre")
 summarise_regions(load_region_voxels(sys.argv[2], "sub-001", "pre"))
@@ -79,7 +81,8 @@ print(prof.output_text(unicode=False, color=False))
 
 
 def ours_in_process(dwi: Path, out: Path) -> dict:
-    from ketamine_nb.pipeline import load_region_voxels, process_session
+    from ketamine_nb.derivatives import load_region_voxels
+    from ketamine_nb.pipeline import process_session
     from ketamine_nb.roi import summarise_regions
 
     process_session(dwi, out, "sub-001", "pre")
@@ -168,7 +171,7 @@ def measure(*, repeats: int = 3, profile: bool = True) -> dict:
         regions = list(scr_t.index)
         rel_guard = {r: ours_t.loc[r, "md_mean"] / scr_t.loc[r, "md_mean_csf_guard"] - 1
                      for r in regions}
-        from ketamine_nb.pipeline import load_region_voxels
+        from ketamine_nb.derivatives import load_region_voxels
         from ketamine_nb.roi import summarise_regions
 
         vox = load_region_voxels(runs["ours"][-1]["out"], "sub-001", "pre")
@@ -179,7 +182,7 @@ def measure(*, repeats: int = 3, profile: bool = True) -> dict:
         # Where the two transforms put the brain (ours' mask voxels, in MNI mm).
         import nibabel as nib
 
-        from ketamine_nb.pipeline import session_paths
+        from ketamine_nb.derivatives import session_paths
         from ketamine_nb.registration import read_transform
 
         paths = session_paths(runs["ours"][-1]["out"], "sub-001", "pre")
