@@ -177,6 +177,13 @@ def report(res: dict, record: bool) -> int:
     return _render.report(res, record=record)
 
 
+def record(*_args, **_kwargs):
+    """Gone: RESULTS.md is generated. Return ``result(...)`` from ``measure()`` instead."""
+    raise RuntimeError("benchmarks/RESULTS.md is generated now: return C.result(...) from "
+                       "measure() and call C.report(result, record) in main() (see "
+                       "benchmarks/README.md)")
+
+
 # --------------------------------------------------------------------------
 # Timing
 
