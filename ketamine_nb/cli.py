@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 __all__ = ["main"]
 
 
@@ -62,27 +60,28 @@ def _cmd_simulate(args) -> int:
 def _config_from_args(args):
     from .pipeline import PipelineConfig
 
+    # "off" is None inside the package; on the command line it is 0 (or less).
+    csf = args.csf_md_threshold
     return PipelineConfig(fit_method=args.fit_method, denoise=args.denoise,
                           transform=args.transform, space=args.space,
                           probability_threshold=args.probability_threshold,
-                          csf_md_threshold=None if args.csf_md_threshold <= 0
-                          else args.csf_md_threshold,
+                          csf_md_threshold=None if csf is None or csf <= 0 else csf,
                           fa_threshold=args.fa_threshold, regions=args.regions)
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
-    from .pipeline import PipelineConfig
+    from .pipeline import DENOISE_METHODS, SPACES, TRANSFORMS, PipelineConfig
     from .tensor import FIT_METHODS
 
     d = PipelineConfig()
     g = p.add_argument_group("processing")
     g.add_argument("--fit-method", default=d.fit_method, choices=FIT_METHODS,
                    help=f"tensor fit (default {d.fit_method})")
-    g.add_argument("--denoise", default=None, choices=["mppca", "patch2self"],
+    g.add_argument("--denoise", default=None, choices=DENOISE_METHODS,
                    help="denoise before the fit (default: off)")
-    g.add_argument("--transform", default=d.transform, choices=["rigid", "affine"],
+    g.add_argument("--transform", default=d.transform, choices=TRANSFORMS,
                    help=f"registration to MNI (default {d.transform})")
-    g.add_argument("--space", default=d.space, choices=["native", "MNI"],
+    g.add_argument("--space", default=d.space, choices=SPACES,
                    help="where MD meets the regions (default native: regions move, MD not)")
     g.add_argument("--probability-threshold", type=float, default=d.probability_threshold,
                    metavar="P", help=f"atlas probability threshold, 0-1 "
@@ -94,9 +93,9 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
                    help="drop voxels with FA above this (default: off)")
     g.add_argument("--regions", default=None, metavar="TSV",
                    help="region table (default: the study's seven regions)")
-    g.add_argument("--workers", type=int, default=1, metavar="N",
+    g.add_argument("--n-jobs", "--workers", dest="n_jobs", type=int, default=1, metavar="N",
                    help="N > 1 runs N sessions at once in N Dask worker processes "
-                        "(default 1: no Dask)")
+                        "(default 1: no Dask; --workers is the old name)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="send the sessions to a running dask.distributed scheduler, "
                         "e.g. tcp://host:8786")
@@ -108,7 +107,7 @@ def _cmd_run(args) -> int:
     t0 = time.perf_counter()
     res = run_pipeline(args.bids_dir, args.out_dir, pre=args.pre_session,
                        post=args.post_session, config=_config_from_args(args),
-                       workers=args.workers, scheduler=args.scheduler,
+                       n_jobs=args.n_jobs, scheduler=args.scheduler,
                        participant_label=args.participant_label, force=args.force,
                        acq=args.acq, run=args.run, progress=not args.quiet)
     for problem in res.problems:
@@ -124,11 +123,11 @@ def _stats_config_from_args(args):
     return StatsConfig(outcomes=tuple(args.outcomes), covariates=tuple(args.covariates),
                        change=args.change, md_change=args.md_change,
                        n_permutations=args.permutations, n_bootstrap=args.bootstrap,
-                       correction=args.correction, seed=args.stats_seed)
+                       correction=args.correction, random_state=args.random_state)
 
 
 def _add_stats_args(p: argparse.ArgumentParser) -> None:
-    from .stats import OUTCOMES, StatsConfig
+    from .stats import CHANGES, CORRECTIONS, OUTCOMES, StatsConfig
 
     d = StatsConfig()
     g = p.add_argument_group("statistics")
@@ -136,18 +135,20 @@ def _add_stats_args(p: argparse.ArgumentParser) -> None:
                    help="outcomes to model (default: madrs qids)")
     g.add_argument("--covariates", nargs="*", default=[], metavar="COLUMN",
                    help="extra covariates from participants.tsv, e.g. age sex")
-    g.add_argument("--change", default=d.change, choices=["absolute", "percent"],
+    g.add_argument("--change", default=d.change, choices=CHANGES,
                    help="score change in points or percent of baseline (default absolute)")
-    g.add_argument("--md-change", default=d.md_change, choices=["absolute", "percent"],
+    g.add_argument("--md-change", default=d.md_change, choices=CHANGES,
                    help="ΔMD in 1e-6 mm²/s or percent of pre (default absolute)")
     g.add_argument("--permutations", type=int, default=d.n_permutations, metavar="N",
                    help=f"Freedman-Lane permutations (default {d.n_permutations}; 0 = none)")
     g.add_argument("--bootstrap", type=int, default=d.n_bootstrap, metavar="N",
                    help=f"bootstrap resamples for correlation CIs (default {d.n_bootstrap})")
-    g.add_argument("--correction", default=d.correction, choices=["fdr_bh", "holm"],
+    g.add_argument("--correction", default=d.correction, choices=CORRECTIONS,
                    help="multiple-comparison correction across rows (default fdr_bh)")
-    g.add_argument("--stats-seed", type=int, default=d.seed, metavar="SEED",
-                   help="seed of permutations and bootstrap (default 0)")
+    g.add_argument("--random-state", "--stats-seed", dest="random_state", type=int,
+                   default=d.random_state, metavar="SEED",
+                   help=f"seed of permutations and bootstrap (default {d.random_state}; "
+                        "--stats-seed is the old name)")
     g.add_argument("--robustness", action="store_true",
                    help="also rerun the ROI model over a grid of analytic choices "
                         "(robustness.tsv)")
@@ -158,27 +159,26 @@ def _add_stats_args(p: argparse.ArgumentParser) -> None:
 
 
 def _print_stats(res, out_dir) -> None:
-    t = res["stats_roi"]
+    t = res.stats_roi
     cols = ["region", "outcome", "n_ketamine", "n_saline", "slope_ketamine", "slope_saline",
             "beta_interaction", "p_interaction", "p_perm_interaction"]
     qcol = "q_fdr" if "q_fdr" in t else "q_holm"
     print(t[[*cols, qcol, "matches_study"]].to_string(index=False, float_format="%.3g"))
-    for row in res["dropped"].itertuples():
+    for row in res.dropped.itertuples():
         print(f"note: {row.region} {row.outcome}: {row.n_dropped} participant(s) left out for "
               f"missing values ({row.participants})", file=sys.stderr)
     print(f"tables: {Path(out_dir) / 'stats_roi.tsv'}")
     print(f"        {Path(out_dir) / 'stats_input.tsv'}")
     print(f"        {Path(out_dir) / 'reliability.tsv'}")
-    if "robustness" in res:
+    if res.robustness is not None:
         print(f"        {Path(out_dir) / 'robustness.tsv'}")
-    for outcome, v in res.get("voxelwise", {}).items():
-        n_sig = int((v["logp_max_t"].get_fdata() > -np.log10(0.05)).sum())
-        print(f"voxelwise {outcome}: {n_sig} voxels with FWE p < 0.05 "
+    for outcome, v in res.voxelwise.items():
+        print(f"voxelwise {outcome}: {v.n_significant(0.05)} voxels with FWE p < 0.05 "
               f"({Path(out_dir) / 'voxelwise'})")
 
 
 def _cmd_stats(args) -> int:
-    from .stats import run_stats
+    from .workflows import run_stats
 
     res = run_stats(args.out_dir, bids_dir=args.bids, config=_stats_config_from_args(args),
                     pre=args.pre_session, post=args.post_session,
@@ -221,7 +221,7 @@ def _cmd_lab(args) -> int:
     if args.dry_run:
         print(" ".join(cmd))
         return 0
-    from .results import demo_results
+    from .workflows import demo_results
 
     demo_results()  # prepares the demo (with progress bars) when it is missing
     os.execv(sys.executable, cmd)
@@ -230,40 +230,28 @@ def _cmd_lab(args) -> int:
 
 def _cmd_demo(args) -> int:
     from .datasets import DATA_ENV_VAR, get_demo_dir
-    from .pipeline import run_pipeline
-    from .simulate import simulate_cohort
+    from .workflows import build_demo
 
     if args.data_dir:  # the caches (atlases, anatomy) follow the data home too
         os.environ[DATA_ENV_VAR] = str(Path(args.data_dir).expanduser().resolve())
     demo = Path(args.out) if args.out else get_demo_dir(args.data_dir)
-    bids = demo / "bids"
-    t0 = time.perf_counter()
-    if (bids / "dataset_description.json").exists() and not args.force:
-        print(f"Simulated cohort already in {bids} (use --force to make it again)")
-    else:
-        print(f"Simulating the demo cohort ({args.subjects} participants) in {bids}")
-        simulate_cohort(bids, params=_params_from_args(args), seed=args.seed,
-                        n_jobs=args.jobs, progress=not args.quiet, overwrite=True)
-    deriv = demo / "derivatives"
-    print(f"Processing every session into {deriv}")
-    res = run_pipeline(bids, deriv, config=_config_from_args(args), workers=args.workers,
-                       force=args.force, progress=not args.quiet)
-    from .stats import run_stats
-
-    stats = run_stats(deriv, config=_stats_config_from_args(args),
-                      robustness=args.robustness, voxelwise=args.voxelwise,
-                      voxelwise_permutations=args.voxelwise_permutations)
-    _print_stats(stats, deriv)
-    print(f"Done in {time.perf_counter() - t0:.0f} s.")
+    built = build_demo(demo, params=_params_from_args(args), random_state=args.seed,
+                       config=_config_from_args(args), stats_config=_stats_config_from_args(args),
+                       n_jobs=args.n_jobs, force=args.force, progress=not args.quiet,
+                       voxelwise=args.voxelwise,
+                       voxelwise_permutations=args.voxelwise_permutations, log=print)
+    bids, deriv = built.bids_dir, built.derivatives
+    _print_stats(built.stats, deriv)
+    print(f"Done in {built.seconds:.0f} s.")
     print(f"  BIDS dataset:  {bids}")
     print(f"  ground truth:  {bids / 'derivatives' / 'simulation' / 'ground_truth_roi.tsv'}")
     print(f"  derivatives:   {deriv}")
     print(f"  statistics:    {deriv / 'stats_roi.tsv'}")
-    print(res.summary())
+    print(built.pipeline.summary())
     print(f"Next: compare {deriv / 'roi_deltas.tsv'} (measured) with "
           f"{bids / 'derivatives' / 'simulation' / 'ground_truth_roi.tsv'} (planted), "
-          "or load them in Python with ketamine_nb.load_study and pandas")
-    return res.exit_code
+          f"or load them in Python with ketamine_nb.load_results({str(demo)!r})")
+    return built.exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stats_args(p)
     # The demo feeds the notebooks, and notebook 06 needs the robustness grid
     # (about a second on the demo), so the demo always computes it.
-    p.set_defaults(func=_cmd_demo, workers=min(2, os.cpu_count() or 1), robustness=True)
+    p.set_defaults(func=_cmd_demo, n_jobs=min(2, os.cpu_count() or 1), robustness=True)
 
     p = sub.add_parser("run", help="process a BIDS study: DWI -> MD maps -> region tables",
                        description="Process every session of a BIDS DWI study into a "

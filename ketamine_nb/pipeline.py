@@ -21,29 +21,45 @@ import numpy as np
 import pandas as pd
 
 from ._utils import save_nifti, write_json, write_tsv
+from .derivatives import (
+    MNI_MAP_RESOLUTION,
+    TEMPLATE_SPACE,
+    load_region_voxels,
+    session_paths,
+    write_region_voxels,
+)
 from .exceptions import InputError, KetamineNBError
 from .regions import DEFAULT_PROBABILITY_THRESHOLD
-from .registration import TEMPLATE_SPACE
 from .roi import DEFAULT_CSF_MD_THRESHOLD, DEFAULT_FA_THRESHOLD
 from .tensor import DEFAULT_FIT_METHOD, FIT_METHODS
 
 __all__ = [
+    "DENOISE_METHODS",
+    "SPACES",
+    "STATISTICS",
+    "TRANSFORMS",
     "PipelineConfig",
     "PipelineResult",
     "check_out_dir",
-    "load_region_voxels",
     "process_session",
     "roi_tables",
     "run_pipeline",
-    "session_paths",
 ]
 
 PIPELINE_VERSION = "3"  # bump when per-session outputs change meaning
 
+#: Optional denoisers before the tensor fit (dipy's MP-PCA and Patch2Self).
+DENOISE_METHODS = ("mppca", "patch2self")
 
-#: Voxel size (mm) of the MD maps resampled to the template for voxelwise
-#: statistics: the DWI's own resolution, so no detail is invented.
-MNI_MAP_RESOLUTION = 3.0
+#: Registration models of a session to the template.
+TRANSFORMS = ("rigid", "affine")
+
+#: Where MD meets the regions: on the DWI grid (regions move, MD is never
+#: interpolated) or on the template grid.
+SPACES = ("native", "MNI")
+
+#: Regional summaries that can go into ``roi_deltas.tsv``.
+STATISTICS = ("wmean", "mean", "median")
 
 
 @dataclass(frozen=True)
@@ -91,15 +107,21 @@ class PipelineConfig:
             raise InputError(f"fit method {self.fit_method!r} is unknown; use one of "
                              f"{', '.join(FIT_METHODS)}")
         object.__setattr__(self, "fit_method", self.fit_method.upper())
-        if self.denoise not in (None, "mppca", "patch2self"):
-            raise InputError(f"denoise {self.denoise!r} is unknown; use mppca or patch2self")
-        if self.space not in ("native", "MNI"):
-            raise InputError(f"space {self.space!r} is unknown; use native or MNI")
-        if self.statistic not in ("wmean", "mean", "median"):
-            raise InputError(f"statistic {self.statistic!r} is unknown; use wmean, mean or "
-                             "median")
+        for name, allowed in (("denoise", (None, *DENOISE_METHODS)), ("transform", TRANSFORMS),
+                              ("space", SPACES), ("statistic", STATISTICS)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise InputError(f"{name} {value!r} is unknown; use one of "
+                                 f"{', '.join(str(a) for a in allowed if a is not None)}")
         if not 0 <= self.probability_threshold <= 1:
             raise InputError("probability threshold is a fraction between 0 and 1")
+        # "Off" is None inside the package; the command line and the files
+        # convert their own spellings (0, n/a) at the edge.
+        for name in ("csf_md_threshold", "fa_threshold"):
+            value = getattr(self, name)
+            if value is not None and not (np.isfinite(value) and value > 0):
+                raise InputError(f"{name} {value!r} is not a positive number; use None to "
+                                 "switch the guard off")
 
     def processing_key(self) -> str:
         """Hash of the choices that change per-session outputs (not the thresholds)."""
@@ -108,23 +130,6 @@ class PipelineConfig:
             d["regions"] = Path(self.regions).read_text()
         d["version"] = PIPELINE_VERSION
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def session_paths(out_dir, participant_id: str, session: str) -> dict:
-    """Return the BIDS-Derivatives paths of one session's outputs."""
-    d = Path(out_dir) / participant_id / f"ses-{session}" / "dwi"
-    p = f"{participant_id}_ses-{session}"
-    return {
-        "dir": d,
-        "mask": d / f"{p}_space-dwi_desc-brain_mask.nii.gz",
-        "md": d / f"{p}_space-dwi_model-DTI_desc-MD_dwimap.nii.gz",
-        "fa": d / f"{p}_space-dwi_model-DTI_desc-FA_dwimap.nii.gz",
-        "xfm": d / f"{p}_from-{TEMPLATE_SPACE}_to-dwi_mode-image_xfm.txt",
-        "md_mni": d / f"{p}_space-{TEMPLATE_SPACE}_res-{MNI_MAP_RESOLUTION:g}_model-DTI"
-                      "_desc-MD_dwimap.nii.gz",
-        "voxels": d / f"{p}_desc-regionvoxels_dwi.tsv.gz",
-        "qc": d / f"{p}_desc-qc_dwi.json",
-    }
 
 
 def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
@@ -219,7 +224,7 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
     save_nifti(fa, paths["fa"])
     save_nifti(md_on_grid, paths["md_mni"])
     write_transform(A, paths["xfm"])
-    _write_tsv_gz(voxels, paths["voxels"])
+    write_region_voxels(voxels, paths["voxels"])
     for name, desc in (("md", "Mean diffusivity (mm^2/s)"), ("fa", "Fractional anisotropy")):
         write_json({"Description": desc, "Units": "mm^2/s" if name == "md" else "arbitrary",
                     "Model": "DTI", "FitMethod": config.fit_method,
@@ -317,21 +322,6 @@ def _md_at(dwi_img, gtab, voxels: pd.DataFrame, method: str):
     return np.nan_to_num(md).astype(np.float32)[inverse.ravel()]
 
 
-def _write_tsv_gz(df: pd.DataFrame, path: Path):
-    import gzip
-
-    from ._utils import atomic_write_bytes
-
-    text = df.to_csv(sep="\t", index=False, float_format="%.6g", lineterminator="\n")
-    atomic_write_bytes(path, gzip.compress(text.encode(), compresslevel=6, mtime=0))
-
-
-def load_region_voxels(out_dir, participant_id: str, session: str) -> pd.DataFrame:
-    """Read one session's per-voxel region table."""
-    p = session_paths(out_dir, participant_id, session)["voxels"]
-    return pd.read_csv(p, sep="\t", dtype={"region": "category"})
-
-
 def check_out_dir(bids_dir, out_dir) -> Path:
     """Refuse an output folder that is the raw dataset or inside it."""
     bids = Path(bids_dir).resolve()
@@ -383,6 +373,14 @@ class PipelineResult:
                  f"{c.get('failed', 0)} failed"]
         for row in self.failures.itertuples():
             lines.append(f"  failed {row.participant_id} ses-{row.session}: {row.error}")
+        if len(self.failures):
+            left_out = self.failures["participant_id"].nunique()
+            done = (self.roi_deltas["participant_id"].nunique() if len(self.roi_deltas)
+                    else 0)
+            lines.append(f"{left_out} participant(s) left out (listed in "
+                         f"{self.out_dir / 'failures.tsv'}); the tables are complete and "
+                         f"usable for the other {done} participant(s). Exit code 1 means "
+                         "exactly this: some participants failed, the rest completed.")
         lines.append(f"tables: {self.out_dir / 'roi_md.tsv'}")
         lines.append(f"        {self.out_dir / 'roi_deltas.tsv'}")
         return "\n".join(lines)
@@ -412,8 +410,8 @@ def _warm_up(config: PipelineConfig):
     """Import and cache here what every session needs, before workers are forked.
 
     Forked workers inherit the imports (dipy, nilearn), the registration
-    template and the region maps, so none of them pays the ~1.5 s first-session
-    cost again.
+    template and the region maps, so none of them pays the first-session cost
+    again.
     """
     import dipy.align.imaffine  # noqa: F401
     import dipy.reconst.dti  # noqa: F401
@@ -447,16 +445,16 @@ def _start_method() -> str:
     return "spawn"
 
 
-def _run_local(tasks, workers: int, new_bar, config: PipelineConfig) -> list:
-    """Run the sessions on Dask's local multiprocessing scheduler with ``workers`` processes.
+def _run_local(tasks, n_jobs: int, new_bar, config: PipelineConfig) -> list:
+    """Run the sessions on Dask's local multiprocessing scheduler with ``n_jobs`` processes.
 
-    The sessions are independent and each is about a second of numpy work,
+    The sessions are independent and each is a short piece of numpy work,
     so the lightest Dask scheduler fits: a pool of plain worker processes,
     one session per task (``chunksize=1``). On two CPUs it ran the run stage
-    1.5-1.9 times faster than a ``dask.distributed`` ``LocalCluster`` of two
-    workers, whose nanny sets ``MALLOC_TRIM_THRESHOLD_`` (ten times the page
-    faults, sessions ~15 % slower) and whose spawned workers each import
-    everything again (``benchmarks/bench_dask.py``). A cluster is still one
+    faster than a ``dask.distributed`` ``LocalCluster`` of two workers, whose
+    nanny sets ``MALLOC_TRIM_THRESHOLD_`` (more page faults, slower sessions)
+    and whose spawned workers each import everything again
+    (``benchmarks/bench_dask.py``; figures in benchmarks/RESULTS.md). A cluster is still one
     option away: ``--scheduler ADDRESS``.
 
     A worker process that dies (killed for memory, a crash in a C library)
@@ -488,7 +486,7 @@ def _run_local(tasks, workers: int, new_bar, config: PipelineConfig) -> list:
         # Python >= 3.12 warns on fork whenever the process has other OS
         # threads; here those are OpenBLAS's idle pool, which is fork-safe.
         warnings.filterwarnings("ignore", message=".*use of fork", category=DeprecationWarning)
-        pool = ProcessPoolExecutor(min(workers, len(tasks)),
+        pool = ProcessPoolExecutor(min(n_jobs, len(tasks)),
                                    mp_context=multiprocessing.get_context(method))
         # With fork, the first task starts every worker (before the pool's
         # own thread); the progress bar and its thread come after.
@@ -512,7 +510,7 @@ def _run_local(tasks, workers: int, new_bar, config: PipelineConfig) -> list:
                 "error": f"{t[0]}: not processed: a worker process died"
                          f"{' (killed for memory?)' if broken else ''} while this session "
                          "was running or waiting; rerun (done sessions are reused), with "
-                         "fewer --workers if memory is short"})
+                         "fewer --n-jobs if memory is short"})
     return results
 
 
@@ -607,7 +605,7 @@ def _session_order(pre, post):
 
 
 def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
-                 config: PipelineConfig | None = None, workers: int = 1,
+                 config: PipelineConfig | None = None, n_jobs: int = 1,
                  scheduler: str | None = None, participant_label=None, force: bool = False,
                  acq: str | None = None, run: str | None = None,
                  progress: bool = True) -> PipelineResult:
@@ -623,13 +621,13 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
         Session labels.
     config : PipelineConfig, optional
         Processing choices.
-    workers : int, default=1
+    n_jobs : int, default=1
         ``1`` runs in this process without Dask; ``N > 1`` runs the
         sessions on Dask's local multiprocessing scheduler with N worker
         processes (one BLAS thread each).
     scheduler : str, optional
         Address of a running Dask scheduler (``tcp://host:8786``), e.g. one
-        started by dask-jobqueue on a cluster; overrides ``workers``.
+        started by dask-jobqueue on a cluster; overrides ``n_jobs``.
     participant_label : list of str, optional
         Only these participants (with or without ``sub-``).
     force : bool, default=False
@@ -685,8 +683,8 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
 
     if scheduler and todo:
         results += _run_on_cluster(todo, scheduler, new_bar)
-    elif workers > 1 and len(todo) > 1:
-        results += _run_local(todo, workers, new_bar, config)
+    elif n_jobs > 1 and len(todo) > 1:
+        results += _run_local(todo, n_jobs, new_bar, config)
     else:
         with new_bar() as bar:
             for t in todo:

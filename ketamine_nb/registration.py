@@ -17,6 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .derivatives import TEMPLATE_SPACE as _TEMPLATE_SPACE
 from .exceptions import InputError
 
 __all__ = [
@@ -30,8 +31,9 @@ __all__ = [
 ]
 
 #: BIDS name of the template space: nilearn ships the ICBM 2009a symmetric
-#: template (``mni_icbm152_t1_tal_nlin_sym_09a``).
-TEMPLATE_SPACE = "MNI152NLin2009aSym"
+#: template (``mni_icbm152_t1_tal_nlin_sym_09a``). Defined with the file
+#: names in :mod:`ketamine_nb.derivatives`.
+TEMPLATE_SPACE = _TEMPLATE_SPACE
 
 #: Registration defaults, chosen on the simulated cohort (see
 #: benchmarks/RESULTS.md): mutual information (b0 and T1 contrasts differ)
@@ -40,10 +42,9 @@ TEMPLATE_SPACE = "MNI152NLin2009aSym"
 #: head, three levels (12, 6 and 3 mm) of 100, 50 and 20 iterations. A rigid
 #: transform has 6 parameters: ~24,000 sample points constrain them to a
 #: fraction of a voxel, and the coarse level keeps the optimiser out of local
-#: optima. On 70 simulated sessions (three cohorts) every brain point came
-#: within 0.71 mm of its true position (median 0.11 mm) in 0.25 s of CPU per
-#: session on average; dense MI on a 4 mm template, the earlier default, came
-#: within 0.81 mm in 0.80 s.
+#: optima. On simulated sessions it is as accurate as dense MI on a 4 mm
+#: template (the earlier default) at less CPU: ``bench_registration`` in
+#: benchmarks/RESULTS.md.
 REGISTRATION_PARAMS = {
     "template_resolution": 3.0,
     "level_iters": (100, 50, 20),
@@ -82,9 +83,9 @@ def _build_template(resolution: float, crop: bool):
 def _template(resolution: float, crop: bool = False):
     """Return the template grid, from ``<data home>/template_cache`` once built.
 
-    Resampling nilearn's 1 mm template costs ~0.3 s and importing
-    ``nilearn.datasets`` ~0.45 s, in every process that registers a session;
-    the cached file (named after the nilearn version) reads in milliseconds.
+    Resampling nilearn's 1 mm template and importing ``nilearn.datasets``
+    would cost time in every process that registers a session; the cached
+    file (named after the nilearn version) reads much faster.
     A data home that cannot be written only means no cache.
     """
     from importlib.metadata import version

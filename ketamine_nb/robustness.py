@@ -18,7 +18,7 @@ import pandas as pd
 from .exceptions import InputError
 from .stats import MIN_PER_ARM
 
-__all__ = ["CHOICES", "DEFAULT_GRID", "load_cohort_voxels", "ols_interaction", "robustness_grid"]
+__all__ = ["CHOICES", "DEFAULT_GRID", "ols_interaction", "robustness_grid", "robustness_summary"]
 
 #: Default grid: 2 x 4 x 4 x 2 x 2 x 2 = 256 specifications.
 DEFAULT_GRID = {
@@ -33,47 +33,6 @@ DEFAULT_GRID = {
 #: The analytic choices of the grid, in the order of the robustness table's
 #: columns (the one list the figure, the explorer and the summaries use).
 CHOICES = tuple(DEFAULT_GRID)
-
-
-def load_cohort_voxels(out_dir, sessions: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Concatenate the per-voxel region tables of every done session.
-
-    Parameters
-    ----------
-    out_dir : str or pathlib.Path
-        Pipeline output folder.
-    sessions : pandas.DataFrame, optional
-        ``participant_id`` and ``session`` to load; default: the sessions in
-        ``roi_md.tsv``.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``participant_id``, ``session``, ``region`` (categoricals), ``probability``,
-        ``md``, ``md_ols`` (mm²/s), ``fa``.
-    """
-    from pathlib import Path
-
-    from .pipeline import load_region_voxels
-
-    if sessions is None:
-        roi = Path(out_dir) / "roi_md.tsv"
-        if not roi.is_file():
-            raise InputError(f"{roi}: not found; run 'ketamine-nb run' first")
-        sessions = pd.read_csv(roi, sep="\t")[["participant_id", "session"]].drop_duplicates()
-    frames = []
-    for row in sessions.itertuples():
-        v = load_region_voxels(out_dir, row.participant_id, row.session)
-        v = v.drop(columns=["i", "j", "k"])
-        v.insert(0, "session", row.session)
-        v.insert(0, "participant_id", row.participant_id)
-        frames.append(v)
-    out = pd.concat(frames, ignore_index=True)
-    for col in ("participant_id", "session", "region"):
-        out[col] = out[col].astype("category")
-    if "md_ols" not in out:
-        out["md_ols"] = np.nan
-    return out
 
 
 def ols_interaction(x, k, y, pre, covariates=None):
@@ -139,7 +98,7 @@ def robustness_grid(voxels: pd.DataFrame, scores: pd.DataFrame, *, pre: str = "p
     Parameters
     ----------
     voxels : pandas.DataFrame
-        Output of :func:`load_cohort_voxels`.
+        Output of :func:`ketamine_nb.derivatives.load_cohort_voxels`.
     scores : pandas.DataFrame
         One row per participant: ``arm`` and ``<outcome>_pre``/``_post``.
     pre, post : str, default="pre", "post"
@@ -224,3 +183,32 @@ def robustness_grid(voxels: pd.DataFrame, scores: pd.DataFrame, *, pre: str = "p
                                           None if cov is None else cov[ok])
                 rows.append({**spec, "region": region, **res})
     return pd.DataFrame(rows)
+
+
+def robustness_summary(robustness: pd.DataFrame, *, alpha: float = 0.05) -> pd.DataFrame:
+    """Across the specifications of the robustness grid, per region.
+
+    Parameters
+    ----------
+    robustness : pandas.DataFrame
+        ``Results.robustness`` (one row per specification × region).
+    alpha : float, default=0.05
+        Uncorrected level counted.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``region``, ``n_specifications`` (with an estimate), ``t_median``,
+        ``t_min``, ``t_max`` (interaction t = β / SE, unitless),
+        ``share_positive`` (fraction with t > 0) and ``share_significant``
+        (fraction with p < ``alpha``, uncorrected).
+    """
+    d = robustness.assign(t=robustness["beta_interaction"] / robustness["se_interaction"])
+    d = d[np.isfinite(d["t"])]
+    g = d.groupby("region", sort=False)
+    out = pd.DataFrame({"n_specifications": g.size(), "t_median": g["t"].median(),
+                        "t_min": g["t"].min(), "t_max": g["t"].max(),
+                        "share_positive": g["t"].apply(lambda s: (s > 0).mean()),
+                        "share_significant": g["p_interaction"].apply(
+                            lambda s: (s < alpha).mean())})
+    return out.reset_index()

@@ -30,21 +30,29 @@ import pandas as pd
 from .exceptions import InputError
 
 __all__ = [
+    "CHANGES",
+    "CORRECTIONS",
     "MIN_PER_ARM",
     "OUTCOMES",
     "REMISSION_CUTOFFS",
+    "REPORTED_PATTERN",
     "RESPONSE_REDUCTION",
     "STUDY_DIRECTIONS",
     "StatsConfig",
     "adjust_pvalues",
     "clinical_change",
+    "clinical_summary",
+    "cohort_table",
     "correlation_table",
+    "delta_summary",
     "freedman_lane",
     "model_formula",
+    "multiple_comparisons",
     "region_stats",
     "reliable_change",
-    "run_stats",
     "stats_input",
+    "study_comparison",
+    "study_pattern",
 ]
 
 #: Outcomes: name -> score column stem and scale maximum.
@@ -71,6 +79,14 @@ STUDY_DIRECTIONS = {
 
 _ARM_TERM = "C(arm, Treatment('saline'))"
 
+#: How a change is expressed: points (or 10⁻⁶ mm²/s for ΔMD), or percent of
+#: the pre value. Used by :class:`StatsConfig` and the command line.
+CHANGES = ("absolute", "percent")
+
+#: Multiple-comparison corrections across the rows of the table
+#: (statsmodels' names): Benjamini-Hochberg FDR, or Holm's FWER.
+CORRECTIONS = ("fdr_bh", "holm")
+
 #: Fewest participants per arm for which the interaction model is fitted
 #: (below it the per-arm slope rests on two points).
 MIN_PER_ARM = 3
@@ -96,8 +112,8 @@ class StatsConfig:
         Bootstrap resamples for the correlation CIs (0 skips them).
     correction : {"fdr_bh", "holm"}, default="fdr_bh"
         Multiple-comparison correction across all rows.
-    seed : int, default=0
-        Seed of the permutations and the bootstrap.
+    random_state : int, default=0
+        Seed of the permutations and the bootstrap (scikit-learn's name).
     """
 
     outcomes: tuple = ("madrs", "qids")
@@ -107,7 +123,7 @@ class StatsConfig:
     n_permutations: int = 5000
     n_bootstrap: int = 2000
     correction: str = "fdr_bh"
-    seed: int = 0
+    random_state: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "outcomes", tuple(self.outcomes))
@@ -115,12 +131,11 @@ class StatsConfig:
         bad = [o for o in self.outcomes if o not in OUTCOMES]
         if bad:
             raise InputError(f"unknown outcome(s) {bad}; use {', '.join(OUTCOMES)}")
-        if self.change not in ("absolute", "percent"):
-            raise InputError("change must be 'absolute' or 'percent'")
-        if self.md_change not in ("absolute", "percent"):
-            raise InputError("md_change must be 'absolute' or 'percent'")
-        if self.correction not in ("fdr_bh", "holm"):
-            raise InputError("correction must be 'fdr_bh' or 'holm'")
+        for name, allowed in (("change", CHANGES), ("md_change", CHANGES),
+                              ("correction", CORRECTIONS)):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} {getattr(self, name)!r} is unknown; use "
+                                 f"{' or '.join(allowed)}")
 
 
 def clinical_change(scores: pd.DataFrame, outcomes=("madrs", "qids")) -> pd.DataFrame:
@@ -238,7 +253,7 @@ def _design_matrices(df: pd.DataFrame, formula: str):
 
 
 def freedman_lane(df: pd.DataFrame, formula: str, term: str, *, n_permutations: int = 5000,
-                  rng=None) -> float:
+                  random_state=None) -> float:
     """Freedman-Lane permutation p-value of one term of an OLS model.
 
     The reduced model (without ``term``) is fitted; its residuals are
@@ -256,15 +271,16 @@ def freedman_lane(df: pd.DataFrame, formula: str, term: str, *, n_permutations: 
         Column name of the tested term in the design matrix.
     n_permutations : int, default=5000
         Number of permutations.
-    rng : numpy.random.Generator, optional
-        Random source (seeded by the caller for reproducibility).
+    random_state : int, numpy.random.Generator or None, default=None
+        Random source (an int seeds a new generator; None means seed 0, so
+        that a result is reproducible by default).
 
     Returns
     -------
     float
         Two-sided p = (1 + #{|t*| >= |t|}) / (1 + n_permutations).
     """
-    rng = rng if rng is not None else np.random.default_rng(0)
+    rng = np.random.default_rng(0 if random_state is None else random_state)
     y, X = _design_matrices(df, formula)
     if term not in X.columns:
         raise InputError(f"term {term!r} is not in the model; terms: {', '.join(X.columns)}")
@@ -317,7 +333,7 @@ def _corr_ci(x, y, *, n_bootstrap, rng):
     return out
 
 
-def correlation_table(rows: pd.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0,
+def correlation_table(rows: pd.DataFrame, *, n_bootstrap: int = 2000, random_state=0,
                       x: str = "delta_md_e6", y: str = "delta_score") -> pd.DataFrame:
     """Per region, outcome and arm: Pearson r (Fisher and bootstrap 95 % CIs), Spearman rho.
 
@@ -327,7 +343,7 @@ def correlation_table(rows: pd.DataFrame, *, n_bootstrap: int = 2000, seed: int 
         Output of :func:`stats_input`.
     n_bootstrap : int, default=2000
         Bootstrap resamples (percentile CI); 0 skips.
-    seed : int, default=0
+    random_state : int or numpy.random.Generator, default=0
         Bootstrap seed.
     x, y : str
         Columns correlated.
@@ -339,7 +355,7 @@ def correlation_table(rows: pd.DataFrame, *, n_bootstrap: int = 2000, seed: int 
         ``r_ci_high`` (Fisher z), ``r_boot_low``, ``r_boot_high``, ``r_p``,
         ``rho``, ``rho_p``.
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(random_state)
     out = []
     for (region, outcome, arm), g in rows.groupby(["region", "outcome", "arm"], sort=False):
         res = _corr_ci(g[x].to_numpy(float), g[y].to_numpy(float), n_bootstrap=n_bootstrap,
@@ -396,9 +412,10 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
     config = config or StatsConfig()
     formula = model_formula(config.covariates)
     inter = f"delta_md_e6:{_ARM_TERM}[T.ketamine]"
-    corr = correlation_table(rows, n_bootstrap=config.n_bootstrap, seed=config.seed)
+    corr = correlation_table(rows, n_bootstrap=config.n_bootstrap,
+                             random_state=config.random_state)
     corr_by = {(r.region, r.outcome, r.arm): r._asdict() for r in corr.itertuples(index=False)}
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.random_state)
     out = []
     for (region, outcome), g in rows.groupby(["region", "outcome"], sort=False):
         rec = {"region": region, "outcome": outcome, "formula": formula,
@@ -434,7 +451,8 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
                    t_interaction=fit.tvalues[inter], p_interaction=fit.pvalues[inter],
                    df_resid=fit.df_resid, r2=fit.rsquared)
         rec["p_perm_interaction"] = (
-            freedman_lane(g, formula, inter, n_permutations=config.n_permutations, rng=rng)
+            freedman_lane(g, formula, inter, n_permutations=config.n_permutations,
+                          random_state=rng)
             if config.n_permutations else np.nan)
         text, ok = _matches(region, {"ketamine": rec["slope_ketamine"],
                                      "saline": rec["slope_saline"]})
@@ -452,99 +470,6 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
     if "study_direction" not in table:
         table["study_direction"], table["matches_study"] = "not reported", np.nan
     return table
-
-
-def run_stats(out_dir, *, bids_dir=None, config: StatsConfig | None = None, pre: str = "pre",
-              post: str = "post", robustness: bool = False, voxelwise: bool = False,
-              voxelwise_permutations: int = 1000) -> dict:
-    """Run the ROI statistics on a pipeline output folder and write the tables.
-
-    Parameters
-    ----------
-    out_dir : str or pathlib.Path
-        Folder written by ``ketamine-nb run`` (needs ``roi_deltas.tsv``).
-    bids_dir : str or pathlib.Path, optional
-        Raw dataset to read the scores from; default: the ``scores.tsv`` the
-        pipeline copied into ``out_dir``.
-    config : StatsConfig, optional
-        Analytic choices.
-    pre, post : str, default="pre", "post"
-        Session labels (with ``bids_dir``).
-    robustness : bool, default=False
-        Also run :func:`ketamine_nb.robustness.robustness_grid` (``robustness.tsv``).
-    voxelwise : bool, default=False
-        Also run :func:`ketamine_nb.voxelwise.voxelwise_inference` per outcome
-        (``voxelwise/``).
-    voxelwise_permutations : int, default=1000
-        Permutations of the voxelwise test.
-
-    Returns
-    -------
-    dict
-        ``stats_roi``, ``stats_input``, ``dropped``, ``reliability`` (and
-        ``robustness``, ``voxelwise`` when asked); written to ``out_dir`` as
-        ``stats_roi.tsv``, ``stats_input.tsv``, ``reliability.tsv`` (+
-        ``robustness.tsv``, ``voxelwise/``) with ``stats_config.json``.
-    """
-    from dataclasses import asdict
-    from pathlib import Path
-
-    from ._utils import write_json, write_tsv
-
-    config = config or StatsConfig()
-    out = Path(out_dir)
-    deltas_path = out / "roi_deltas.tsv"
-    if not deltas_path.is_file():
-        raise InputError(f"{deltas_path}: not found; run 'ketamine-nb run BIDS_DIR {out_dir}' "
-                         "first")
-    deltas = pd.read_csv(deltas_path, sep="\t", na_values="n/a", keep_default_na=False)
-    participants = None
-    if bids_dir is not None:
-        from .study import load_study
-
-        study = load_study(bids_dir, pre=pre, post=post)
-        scores, participants = study.scores, study.participants
-    else:
-        sp = out / "scores.tsv"
-        if not sp.is_file():
-            raise InputError(f"{sp}: not found; pass --bids BIDS_DIR to read the scores from "
-                             "the raw dataset")
-        scores = pd.read_csv(sp, sep="\t", na_values="n/a", keep_default_na=False)
-        pp = out / "participants.tsv"
-        if pp.is_file():
-            participants = pd.read_csv(pp, sep="\t", na_values="n/a", keep_default_na=False)
-    rows, dropped = stats_input(deltas, scores, config=config, participants=participants)
-    if rows.empty:
-        raise InputError(f"{deltas_path}: no participant has both a ΔMD and the scores; check "
-                         "that participant_id values match the scores table")
-    table = region_stats(rows, config=config)
-    try:
-        _, reliability = reliable_change(deltas)
-    except InputError:  # fewer than two saline participants: no error estimate
-        reliability = None
-    write_tsv(rows, out / "stats_input.tsv")
-    write_tsv(table, out / "stats_roi.tsv")
-    if reliability is not None:
-        write_tsv(reliability, out / "reliability.tsv")
-    write_json(asdict(config), out / "stats_config.json")
-    result = {"stats_roi": table, "stats_input": rows, "dropped": dropped,
-              "reliability": reliability}
-    if robustness:
-        from .robustness import load_cohort_voxels, robustness_grid
-
-        grid = robustness_grid(load_cohort_voxels(out), scores, pre=pre, post=post,
-                               participants=participants)
-        write_tsv(grid, out / "robustness.tsv")
-        result["robustness"] = grid
-    if voxelwise:
-        from .voxelwise import voxelwise_inference
-
-        result["voxelwise"] = {o: voxelwise_inference(out, scores, outcome=o, pre=pre,
-                                                      post=post,
-                                                      n_perm=voxelwise_permutations,
-                                                      random_state=config.seed)
-                               for o in config.outcomes}
-    return result
 
 
 def reliable_change(roi_deltas: pd.DataFrame, *, reference_arm: str = "saline",
@@ -594,3 +519,254 @@ def reliable_change(roi_deltas: pd.DataFrame, *, reference_arm: str = "saline",
         summary[f"reliable_share_{arm}"] = share[arm]
     per_region = summary.reset_index()
     return d.drop(columns=["md_pre"]), per_region
+
+
+# ---------------------------------------------------------------------------
+# Summaries for reading the results (moved from ketamine_nb.teaching)
+
+#: What the paper's abstract reports per region (Kopelman et al. 2023).
+#: The signs are :data:`ketamine_nb.stats.STUDY_DIRECTIONS`;
+#: this is the same pattern in words, with the reported p-values.
+REPORTED_PATTERN = {
+    "BA10_L": "MD decrease went with improvement, mainly in the ketamine arm "
+              "(interaction p = 0.016-0.082)",
+    "BA10_R": "MD decrease went with improvement in both arms (p = 0.007)",
+    "amygdala_L": "MD decrease went with improvement, mainly in the ketamine arm "
+                  "(interaction p = 0.016-0.082)",
+    "amygdala_R": "not reported",
+    "hippocampus_L": "MD increase went with improvement in the ketamine arm, MADRS only "
+                     "(p = 0.032-0.06)",
+    "hippocampus_R": "MD increase went with improvement in the ketamine arm, MADRS only "
+                     "(p = 0.032-0.06)",
+    "vACC": "nothing reported",
+}
+
+
+def study_pattern() -> pd.DataFrame:
+    """Return the pattern the paper reports, one row per study region.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``region``, ``ketamine`` and ``saline`` (+1: a larger MD *decrease*
+        went with a larger improvement; −1: an MD *increase* did; 0: nothing
+        reported for that arm) and ``reported`` (the abstract in words, with
+        its p-values). From :data:`ketamine_nb.stats.STUDY_DIRECTIONS` and
+        :data:`REPORTED_PATTERN`.
+
+    Notes
+    -----
+    Δ = post − pre for MD and for the scores, and a lower score is better,
+    so +1 is a positive slope of Δscore on ΔMD.
+    """
+    from .regions import STUDY_REGIONS
+
+    rows = []
+    for region in STUDY_REGIONS:
+        d = STUDY_DIRECTIONS.get(region, {})
+        rows.append({"region": region, "ketamine": int(d.get("ketamine", 0)),
+                     "saline": int(d.get("saline", 0)),
+                     "reported": REPORTED_PATTERN.get(region, "not reported")})
+    return pd.DataFrame(rows)
+
+
+
+
+
+def study_comparison(stats_roi: pd.DataFrame, *, outcome: str | None = None,
+                     alpha: float = 0.05) -> pd.DataFrame:
+    """Set the paper's reported pattern beside this analysis, region by region.
+
+    Parameters
+    ----------
+    stats_roi : pandas.DataFrame
+        ``Results.stats_roi`` (from :func:`ketamine_nb.stats.region_stats`).
+    outcome : str, optional
+        Keep one outcome (``"madrs"`` or ``"qids"``); default: all rows.
+    alpha : float, default=0.05
+        Level for ``significant`` (the corrected q of the interaction).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``region``, ``outcome``, ``reported`` (the abstract in words),
+        ``study_direction`` (the reported signs), ``slope_ketamine``,
+        ``slope_saline`` (Δscore points per 10⁻⁶ mm²/s of ΔMD),
+        ``p_slope_ketamine``, ``p_slope_saline``, ``beta_interaction``,
+        ``p_interaction``, ``p_perm_interaction``, ``q`` (FDR or Holm),
+        ``matches_study`` (every reported sign has the same sign here),
+        ``verdict`` (``"same direction"``, ``"opposite direction"``,
+        ``"not reported"`` or ``"not estimated"``) and ``significant``
+        (``q < alpha``).
+
+    Notes
+    -----
+    A matching *direction* is not a replication: the interaction may be far
+    from significant. For right BA10 the paper reports the relation in both
+    arms, so no arm difference (interaction) is expected there; read the two
+    simple slopes and their p-values instead.
+    """
+    t = stats_roi if outcome is None else stats_roi[stats_roi["outcome"] == outcome]
+    if t.empty:
+        raise InputError(f"no rows for outcome {outcome!r}")
+    qcol = next((c for c in ("q_fdr", "q_holm") if c in t), None)
+    out = pd.DataFrame({
+        "region": t["region"].to_numpy(), "outcome": t["outcome"].to_numpy(),
+        "reported": [REPORTED_PATTERN.get(r, "not reported") for r in t["region"]]})
+    for col in ("study_direction", "slope_ketamine", "slope_saline", "p_slope_ketamine",
+                "p_slope_saline", "beta_interaction", "p_interaction", "p_perm_interaction"):
+        out[col] = t[col].to_numpy() if col in t else np.nan
+    out["q"] = t[qcol].to_numpy(float) if qcol else np.nan
+    verdicts, matches = [], []
+    for region, sk, ss in zip(out["region"], out["slope_ketamine"], out["slope_saline"],
+                              strict=True):
+        expected = STUDY_DIRECTIONS.get(region, {})
+        slopes = {"ketamine": sk, "saline": ss}
+        if not expected:
+            verdicts.append("not reported")
+            matches.append(np.nan)
+        elif not all(np.isfinite(slopes[a]) for a in expected):
+            verdicts.append("not estimated")
+            matches.append(np.nan)
+        else:
+            ok = all(np.sign(slopes[a]) == s for a, s in expected.items())
+            verdicts.append("same direction" if ok else "opposite direction")
+            matches.append(ok)
+    out["matches_study"] = pd.array(matches, dtype="boolean")
+    out["verdict"] = verdicts
+    out["significant"] = out["q"].to_numpy(float) < alpha
+    return out
+
+
+def cohort_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Who is in the cohort, per arm (a "table 1").
+
+    Parameters
+    ----------
+    scores : pandas.DataFrame
+        One row per participant: ``arm``, optionally ``age``, ``sex`` and
+        ``<outcome>_pre``/``_post`` (``Results.scores``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per arm: ``n``; ``age_mean``, ``age_sd`` and
+        ``female_percent`` when the columns exist; the mean of every score
+        column present (``madrs_pre``, ``madrs_post``, ``qids_pre``...).
+    """
+    if "arm" not in scores:
+        raise InputError("the scores table needs an 'arm' column")
+    g = scores.groupby("arm", sort=True)
+    out = pd.DataFrame({"n": g.size()})
+    if "age" in scores:
+        out["age_mean"] = g["age"].mean()
+        out["age_sd"] = g["age"].std(ddof=1)
+    if "sex" in scores:
+        out["female_percent"] = g["sex"].apply(lambda s: 100 * (s == "F").mean())
+    for o in OUTCOMES:
+        for ses in ("pre", "post"):
+            col = f"{o}_{ses}"
+            if col in scores:
+                out[f"{col}_mean"] = g[col].mean()
+    return out.reset_index()
+
+
+def clinical_summary(scores: pd.DataFrame, *, outcomes=("madrs", "qids")) -> pd.DataFrame:
+    """Score change, response and remission per arm and outcome.
+
+    Parameters
+    ----------
+    scores : pandas.DataFrame
+        One row per participant (``Results.scores``).
+    outcomes : sequence of str, default=("madrs", "qids")
+        Outcomes.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``outcome``, ``arm``, ``n`` (with both scores), ``pre_mean``,
+        ``post_mean``, ``delta_mean`` and ``delta_sd`` (post − pre, points;
+        negative = better), ``responders_percent`` (a reduction of at least
+        50 %) and ``remitters_percent`` (post at or below the cut-off), from
+        :func:`ketamine_nb.stats.clinical_change`.
+    """
+    c = clinical_change(scores, outcomes).dropna(subset=["delta_score"])
+    g = c.groupby(["outcome", "arm"], sort=False)
+    out = pd.DataFrame({"n": g.size(), "pre_mean": g["score_pre"].mean(),
+                        "post_mean": g["score_post"].mean(),
+                        "delta_mean": g["delta_score"].mean(),
+                        "delta_sd": g["delta_score"].std(ddof=1),
+                        "responders_percent": 100 * g["responder"].mean(),
+                        "remitters_percent": 100 * g["remitter"].mean()})
+    return out.reset_index()
+
+
+def delta_summary(roi_deltas: pd.DataFrame) -> pd.DataFrame:
+    """Mean ΔMD per region and arm.
+
+    Parameters
+    ----------
+    roi_deltas : pandas.DataFrame
+        ``Results.roi_deltas`` (``region``, ``arm``, ``delta_md`` in mm²/s,
+        ``pct_delta_md``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``region``, ``arm``, ``n``, ``delta_md_mean``, ``delta_md_sd``
+        (mm²/s), ``pct_delta_md_mean`` (percent of the pre value) and
+        ``share_decreased`` (fraction of participants whose MD went down).
+    """
+    d = roi_deltas.dropna(subset=["delta_md"])
+    g = d.groupby(["region", "arm"], sort=False)
+    out = pd.DataFrame({"n": g.size(), "delta_md_mean": g["delta_md"].mean(),
+                        "delta_md_sd": g["delta_md"].std(ddof=1),
+                        "pct_delta_md_mean": g["pct_delta_md"].mean(),
+                        "share_decreased": g["delta_md"].apply(lambda s: (s < 0).mean())})
+    return out.reset_index()
+
+
+def multiple_comparisons(stats_roi: pd.DataFrame, *, column: str = "p_interaction",
+                         alpha: float = 0.05) -> pd.DataFrame:
+    """How many tests pass at ``alpha`` with no correction, Bonferroni, Holm and FDR.
+
+    Parameters
+    ----------
+    stats_roi : pandas.DataFrame
+        A table with one p-value per test (``Results.stats_roi``).
+    column : str, default="p_interaction"
+        The p-value column (e.g. ``"p_perm_interaction"``).
+    alpha : float, default=0.05
+        Level; a test passes when its adjusted p is below it.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per correction (``none``, ``bonferroni``, ``holm``,
+        ``fdr_bh``): ``n_tests`` (finite p-values), ``n_significant``,
+        ``controls`` (what the correction keeps at ``alpha``) and ``tests``
+        (the region/outcome of each passing test, when the table has them).
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    if column not in stats_roi:
+        raise InputError(f"no column {column!r} in the table")
+    p = stats_roi[column].to_numpy(float)
+    ok = np.isfinite(p)
+    names = (stats_roi["region"].astype(str) + "/" + stats_roi["outcome"].astype(str)
+             ).to_numpy() if {"region", "outcome"} <= set(stats_roi) \
+        else np.arange(len(p)).astype(str)
+    controls = {"none": "nothing: each test alone at alpha",
+                "bonferroni": "family-wise error (any false positive)",
+                "holm": "family-wise error, uniformly more powerful than Bonferroni",
+                "fdr_bh": "false discovery rate (expected share of false positives)"}
+    rows = []
+    for method, what in controls.items():
+        adj = np.full(p.shape, np.nan)
+        if ok.any():
+            adj[ok] = p[ok] if method == "none" else multipletests(p[ok], method=method)[1]
+        sig = ok & (adj < alpha)
+        rows.append({"correction": method, "n_tests": int(ok.sum()),
+                     "n_significant": int(sig.sum()), "controls": what,
+                     "tests": ", ".join(names[sig])})
+    return pd.DataFrame(rows)

@@ -13,14 +13,23 @@ error corrected p-values, optionally with TFCE; the contrast is the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .derivatives import session_paths
 from .exceptions import InputError
 
-__all__ = ["delta_md_maps", "voxelwise_design", "voxelwise_inference"]
+__all__ = [
+    "VoxelwiseResult",
+    "delta_md_maps",
+    "mean_delta_md_map",
+    "voxelwise_design",
+    "voxelwise_inference",
+    "voxelwise_summary",
+]
 
 #: Columns of the voxelwise design matrix; the tested contrast is the last
 #: but one (the interaction).
@@ -57,7 +66,6 @@ def delta_md_maps(out_dir, participants, *, pre: str = "pre", post: str = "post"
     """
     import nibabel as nib
 
-    from .pipeline import session_paths
     from .roi import DEFAULT_CSF_MD_THRESHOLD
 
     thr = DEFAULT_CSF_MD_THRESHOLD if csf_md_threshold is None else csf_md_threshold
@@ -123,10 +131,46 @@ def _t_map(img, design, mask):
     return nib.Nifti1Image(out, img.affine)
 
 
+@dataclass
+class VoxelwiseResult:
+    """The voxelwise test of one outcome (:func:`voxelwise_inference`).
+
+    Attributes
+    ----------
+    outcome : str
+        The outcome whose change entered the design.
+    t : nibabel.Nifti1Image
+        t map of the Δscore x arm interaction (template space).
+    logp_max_t : nibabel.Nifti1Image
+        -log10 of the max-t FWE-corrected p-value per voxel.
+    clusters : pandas.DataFrame
+        nilearn's cluster table at ``|t| >= cluster_threshold``.
+    design : pandas.DataFrame
+        The design matrix, one row per participant (:data:`DESIGN_COLUMNS`).
+    ids : list of str
+        The participants, in the design's order.
+    tfce, logp_max_tfce : nibabel.Nifti1Image or None
+        TFCE map and its -log10 FWE p-value, when asked.
+    """
+
+    outcome: str
+    t: object
+    logp_max_t: object
+    clusters: pd.DataFrame
+    design: pd.DataFrame
+    ids: list
+    tfce: object = None
+    logp_max_tfce: object = None
+
+    def n_significant(self, alpha: float = 0.05) -> int:
+        """Count the voxels with FWE-corrected p below ``alpha``."""
+        return int((np.asarray(self.logp_max_t.dataobj) > -np.log10(alpha)).sum())
+
+
 def voxelwise_inference(out_dir, scores: pd.DataFrame, *, outcome: str = "madrs",
-                        pre: str = "pre", post: str = "post", n_perm: int = 1000,
+                        pre: str = "pre", post: str = "post", n_permutations: int = 1000,
                         tfce: bool = False, cluster_threshold: float = 3.0,
-                        random_state: int = 0, write: bool = True) -> dict:
+                        random_state: int = 0, write: bool = True) -> VoxelwiseResult:
     """Voxelwise Δscore x arm interaction on ΔMD with FWE-corrected permutation p.
 
     Parameters
@@ -139,7 +183,7 @@ def voxelwise_inference(out_dir, scores: pd.DataFrame, *, outcome: str = "madrs"
         Outcome whose change enters the design.
     pre, post : str
         Session labels.
-    n_perm : int, default=1000
+    n_permutations : int, default=1000
         Permutations (max-t FWE).
     tfce : bool, default=False
         Also compute TFCE and its FWE p-values (slower).
@@ -154,10 +198,9 @@ def voxelwise_inference(out_dir, scores: pd.DataFrame, *, outcome: str = "madrs"
 
     Returns
     -------
-    dict
-        ``t`` (t map), ``logp_max_t`` (-log10 FWE p), optional
-        ``tfce``/``logp_max_tfce``, ``clusters`` (DataFrame), ``design``
-        and ``ids``.
+    VoxelwiseResult
+        The t and -log10 FWE p maps (optionally TFCE), the cluster table,
+        the design and the participants.
     """
     from nilearn.glm.second_level import non_parametric_inference
     from nilearn.reporting import get_clusters_table
@@ -181,7 +224,7 @@ def voxelwise_inference(out_dir, scores: pd.DataFrame, *, outcome: str = "madrs"
     img = nib.Nifti1Image(np.asarray(img.dataobj) * 1e6, img.affine)
     res = non_parametric_inference(
         list(iter_img(img)), design_matrix=design, second_level_contrast="delta_score_x_ketamine",
-        mask=mask, n_perm=n_perm, two_sided_test=True, random_state=random_state,
+        mask=mask, n_perm=n_permutations, two_sided_test=True, random_state=random_state,
         model_intercept=False,  # the design has its own intercept column
         n_jobs=1, threshold=None, tfce=tfce, verbose=0)
     # nilearn returns a single t map without TFCE/threshold: normalise to a dict.
@@ -195,7 +238,6 @@ def voxelwise_inference(out_dir, scores: pd.DataFrame, *, outcome: str = "madrs"
         warnings.filterwarnings("ignore", message="No clusters found")
         out["clusters"] = get_clusters_table(res["t"], stat_threshold=cluster_threshold,
                                              cluster_threshold=5, two_sided=True)
-    out["design"], out["ids"] = design, ids
     if write:
         vdir = Path(out_dir) / "voxelwise"
         for key in ("t", "logp_max_t", "tfce", "logp_max_tfce"):
@@ -205,4 +247,68 @@ def voxelwise_inference(out_dir, scores: pd.DataFrame, *, outcome: str = "madrs"
         write_tsv(out["clusters"], vdir / f"outcome-{outcome}_contrast-interaction_clusters.tsv")
         write_tsv(design.reset_index(names="participant_id"),
                   vdir / f"outcome-{outcome}_design.tsv")
-    return out
+    return VoxelwiseResult(outcome=outcome, t=out["t"], logp_max_t=out["logp_max_t"],
+                           clusters=out["clusters"], design=design, ids=list(ids),
+                           tfce=out.get("tfce"), logp_max_tfce=out.get("logp_max_tfce"))
+
+
+def mean_delta_md_map(out_dir, participant_ids, *, pre: str = "pre", post: str = "post"):
+    """Mean ΔMD map (template space) of a group of participants (e.g. one arm).
+
+    Parameters
+    ----------
+    out_dir : str or pathlib.Path
+        Pipeline output folder.
+    participant_ids : sequence of str
+        The participants averaged (e.g. one arm's, from ``Results.participants``).
+    pre, post : str
+        Session labels.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        3D mean of MD(post) − MD(pre) (mm²/s) over the participants, 0
+        outside the voxels :func:`delta_md_maps` keeps (tissue with MD in
+        every session).
+    """
+    import nibabel as nib
+
+    ids = list(participant_ids)
+    if not ids:
+        raise InputError("no participants to average; check the arm's name")
+    img, _, mask = delta_md_maps(out_dir, ids, pre=pre, post=post)
+    mean = np.asarray(img.dataobj, np.float32).mean(axis=-1)
+    mean[np.asarray(mask.dataobj) == 0] = 0
+    return nib.Nifti1Image(mean.astype(np.float32), img.affine)
+
+
+def voxelwise_summary(result: VoxelwiseResult, *, alpha: float = 0.05,
+                      t_threshold: float = 3.0) -> pd.DataFrame:
+    """Summarise what the voxelwise test found, in one row.
+
+    Parameters
+    ----------
+    result : VoxelwiseResult
+        From :func:`voxelwise_inference`.
+    alpha : float, default=0.05
+        Family-wise error level.
+    t_threshold : float, default=3.0
+        Uncorrected |t| threshold counted for comparison.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``n_participants``, ``n_voxels`` (tested: non-zero t), ``peak_abs_t``,
+        ``n_voxels_t_above`` (|t| ≥ ``t_threshold``, uncorrected),
+        ``min_p_fwe`` (smallest max-t FWE p) and ``n_voxels_fwe`` (FWE p <
+        ``alpha``).
+    """
+    t = np.asarray(result.t.dataobj, float)
+    logp = np.asarray(result.logp_max_t.dataobj, float)
+    tested = t != 0
+    p = np.power(10.0, -logp[tested]) if tested.any() else np.array([np.nan])
+    return pd.DataFrame([{
+        "n_participants": len(result.ids or []), "n_voxels": int(tested.sum()),
+        "peak_abs_t": float(np.abs(t).max()),
+        "n_voxels_t_above": int((np.abs(t) >= t_threshold).sum()),
+        "min_p_fwe": float(np.nanmin(p)), "n_voxels_fwe": int((p < alpha).sum())}])

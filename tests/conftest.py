@@ -109,7 +109,8 @@ def processed_cohort(small_cohort, tmp_path_factory):
     run_stats result) and ``raw_hashes`` (the raw tree before processing).
     """
     from ketamine_nb.pipeline import run_pipeline
-    from ketamine_nb.stats import StatsConfig, run_stats
+    from ketamine_nb.stats import StatsConfig
+    from ketamine_nb.workflows import run_stats
 
     before = tree_hashes(small_cohort)
     out = tmp_path_factory.mktemp("derivatives") / "out"
@@ -126,3 +127,6 @@ def small_results(processed_cohort):
     from ketamine_nb.results import load_results
 
     return load_results(processed_cohort["out"])
+
+
+from conftest_builders import memory_results  # noqa: E402,F401  (in-memory Results for widget/plotting tests)

@@ -29,9 +29,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ketamine_nb.cli import main
+from ketamine_nb.derivatives import session_paths
 from ketamine_nb.dwi import check_gradients, read_gradients
 from ketamine_nb.exceptions import InputError
-from ketamine_nb.pipeline import run_pipeline, session_paths
+from ketamine_nb.pipeline import run_pipeline
 
 GOOD, BAD = "sub-001", "sub-002"
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ketamine_nb.pipeline import session_paths
+from ketamine_nb.derivatives import session_paths
 from ketamine_nb.robustness import ols_interaction, robustness_grid
 from ketamine_nb.stats import StatsConfig, region_stats, reliable_change, stats_input
 from ketamine_nb.voxelwise import voxelwise_inference
@@ -127,15 +127,15 @@ def test_voxelwise_finds_a_planted_block_and_nothing_else(tmp_path, rng):
             nib.save(nib.Nifti1Image(md.astype(np.float32), affine), p)
     scores = pd.DataFrame({"participant_id": pids, "arm": arm, "madrs_pre": pre,
                            "madrs_post": pre + delta})
-    res = voxelwise_inference(tmp_path, scores, n_perm=500, random_state=0)
-    logp = res["logp_max_t"].get_fdata()
+    res = voxelwise_inference(tmp_path, scores, n_permutations=500, random_state=0)
+    logp = res.logp_max_t.get_fdata()
     sig = logp > -np.log10(0.05)
     inside = np.zeros(shape, bool)
     inside[block] = True
     assert sig[inside].mean() > 0.9
     assert sig[~inside].sum() <= 2            # FWE 5 %: almost never a false voxel
     assert not sig[0].any()                   # nothing outside the mask
-    assert res["t"].get_fdata()[inside].mean() > 5
-    assert len(res["clusters"]) >= 1
+    assert res.t.get_fdata()[inside].mean() > 5
+    assert len(res.clusters) >= 1
     assert (tmp_path / "voxelwise").is_dir()
-    assert res["design"].columns[-2] == "delta_score_x_ketamine"
+    assert res.design.columns[-2] == "delta_score_x_ketamine"

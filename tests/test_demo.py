@@ -22,7 +22,7 @@ def test_demo_simulates_runs_and_reuses(tmp_path):
     deltas = pd.read_csv(demo / "derivatives" / "roi_deltas.tsv", sep="\t")
     assert len(deltas) == 3 * 7 and deltas["delta_md"].notna().all()
     # What the notebooks read is there, the robustness grid (notebook 06) too.
-    from ketamine_nb.results import demo_results
+    from ketamine_nb.workflows import demo_results
 
     res = demo_results(home, prepare=False)
     assert res.robustness is not None and set(res.robustness["region"]) == set(

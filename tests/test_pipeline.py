@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 from dipy.reconst.dti import TensorModel
 
+from ketamine_nb.derivatives import session_paths
 from ketamine_nb.dwi import brain_mask, check_gradients, load_dwi
 from ketamine_nb.exceptions import InputError
-from ketamine_nb.pipeline import PipelineConfig, process_session, run_pipeline, session_paths
+from ketamine_nb.pipeline import PipelineConfig, process_session, run_pipeline
 from ketamine_nb.regions import STUDY_REGIONS
 from ketamine_nb.registration import read_transform
 from ketamine_nb.roi import summarise_regions
@@ -326,11 +327,11 @@ def test_dask_workers_give_identical_outputs(processed, tmp_path):
     labels = ["sub-002", "sub-003"]
     out = tmp_path / "dask"
     # --workers 2: Dask's local multiprocessing scheduler with 2 processes.
-    res = run_pipeline(processed["bids"], out, participant_label=labels[:1], workers=2,
+    res = run_pipeline(processed["bids"], out, participant_label=labels[:1], n_jobs=2,
                        progress=False)
     assert set(res.sessions["status"]) == {"processed"}
     # --scheduler ADDRESS: join a cluster started elsewhere (as dask-jobqueue would).
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+    with LocalCluster(n_n_jobs=2, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster:
         res = run_pipeline(processed["bids"], out, participant_label=labels, progress=False,
                            scheduler=cluster.scheduler_address)
@@ -354,7 +355,7 @@ def test_spawned_workers_give_identical_outputs(processed, tmp_path, monkeypatch
     monkeypatch.setattr(pipeline, "_start_method", lambda: "spawn")
     monkeypatch.setattr(pipeline, "_warm_up", lambda config: calls.append(config))
     out = tmp_path / "spawn"
-    res = run_pipeline(processed["bids"], out, participant_label=["sub-002"], workers=2,
+    res = run_pipeline(processed["bids"], out, participant_label=["sub-002"], n_jobs=2,
                        progress=False)
     assert res.sessions["status"].tolist() == ["processed", "processed"]
     assert calls == []  # nothing to inherit: the parent does not warm up for spawn
@@ -384,7 +385,7 @@ def test_a_dying_worker_fails_its_sessions_instead_of_hanging(processed, tmp_pat
     signal.alarm(300)
     try:
         res = run_pipeline(processed["bids"], tmp_path / "out",
-                           participant_label=["sub-002", "sub-003"], workers=2,
+                           participant_label=["sub-002", "sub-003"], n_jobs=2,
                            progress=False)
     finally:
         signal.alarm(0)
@@ -398,7 +399,7 @@ def test_a_dying_worker_fails_its_sessions_instead_of_hanging(processed, tmp_pat
     # The sessions that finished are kept and reused by the rerun that is advised.
     monkeypatch.setattr(pipeline, "_task", real_task)
     again = run_pipeline(processed["bids"], tmp_path / "out",
-                         participant_label=["sub-002", "sub-003"], workers=2, progress=False)
+                         participant_label=["sub-002", "sub-003"], n_jobs=2, progress=False)
     done = status[status == "processed"].index
     assert set(again.sessions.set_index(["participant_id", "session"])
                .loc[done, "status"]) <= {"reused"}
@@ -414,7 +415,7 @@ def test_a_rerun_with_nothing_to_do_starts_no_worker(processed, tmp_path, monkey
     def no_pool(*args, **kwargs):
         raise AssertionError("workers started for sessions that are done")
     monkeypatch.setattr(pipeline, "_run_local", no_pool)
-    res = run_pipeline(processed["bids"], out, participant_label=["sub-001"], workers=2,
+    res = run_pipeline(processed["bids"], out, participant_label=["sub-001"], n_jobs=2,
                        progress=False)
     assert res.sessions["status"].tolist() == ["reused", "reused"]
 

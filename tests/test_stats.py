@@ -103,10 +103,10 @@ def test_freedman_lane_is_exact_for_a_strong_effect_and_calibrated_under_the_nul
     rows, _ = stats_input(deltas, scores, config=StatsConfig(outcomes=("madrs",)))
     term = "delta_md_e6:C(arm, Treatment('saline'))[T.ketamine]"
     p = freedman_lane(rows, model_formula(), term, n_permutations=999,
-                      rng=np.random.default_rng(1))
+                      random_state=np.random.default_rng(1))
     assert p == pytest.approx(1 / 1000)
     assert freedman_lane(rows, model_formula(), term, n_permutations=999,
-                         rng=np.random.default_rng(1)) == p      # seeded: reproducible
+                         random_state=np.random.default_rng(1)) == p   # seeded: reproducible
     # Under the null the permutation p tracks the OLS p.
     deltas, scores = _tables(rng, slope_ket=0.2, slope_sal=0.2, noise=8.0)
     rows, _ = stats_input(deltas, scores, config=StatsConfig(outcomes=("madrs",)))

@@ -1,0 +1,246 @@
+"""The derivatives layout: where the pipeline writes, and how to read it back.
+
+This module is the one place that knows the file names of a ketamine-nb
+derivatives folder (BIDS-Derivatives, as pyAFQ and QSIPrep name theirs) and
+reads its tables. Everything else (the pipeline that writes, the results
+object, the statistics, the robustness grid, the voxelwise maps, the
+notebooks) asks here.
+
+Layout of ``OUT_DIR``::
+
+    dataset_description.json        BIDS-Derivatives description (source dataset URL)
+    pipeline_config.json            the processing choices
+    participants.tsv, scores.tsv    copied from the raw dataset
+    roi_md.tsv                      one row per participant x session x region
+    roi_deltas.tsv                  one row per participant x region (Δ = post − pre)
+    failures.tsv                    sessions or participants that could not be used
+    stats_roi.tsv, stats_input.tsv, reliability.tsv, robustness.tsv, stats_config.json
+    voxelwise/                      voxelwise maps and tables
+    sub-<id>/ses-<label>/dwi/       per-session images, transform, voxel table, QC
+
+Tables are BIDS TSV: tab-separated, ``n/a`` for a missing value.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._utils import atomic_write_bytes
+from .exceptions import InputError
+
+__all__ = [
+    "MNI_MAP_RESOLUTION",
+    "TABLES",
+    "TEMPLATE_SPACE",
+    "find_derivatives",
+    "load_cohort_voxels",
+    "load_region_voxels",
+    "read_tsv",
+    "session_paths",
+    "write_region_voxels",
+]
+
+#: Template space of the registration (nilearn's MNI152 2009 template), as
+#: written in file names (``space-``/``from-`` entities).
+TEMPLATE_SPACE = "MNI152NLin2009aSym"
+
+#: Voxel size (mm) of the MD maps resampled to the template for voxelwise
+#: statistics: the DWI's own resolution, so no detail is invented.
+MNI_MAP_RESOLUTION = 3.0
+
+#: The cohort-level tables of a derivatives folder: attribute name -> file.
+TABLES = {
+    "roi_md": "roi_md.tsv",
+    "roi_deltas": "roi_deltas.tsv",
+    "failures": "failures.tsv",
+    "participants": "participants.tsv",
+    "scores": "scores.tsv",
+    "stats_roi": "stats_roi.tsv",
+    "stats_input": "stats_input.tsv",
+    "reliability": "reliability.tsv",
+    "robustness": "robustness.tsv",
+}
+
+
+def read_tsv(path, *, missing_ok: bool = False) -> pd.DataFrame | None:
+    """Read a BIDS TSV table (tab-separated, ``n/a`` is missing).
+
+    Only ``n/a`` counts as missing: a region called ``NA`` or a participant
+    called ``nan`` stays a string, as BIDS intends.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The table.
+    missing_ok : bool, default=False
+        Return None for a missing file instead of raising.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        The table (None when it is missing and ``missing_ok``).
+
+    Raises
+    ------
+    InputError
+        The file is missing (without ``missing_ok``) or is not a table.
+    """
+    path = Path(path)
+    if not path.is_file():
+        if missing_ok:
+            return None
+        raise InputError(f"{path}: not found; run 'ketamine-nb run' (or 'ketamine-nb demo') "
+                         "first")
+    try:
+        return pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a readable TSV table ({str(exc).splitlines()[0]}); "
+                         "rerun the step that wrote it") from None
+
+
+def session_paths(out_dir, participant_id: str, session: str) -> dict:
+    """Return the BIDS-Derivatives paths of one session's outputs.
+
+    Parameters
+    ----------
+    out_dir : str or pathlib.Path
+        Derivatives folder.
+    participant_id : str
+        ``sub-<label>``.
+    session : str
+        Session label without ``ses-``.
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        ``dir``, ``mask``, ``md``, ``fa`` (maps on the DWI grid; MD in
+        mm²/s), ``xfm`` (template-to-DWI matrix), ``md_mni`` (MD on the
+        :data:`MNI_MAP_RESOLUTION` mm template grid), ``voxels`` (the
+        per-voxel region table) and ``qc`` (the QC JSON).
+    """
+    d = Path(out_dir) / participant_id / f"ses-{session}" / "dwi"
+    p = f"{participant_id}_ses-{session}"
+    return {
+        "dir": d,
+        "mask": d / f"{p}_space-dwi_desc-brain_mask.nii.gz",
+        "md": d / f"{p}_space-dwi_model-DTI_desc-MD_dwimap.nii.gz",
+        "fa": d / f"{p}_space-dwi_model-DTI_desc-FA_dwimap.nii.gz",
+        "xfm": d / f"{p}_from-{TEMPLATE_SPACE}_to-dwi_mode-image_xfm.txt",
+        "md_mni": d / f"{p}_space-{TEMPLATE_SPACE}_res-{MNI_MAP_RESOLUTION:g}_model-DTI"
+                      "_desc-MD_dwimap.nii.gz",
+        "voxels": d / f"{p}_desc-regionvoxels_dwi.tsv.gz",
+        "qc": d / f"{p}_desc-qc_dwi.json",
+    }
+
+
+def write_region_voxels(voxels: pd.DataFrame, path) -> Path:
+    """Write a per-voxel region table as gzipped TSV, atomically and byte-stably.
+
+    Six significant digits keep MD (mm²/s) well below its noise; the gzip
+    header has no time stamp, so the same table always gives the same bytes.
+    """
+    text = voxels.to_csv(sep="\t", index=False, float_format="%.6g", lineterminator="\n")
+    return atomic_write_bytes(Path(path), gzip.compress(text.encode(), compresslevel=6, mtime=0))
+
+
+def load_region_voxels(out_dir, participant_id: str, session: str) -> pd.DataFrame:
+    """Read one session's per-voxel region table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``region`` (categorical), voxel indices ``i``, ``j``, ``k``,
+        ``probability``, ``md`` (mm²/s), ``fa`` and ``md_ols`` (mm²/s) where
+        the pipeline stored it.
+    """
+    p = session_paths(out_dir, participant_id, session)["voxels"]
+    if not p.is_file():
+        raise InputError(f"{p}: not found; rerun 'ketamine-nb run' for {participant_id} "
+                         f"ses-{session}")
+    return pd.read_csv(p, sep="\t", dtype={"region": "category"})
+
+
+def load_cohort_voxels(out_dir, sessions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Concatenate the per-voxel region tables of every done session.
+
+    Parameters
+    ----------
+    out_dir : str or pathlib.Path
+        Pipeline output folder.
+    sessions : pandas.DataFrame, optional
+        ``participant_id`` and ``session`` to load; default: the sessions in
+        ``roi_md.tsv``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``participant_id``, ``session``, ``region`` (categoricals), ``probability``,
+        ``md``, ``md_ols`` (mm²/s), ``fa``.
+    """
+    if sessions is None:
+        roi = read_tsv(Path(out_dir) / TABLES["roi_md"])
+        sessions = roi[["participant_id", "session"]].drop_duplicates()
+    frames = []
+    for row in sessions.itertuples():
+        v = load_region_voxels(out_dir, row.participant_id, row.session)
+        v = v.drop(columns=["i", "j", "k"])
+        v.insert(0, "session", row.session)
+        v.insert(0, "participant_id", row.participant_id)
+        frames.append(v)
+    out = pd.concat(frames, ignore_index=True)
+    for col in ("participant_id", "session", "region"):
+        out[col] = out[col].astype("category")
+    if "md_ols" not in out:
+        out["md_ols"] = np.nan
+    return out
+
+
+def find_derivatives(path) -> Path:
+    """Return the derivatives folder at or below ``path``.
+
+    ``path`` may be the derivatives folder itself, the folder the demo was
+    made in (``ketamine-nb demo --out DIR`` puts the tables in
+    ``DIR/derivatives``) or any folder with exactly one derivatives folder
+    below it.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A folder.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder holding ``roi_md.tsv`` and ``roi_deltas.tsv``.
+
+    Raises
+    ------
+    InputError
+        No such folder, or none (or several) with the tables at or below it.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder; give the folder 'ketamine-nb run' wrote "
+                         "(or the demo's folder)")
+
+    def has_tables(d: Path) -> bool:
+        return (d / TABLES["roi_md"]).is_file() and (d / TABLES["roi_deltas"]).is_file()
+
+    if has_tables(root):
+        return root
+    if has_tables(root / "derivatives"):
+        return root / "derivatives"
+    found = sorted({p.parent for p in root.glob("*/roi_deltas.tsv")}
+                   | {p.parent for p in root.glob("*/*/roi_deltas.tsv")})
+    found = [d for d in found if has_tables(d)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise InputError(f"{root}: several result folders below it ("
+                         f"{', '.join(str(d) for d in found[:4])}); give one of them")
+    raise InputError(f"{root}: no roi_md.tsv/roi_deltas.tsv here or below; run "
+                     f"'ketamine-nb run BIDS_DIR {root}' (or 'ketamine-nb demo') first")
