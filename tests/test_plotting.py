@@ -101,8 +101,8 @@ def spec_table():
 
 # ---------------------------------------------------------------- tables to pictures
 
-def test_delta_by_arm_shows_every_delta_in_display_units(small_results):
-    d = small_results.roi_deltas
+def test_delta_by_arm_shows_every_delta_in_display_units(memory_results):
+    d = memory_results.roi_deltas
     fig = plot_delta_by_arm(d)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
@@ -110,28 +110,28 @@ def test_delta_by_arm_shows_every_delta_in_display_units(small_results):
     y = np.concatenate([c.get_offsets()[:, 1] for c in _points(ax)])
     expected = d["delta_md"].dropna().to_numpy() * 1e6
     np.testing.assert_allclose(np.sort(y), np.sort(expected), rtol=1e-6)
-    assert [t.get_text() for t in ax.get_xticklabels()] == small_results.regions
+    assert [t.get_text() for t in ax.get_xticklabels()] == memory_results.regions
     colours = {_rgb(c.get_facecolor()[0]) for c in _points(ax)}
     assert colours == {_rgb(ARM_COLORS[a]) for a in d["arm"].unique()}
     assert any(np.allclose(line.get_ydata(), 0) for line in ax.lines)  # zero line
 
 
-def test_delta_by_arm_region_subset_and_given_axes(small_results):
-    d = small_results.roi_deltas
+def test_delta_by_arm_region_subset_and_given_axes(memory_results):
+    d = memory_results.roi_deltas
     fig, (left, right) = plt.subplots(1, 2)
-    out = plot_delta_by_arm(d, ax=right, regions=["amygdala_R", "BA10_L"])
+    out = plot_delta_by_arm(d, ax=right, regions=["amygdala_L", "BA10_L"])
     assert out is fig
     assert not left.collections
-    assert [t.get_text() for t in right.get_xticklabels()] == ["amygdala_R", "BA10_L"]
+    assert [t.get_text() for t in right.get_xticklabels()] == ["amygdala_L", "BA10_L"]
     n = sum(len(c.get_offsets()) for c in _points(right))
-    assert n == d["region"].isin(["amygdala_R", "BA10_L"]).sum()
+    assert n == d["region"].isin(["amygdala_L", "BA10_L"]).sum()
 
 
-def test_scatter_one_fit_per_arm_in_arm_colour(small_results):
-    rows = small_results.stats_input
+def test_scatter_one_fit_per_arm_in_arm_colour(memory_results):
+    rows = memory_results.stats_input
     rows = rows[(rows["region"] == "BA10_L") & (rows["outcome"] == "madrs")]
     fig, ax = plt.subplots()
-    assert plot_scatter(small_results.stats_input, "BA10_L", "madrs", ax=ax) is fig
+    assert plot_scatter(memory_results.stats_input, "BA10_L", "madrs", ax=ax) is fig
     fits = [line for line in ax.lines if (line.get_gid() or "").startswith("fit:")]
     arms = sorted(rows["arm"].unique())
     assert sorted(line.get_gid()[4:] for line in fits) == arms
@@ -149,12 +149,12 @@ def test_scatter_one_fit_per_arm_in_arm_colour(small_results):
     assert DELTA_UNITS in ax.get_xlabel() and "MADRS" in ax.get_ylabel()
 
 
-def test_scatter_annotates_r_from_the_stats_row(small_results):
+def test_scatter_annotates_r_from_the_stats_row(memory_results):
     row = pd.Series({"region": "BA10_L", "outcome": "madrs", "r_ketamine": 0.42,
                      "r_ketamine_ci_low": 0.10, "r_ketamine_ci_high": 0.66,
                      "r_saline": -0.05, "r_saline_ci_low": -0.4, "r_saline_ci_high": 0.3,
                      "p_interaction": 0.012, "q_fdr": 0.03})
-    fig = plot_scatter(small_results.stats_input, "BA10_L", "madrs", stats_roi=row,
+    fig = plot_scatter(memory_results.stats_input, "BA10_L", "madrs", stats_roi=row,
                        change_label="ΔMADRS (% of baseline)")
     ax = fig.axes[0]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -163,7 +163,7 @@ def test_scatter_annotates_r_from_the_stats_row(small_results):
     assert "p = 0.012" in ax.get_title() and "q = 0.03" in ax.get_title()
     assert ax.get_ylabel() == "ΔMADRS (% of baseline)"
     with pytest.raises(InputError):
-        plot_scatter(small_results.stats_input, "nowhere", "madrs")
+        plot_scatter(memory_results.stats_input, "nowhere", "madrs")
 
 
 def test_forest_marks_exactly_the_q_below_alpha(forest_table):

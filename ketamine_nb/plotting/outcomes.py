@@ -85,7 +85,7 @@ class ScatterFigure(FigureHandle):
 
     def __init__(self, *, ax=None, arms=tuple(ARM_COLORS), figure=None):
         if ax is None and figure is not None:
-            ax = figure.add_axes((0.12, 0.12, 0.62, 0.76))
+            ax = figure.add_axes((0.11, 0.12, 0.85, 0.76))
             fig = figure
         else:
             fig, ax = _axes(ax, (5.8, 4.6))

@@ -43,7 +43,7 @@ class OutcomeExplorer(Explorer):
             "covariates": dropdown("Covariates", [("none", "none"), ("age + sex", "age+sex")],
                                    "none"),
         }
-        handle = ScatterFigure(figure=plain_figure(7.5, 4.6), arms=tuple(ARM_COLORS))
+        handle = ScatterFigure(figure=plain_figure(6.4, 4.6), arms=tuple(ARM_COLORS))
         super().__init__(controls, handle, title="Outcome: ΔMD against the change in "
                          "depression score", name="outcome", region_state=region_state)
 
