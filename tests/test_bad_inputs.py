@@ -207,6 +207,19 @@ def test_a_bad_session_fails_alone(base, tmp_path, capsys, name, mutate, where, 
     assert BAD not in set(deltas["participant_id"])
 
 
+def test_exit_1_says_in_words_that_the_rest_is_complete(base, tmp_path, capsys):
+    """A participant with one session: exit 1, and the summary says it is no crash (18.4)."""
+    raw, out, extra = _case(base, tmp_path, _missing_post_session,
+                            seed_sessions=((GOOD, "pre"), (GOOD, "post"), (BAD, "pre")))
+    code = main(["run", str(raw), str(out), "--quiet", *extra])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "1 participant(s) left out" in printed and "failures.tsv" in printed
+    assert "complete and usable for the other 1 participant(s)" in printed
+    assert "Exit code 1 means exactly this" in printed
+    _good_complete(out)
+
+
 # --------------------------------------------------------------------------
 # Dataset-level problems: exit 2, nothing processed
 

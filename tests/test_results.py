@@ -41,3 +41,28 @@ def test_session_images_voxels_and_transforms(small_results):
 def test_missing_results_say_what_to_run(tmp_path):
     with pytest.raises(InputError, match="ketamine-nb run"):
         load_results(tmp_path)
+
+
+def test_load_results_accepts_the_demo_folder_and_points_below(tmp_path, processed_cohort):
+    """``ketamine-nb demo --out X`` writes X/derivatives: X itself loads (issue 18.1)."""
+    import shutil
+
+    demo = tmp_path / "X"
+    shutil.copytree(processed_cohort["out"], demo / "derivatives",
+                    ignore=shutil.ignore_patterns("sub-*"))
+    r = load_results(demo)
+    assert r.out_dir == demo / "derivatives"
+    assert len(r.roi_deltas) == 8 * 7
+    # One level further up, the only derivatives folder below is still found.
+    assert load_results(tmp_path).out_dir == demo / "derivatives"
+    # Two result folders below: the error names them, and asks for one.
+    shutil.copytree(demo, tmp_path / "Y")
+    with pytest.raises(InputError, match=r"several result folders.*X/derivatives"):
+        load_results(tmp_path)
+
+
+def test_find_derivatives_names_a_missing_folder(tmp_path):
+    from ketamine_nb.derivatives import find_derivatives
+
+    with pytest.raises(InputError, match="no such folder"):
+        find_derivatives(tmp_path / "nothing")
