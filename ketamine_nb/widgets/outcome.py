@@ -10,7 +10,8 @@ import pandas as pd
 from ..exceptions import InputError
 from ..plotting import ARM_COLORS, ScatterFigure
 from ..plotting._base import plain_figure
-from ._base import Explorer, RegionState, dropdown, fmt_p, html_table, note
+from ._base import Explorer, RegionState
+from ._controls import dropdown, fmt_p, html_table, note
 
 __all__ = ["OutcomeExplorer", "outcome_explorer"]
 

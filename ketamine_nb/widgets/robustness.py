@@ -10,7 +10,8 @@ from ..plotting import SpecCurveFigure, choice_label
 from ..plotting._base import plain_figure
 from ..plotting.specification import spec_levels
 from ..robustness import CHOICES
-from ._base import Explorer, RegionState, dropdown, fmt_p, html_table, note
+from ._base import Explorer, RegionState
+from ._controls import dropdown, fmt_p, html_table, note
 
 __all__ = ["RobustnessExplorer", "robustness_explorer"]
 

@@ -10,10 +10,9 @@ import numpy as np
 from ..exceptions import InputError
 from ..plotting import MD_SCALE
 from ..plotting.slices import VIEWS, RegionFigure, region_session
-from ._base import (
+from ._base import Explorer, RegionState
+from ._controls import (
     SESSION_CACHE_SIZE,
-    Explorer,
-    RegionState,
     dropdown,
     fmt,
     html_table,
