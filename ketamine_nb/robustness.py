@@ -69,7 +69,8 @@ def ols_interaction(x, k, y, pre, covariates=None):
     res = y - X @ beta
     sigma2 = (res @ res) / (n - p)
     xtx_inv = np.linalg.pinv(X.T @ X)
-    se = np.sqrt(sigma2 * xtx_inv[3, 3])
+    with np.errstate(invalid="ignore"):  # a degenerate design (no ΔMD spread): NaN
+        se = np.sqrt(sigma2 * xtx_inv[3, 3])
     t = beta[3] / se if se > 0 else np.nan
     return {"beta_interaction": beta[3], "se_interaction": se,
             "p_interaction": 2 * t_dist.sf(abs(t), n - p) if np.isfinite(t) else np.nan,

@@ -20,6 +20,7 @@ from ketamine_nb.stats import (
     freedman_lane,
     model_formula,
     region_stats,
+    reliable_change,
     stats_input,
 )
 
@@ -235,3 +236,18 @@ def test_fisher_ci_equals_the_formula_by_hand(rng):
         assert t.loc[arm, "r"] == pytest.approx(r, rel=1e-12)
         assert t.loc[arm, "r_ci_low"] == pytest.approx(np.tanh(z - 1.959964 * se), rel=1e-6)
         assert t.loc[arm, "r_ci_high"] == pytest.approx(np.tanh(z + 1.959964 * se), rel=1e-6)
+
+
+def test_reliable_change_uses_the_saline_spread():
+    deltas = pd.DataFrame({
+        "participant_id": [f"s{i}" for i in range(8)],
+        "arm": ["saline"] * 4 + ["ketamine"] * 4, "region": "A",
+        "md_pre": 0.8e-3,
+        "delta_md": np.array([-2, -1, 1, 2, 10, 0.5, -6, 3]) * 1e-6})
+    per, summary = reliable_change(deltas)
+    sd = np.std([-2, -1, 1, 2], ddof=1) * 1e-6
+    assert summary["sd_delta_reference"].iloc[0] == pytest.approx(sd)
+    assert summary["sem_session"].iloc[0] == pytest.approx(sd / np.sqrt(2))
+    np.testing.assert_allclose(per["rci"], deltas["delta_md"] / sd)
+    assert per.loc[per.arm == "ketamine", "reliable"].tolist() == [True, False, True, False]
+    assert summary["reliable_share_ketamine"].iloc[0] == pytest.approx(0.5)

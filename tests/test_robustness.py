@@ -1,16 +1,20 @@
-"""Beyond the study: robustness grid, reliability of ΔMD, voxelwise inference."""
+"""The robustness grid: the ROI model rerun over analytic choices, from cached voxels."""
 
 from __future__ import annotations
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 
-from ketamine_nb.derivatives import session_paths
-from ketamine_nb.robustness import ols_interaction, robustness_grid
-from ketamine_nb.stats import StatsConfig, region_stats, reliable_change, stats_input
-from ketamine_nb.voxelwise import voxelwise_inference
+from ketamine_nb.exceptions import InputError
+from ketamine_nb.robustness import (
+    CHOICES,
+    DEFAULT_GRID,
+    ols_interaction,
+    robustness_grid,
+    robustness_summary,
+)
+from ketamine_nb.stats import MIN_PER_ARM, StatsConfig, region_stats, stats_input
 
 
 def _cohort_voxels(rng, n_ket=30, n_sal=15, slope_ket=2.0):
@@ -88,54 +92,68 @@ def test_ols_interaction_equals_statsmodels(rng):
     assert res["p_interaction"] == pytest.approx(fit.pvalues["x:k"], rel=1e-7)
 
 
-def test_reliable_change_uses_the_saline_spread():
-    deltas = pd.DataFrame({
-        "participant_id": [f"s{i}" for i in range(8)],
-        "arm": ["saline"] * 4 + ["ketamine"] * 4, "region": "A",
-        "md_pre": 0.8e-3,
-        "delta_md": np.array([-2, -1, 1, 2, 10, 0.5, -6, 3]) * 1e-6})
-    per, summary = reliable_change(deltas)
-    sd = np.std([-2, -1, 1, 2], ddof=1) * 1e-6
-    assert summary["sd_delta_reference"].iloc[0] == pytest.approx(sd)
-    assert summary["sem_session"].iloc[0] == pytest.approx(sd / np.sqrt(2))
-    np.testing.assert_allclose(per["rci"], deltas["delta_md"] / sd)
-    assert per.loc[per.arm == "ketamine", "reliable"].tolist() == [True, False, True, False]
-    assert summary["reliable_share_ketamine"].iloc[0] == pytest.approx(0.5)
+ONE_SPEC = {"fit_method": ("configured",), "probability_threshold": (0.5,),
+            "csf_md_threshold": (1.1e-3,), "outcome": ("madrs",), "change": ("absolute",),
+            "covariates": ((),)}
 
 
-def test_voxelwise_finds_a_planted_block_and_nothing_else(tmp_path, rng):
-    """ΔMD maps where one 3x3x3 block follows Δscore under ketamine only."""
-    shape = (12, 12, 12)
-    affine = np.diag([3.0, 3.0, 3.0, 1.0])
-    n_ket, n_sal = 30, 15
-    n = n_ket + n_sal
-    pids = [f"sub-{i:03d}" for i in range(1, n + 1)]
-    arm = np.array(["ketamine"] * n_ket + ["saline"] * n_sal)
-    pre = rng.integers(20, 40, n).astype(float)
-    delta = rng.normal(-10, 8, n)
-    block = (slice(4, 7),) * 3
-    for i, pid in enumerate(pids):
-        md_pre = np.full(shape, 0.8e-3) + rng.normal(0, 2e-6, shape)
-        md_post = md_pre + rng.normal(0, 4e-6, shape)
-        if arm[i] == "ketamine":
-            md_post[block] += 2e-6 * (delta[i] - delta.mean())
-        for md in (md_pre, md_post):  # outside the "brain": no MD
-            md[:1], md[-1:], md[:, :1], md[:, -1:], md[:, :, :1], md[:, :, -1:] = 0, 0, 0, 0, 0, 0
-        for ses, md in (("pre", md_pre), ("post", md_post)):
-            p = session_paths(tmp_path, pid, ses)["md_mni"]
-            p.parent.mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(md.astype(np.float32), affine), p)
-    scores = pd.DataFrame({"participant_id": pids, "arm": arm, "madrs_pre": pre,
-                           "madrs_post": pre + delta})
-    res = voxelwise_inference(tmp_path, scores, n_permutations=500, random_state=0)
-    logp = res.logp_max_t.get_fdata()
-    sig = logp > -np.log10(0.05)
-    inside = np.zeros(shape, bool)
-    inside[block] = True
-    assert sig[inside].mean() > 0.9
-    assert sig[~inside].sum() <= 2            # FWE 5 %: almost never a false voxel
-    assert not sig[0].any()                   # nothing outside the mask
-    assert res.t.get_fdata()[inside].mean() > 5
-    assert len(res.clusters) >= 1
-    assert (tmp_path / "voxelwise").is_dir()
-    assert res.design.columns[-2] == "delta_score_x_ketamine"
+def test_default_grid_size_and_choices():
+    assert CHOICES == tuple(DEFAULT_GRID)
+    n = np.prod([len(v) for v in DEFAULT_GRID.values()])
+    assert n == 256
+
+
+def test_grid_choices_change_the_answer_as_they_should(rng):
+    voxels, scores, d_e6 = _cohort_voxels(rng)
+    # The OLS-fitted MD is 1 % higher in every voxel: ΔMD 1 % larger, slope 1 % smaller.
+    g = robustness_grid(voxels, scores, grid=dict(ONE_SPEC, fit_method=("configured", "OLS")))
+    a = g[(g.region == "A") & (g.fit_method == "configured")].iloc[0]
+    b = g[(g.region == "A") & (g.fit_method == "OLS")].iloc[0]
+    assert b["slope_ketamine"] == pytest.approx(a["slope_ketamine"] / 1.01, rel=1e-6)
+    assert b["p_interaction"] == pytest.approx(a["p_interaction"], rel=1e-6)
+    # Without the CSF guard the CSF-like voxels (MD 2.5e-3, unchanged) dilute ΔMD:
+    # weights 20*0.6 tissue vs 3*0.6 CSF.
+    g = robustness_grid(voxels, scores, grid=dict(ONE_SPEC, csf_md_threshold=(None, 1.1e-3)))
+    off = g[(g.region == "A") & g.csf_md_threshold.isna()].iloc[0]
+    on = g[(g.region == "A") & (g.csf_md_threshold == 1.1e-3)].iloc[0]
+    assert off["slope_ketamine"] == pytest.approx(on["slope_ketamine"] * 23 / 20, rel=0.02)
+    # Percent change of the score: the model sees 100 * Δ / pre.
+    g = robustness_grid(voxels, scores, grid=dict(ONE_SPEC, change=("absolute", "percent")))
+    assert set(g["change"]) == {"absolute", "percent"}
+    pct = g[(g.region == "A") & (g.change == "percent")].iloc[0]
+    assert pct["beta_interaction"] != pytest.approx(on["beta_interaction"])
+    # Covariates enter the model: n is unchanged, the estimate moves a little.
+    g = robustness_grid(voxels, scores, grid=dict(ONE_SPEC, covariates=((), ("age", "sex"))))
+    cov = g[(g.region == "A") & (g.covariates == "age+sex")].iloc[0]
+    assert cov["n"] == on["n"] == len(scores)
+    assert cov["beta_interaction"] == pytest.approx(on["beta_interaction"], rel=0.2)
+
+
+def test_grid_leaves_an_arm_with_too_few_participants_empty(rng):
+    voxels, scores, _ = _cohort_voxels(rng, n_ket=10, n_sal=MIN_PER_ARM - 1)
+    g = robustness_grid(voxels, scores, grid=ONE_SPEC)
+    assert g["p_interaction"].isna().all() and (g["n"] == 10 + MIN_PER_ARM - 1).all()
+
+
+def test_grid_refuses_unknown_choices_with_one_line(rng):
+    voxels, scores, _ = _cohort_voxels(rng, n_ket=6, n_sal=4)
+    with pytest.raises(InputError, match="not cached"):
+        robustness_grid(voxels, scores, grid=dict(ONE_SPEC, fit_method=("NLLS",)))
+    with pytest.raises(InputError, match="not in the voxel tables"):
+        robustness_grid(voxels, scores, pre="baseline", grid=ONE_SPEC)
+    with pytest.raises(InputError, match="not available"):
+        robustness_grid(voxels, scores, grid=dict(ONE_SPEC, covariates=(("bmi",),)))
+
+
+def test_robustness_summary_counts_known_specifications():
+    grid = pd.DataFrame({"region": ["A"] * 4 + ["B"] * 2,
+                         "beta_interaction": [1.0, 2.0, -1.0, np.nan, 3.0, 1.0],
+                         "se_interaction": [0.5, 0.5, 1.0, 1.0, 1.0, 2.0],
+                         "p_interaction": [0.04, 0.001, 0.3, np.nan, 0.01, 0.6]})
+    s = robustness_summary(grid).set_index("region")
+    assert s.loc["A", "n_specifications"] == 3          # the NaN row has no estimate
+    assert s.loc["A", "t_median"] == pytest.approx(2.0)
+    assert s.loc["A", "t_min"] == pytest.approx(-1.0) and s.loc["A", "t_max"] == 4.0
+    assert s.loc["A", "share_positive"] == pytest.approx(2 / 3)
+    assert s.loc["A", "share_significant"] == pytest.approx(2 / 3)
+    assert s.loc["B", "share_significant"] == pytest.approx(0.5)
