@@ -29,6 +29,7 @@ from .exceptions import InputError
 __all__ = [
     "ATLASES",
     "DEFAULT_PROBABILITY_THRESHOLD",
+    "GLOBAL_GM",
     "STUDY_REGIONS",
     "RegionMaps",
     "atlas_labels",
@@ -46,6 +47,14 @@ STUDY_REGIONS = (
     "hippocampus_R",
     "vACC",
 )
+
+#: Name of the whole-brain grey-matter reference written beside the regions
+#: (``roi_md.tsv``, ``roi_deltas.tsv``): MD over the MNI152 grey-matter
+#: probability (nilearn's template) brought to the participant with the atlas,
+#: inside the field of view both visits share. Its change is the statistics'
+#: global covariate. It is not held to the coverage rule: a partial field of
+#: view still gives the same grey matter in both visits.
+GLOBAL_GM = "global_gm"
 
 #: Default atlas probability threshold (fraction, 0-1). A voxel belongs to a
 #: region when at least 25 % of the atlas subjects had it in that label. FSL's

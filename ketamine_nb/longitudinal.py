@@ -1,0 +1,967 @@
+"""Both visits of a participant in one space, and the atlas brought there once.
+
+Why a halfway space
+-------------------
+ΔMD = post − pre is a difference of two maps of the same brain, so the two
+maps must sample the same tissue. Registering each visit to the template on
+its own (the package's earlier design) puts each visit's registration error
+into ΔMD: on a real same-day rescan on a rotated grid (``uih-retest``
+sub-01) regional ΔMD came out between −1.6 % and +3.0 % when the truth is 0.
+Here, per participant:
+
+1. the post visit is registered to the pre visit, rigidly (:func:`register_visits`),
+   on the brain-masked mean diffusion-weighted image with mutual information:
+   the b > 0 signal has tissue contrast in both visits and, unlike the b0, no
+   bright CSF rim that a reversed phase-encoding direction shifts in
+   opposite directions; mutual information tolerates the intensity changes
+   distortion causes;
+2. both visits are resampled into the *halfway* space: with ``A`` the rigid
+   transform (``x_post = A x_pre``), the halfway transform ``H`` is its
+   matrix square root (``H @ H = A``), pre is moved by ``H`` and post by
+   ``H⁻¹``, so both are interpolated by the same amount and neither visit is
+   the reference (the convention of FreeSurfer's ``mri_robust_template`` and
+   of ANTs' longitudinal pipelines, Reuter et al. 2012). The grid is halfway
+   between the two visits' grids too (:func:`halfway_grid`). Each DWI volume
+   is interpolated once, with any within-scan realignment composed in
+   (:func:`resample_dwi`), and the tensor is fitted there;
+3. the atlas is registered once per participant to the mean MD of the
+   aligned visits (:func:`register_atlas`): affine (12 degrees of freedom,
+   mutual information), then symmetric diffeomorphic (SyN, local
+   cross-correlation) at low resolution, against a synthetic MD template made
+   from nilearn's bundled MNI152 (2009a) tissue probabilities
+   (:func:`synthetic_md_template`). A region then has the same voxels in both
+   visits; the CSF guard is judged once, on the mean MD of the two visits.
+
+Coverage
+--------
+:func:`region_coverage` gives, per region and visit, the share of the region's
+atlas probability mass that falls inside the visit's field of view
+(``coverage_fov``) and inside its brain mask (``coverage_brain``). Regions
+under :data:`ketamine_nb.roi.DEFAULT_MIN_COVERAGE` are not summarised (see
+:mod:`ketamine_nb.roi`).
+
+Library
+-------
+dipy's ``imaffine`` + ``SymmetricDiffeomorphicRegistration``, not ANTsPy:
+measured in ``benchmarks/bench_longitudinal.py`` (numbers in
+``benchmarks/RESULTS.md``), both bring the regions to the same place within
+the accuracy the 3-4 mm data allow, and at the low-resolution settings used
+here dipy is as fast; dipy is already a dependency (ANTsPy is a ~100 MB
+wheel that also brings its own ITK thread pool).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from .exceptions import InputError
+from .regions import GLOBAL_GM
+
+__all__ = [
+    "ATLAS_REGISTRATIONS",
+    "DEFAULT_ATLAS_REGISTRATION",
+    "MIN_VISIT_SIMILARITY",
+    "TISSUE_MD",
+    "AtlasMapping",
+    "halfway_grid",
+    "halfway_transform",
+    "register_atlas",
+    "register_visits",
+    "resample_dwi",
+    "resample_image",
+    "synthetic_md_template",
+]
+
+#: Atlas-to-participant registration models: ``affine`` (12 parameters) or
+#: ``syn`` (affine, then symmetric diffeomorphic).
+ATLAS_REGISTRATIONS = ("affine", "syn")
+
+#: Default atlas registration: a real head differs from the template in shape
+#: as well as size; with an affine only, 25-47 % of the BA10 regions of a
+#: real scan fell inside its brain mask.
+DEFAULT_ATLAS_REGISTRATION = "syn"
+
+#: Post-to-pre registration is flagged as untrustworthy when the correlation
+#: of the two visits' brain-masked mean DWI after registration is below this.
+#: Same-day rescans on the same protocol reach 0.9 and more; a reversed
+#: phase-encoding direction, whose distortions differ, lowers it.
+MIN_VISIT_SIMILARITY = 0.85
+
+#: Mean diffusivity of the tissue classes at body temperature (mm²/s) used to
+#: paint the synthetic template: grey matter ~0.8e-3, white matter ~0.7e-3
+#: (Pierpaoli et al. 1996), CSF ~3.0e-3 (free water at 37 °C).
+TISSUE_MD = {"gm": 0.80e-3, "wm": 0.70e-3, "csf": 3.0e-3}
+
+#: Registration settings. Rigid post-to-pre: mutual information on every brain
+#: voxel at the DWI's resolution, two levels. Atlas: affine on a template at
+#: ``atlas_resolution`` mm, then SyN on the same grid with few iterations (the
+#: 3-4 mm data carry no detail finer than that).
+LONGITUDINAL_PARAMS = {
+    "visit_level_iters": (50, 20, 5),
+    "visit_sigmas": (2.0, 1.0, 0.0),
+    "visit_factors": (4, 2, 1),
+    "visit_sampling": None,
+    "atlas_resolution": 4.0,
+    "start_level_iters": (20,),
+    "start_sigmas": (1.0,),
+    "start_factors": (2,),
+    "affine_level_iters": (20, 10),
+    "affine_sigmas": (1.0, 0.0),
+    "affine_factors": (2, 1),
+    "syn_level_iters": (10, 5),
+    "syn_cc_radius": 2,
+    "nbins": 32,
+    "sampling_proportion": None,
+    "affine_min_fov": 0.9,
+}
+
+
+# --------------------------------------------------------------------------- visits
+
+
+def _masked(img, mask_img=None, clip=None):
+    data = np.ascontiguousarray(np.asarray(img.dataobj, np.float32))
+    if clip is not None:
+        data = np.clip(data, 0, clip)
+    if mask_img is not None:
+        data = np.where(np.asarray(mask_img.dataobj) > 0, data, np.float32(0))
+    return np.ascontiguousarray(data, np.float32)
+
+
+def register_visits(pre_img, post_img, *, pre_mask=None, post_mask=None,
+                    params: dict | None = None):
+    """Rigidly register the post visit to the pre visit.
+
+    Parameters
+    ----------
+    pre_img, post_img : nibabel.Nifti1Image
+        3D images of the same contrast, e.g. the mean diffusion-weighted image
+        (b > 0) of each visit, on their own grids.
+    pre_mask, post_mask : nibabel.Nifti1Image, optional
+        Brain masks; the images are set to 0 outside them.
+    params : dict, optional
+        Overrides of :data:`LONGITUDINAL_PARAMS`.
+
+    Returns
+    -------
+    matrix : numpy.ndarray, shape (4, 4)
+        ``A`` with ``x_post = A @ x_pre`` (world mm; dipy's static-to-moving
+        convention, static = pre).
+    similarity : float
+        Pearson correlation of the two masked images on the pre grid after
+        registration (1 = identical up to scale).
+    """
+    from dipy.align.imaffine import (
+        AffineRegistration,
+        MutualInformationMetric,
+        transform_centers_of_mass,
+    )
+    from dipy.align.transforms import RigidTransform3D
+
+    p = dict(LONGITUDINAL_PARAMS, **(params or {}))
+    static = _masked(pre_img, pre_mask)
+    moving = _masked(post_img, post_mask)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        com = transform_centers_of_mass(static, pre_img.affine, moving, post_img.affine)
+        reg = AffineRegistration(
+            metric=MutualInformationMetric(nbins=p["nbins"],
+                                           sampling_proportion=p["visit_sampling"]),
+            level_iters=list(p["visit_level_iters"]), sigmas=list(p["visit_sigmas"]),
+            factors=list(p["visit_factors"]), verbosity=0)
+        # Start from the scanner's own alignment (same session, same table
+        # position) unless the centres of mass say the head moved by more
+        # than a few mm.
+        start = np.eye(4) if np.linalg.norm(com.affine[:3, 3]) < 10 else com.affine
+        res = reg.optimize(static, moving, RigidTransform3D(), None,
+                           static_grid2world=pre_img.affine, moving_grid2world=post_img.affine,
+                           starting_affine=start)
+    A = np.asarray(res.affine, np.float64)
+    moved = resample_image(post_img if post_mask is None else _as_img(moving, post_img),
+                           A, pre_img.affine, pre_img.shape[:3])
+    return A, _similarity(static, np.asarray(moved.dataobj))
+
+
+def _as_img(data, like):
+    import nibabel as nib
+
+    return nib.Nifti1Image(np.asarray(data, np.float32), like.affine)
+
+
+def _similarity(a, b) -> float:
+    m = (a > 0) & (b > 0)
+    if m.sum() < 10:
+        return float("nan")
+    return float(np.corrcoef(a[m], b[m])[0, 1])
+
+
+def halfway_transform(A):
+    """Return ``H`` with ``H @ H = A`` for a rigid (or affine) 4x4 matrix.
+
+    The principal matrix square root: for a rotation by θ about an axis it
+    rotates by θ/2 about the same axis, with half the screw translation.
+    """
+    from scipy.linalg import sqrtm
+
+    H = sqrtm(np.asarray(A, np.float64))
+    H = np.real(H)
+    H[3] = [0, 0, 0, 1]
+    return H
+
+
+def halfway_grid(pre_img, post_img, A, *, pad: int = 1):
+    """Return the halfway space's grid and each visit's map into it.
+
+    Parameters
+    ----------
+    pre_img, post_img : nibabel.Nifti1Image
+        The visits (any contrast; only the grids are used).
+    A : numpy.ndarray, shape (4, 4)
+        :func:`register_visits`' matrix (``x_post = A @ x_pre``).
+    pad : int, default=1
+        Voxels added on every side of the grid so that a rotated field of
+        view is not cut at its corners.
+
+    Returns
+    -------
+    affine : numpy.ndarray, shape (4, 4)
+        Voxel-to-halfway-mm matrix of the grid.
+    shape : tuple of int
+    to_pre, to_post : numpy.ndarray, shape (4, 4)
+        World maps from halfway mm to each visit's mm
+        (``x_pre = to_pre @ x_half``, ``x_post = to_post @ x_half``).
+
+    Notes
+    -----
+    With ``H = sqrt(A)``, halfway mm is ``x_half = H @ x_pre = H⁻¹ @ x_post``.
+    Its grid is halfway between the two visits' grids as seen from there: the
+    pre grid moved by ``H`` and the post grid moved by ``H⁻¹`` differ by a
+    voxel-space map ``M``; the grid is the pre grid followed by ``sqrt(M)``.
+    A rescan on a grid rotated by 14° is then resampled on a grid rotated by
+    7° from each, so both visits are interpolated alike.
+    """
+    H = halfway_transform(A)
+    Hinv = np.linalg.inv(H)
+    g_pre = H @ pre_img.affine
+    g_post = Hinv @ post_img.affine
+    M = np.linalg.inv(g_pre) @ g_post
+    try:
+        S = halfway_transform(M)
+        affine = g_pre @ S
+        if not np.all(np.isfinite(affine)):
+            raise ValueError
+    except (ValueError, np.linalg.LinAlgError):
+        affine = g_pre
+    shape = np.array(pre_img.shape[:3]) + 2 * pad
+    affine = affine.copy()
+    affine[:3, 3] -= affine[:3, :3] @ np.full(3, pad)
+    return affine, tuple(int(s) for s in shape), Hinv, H
+
+
+def _sample(data, vox, order=1, cval=0.0):
+    from scipy.ndimage import map_coordinates
+
+    return map_coordinates(data, vox, order=order, mode="constant", cval=cval, prefilter=False)
+
+
+def resample_image(img, world_map, target_affine, target_shape, *, order: int = 1):
+    """Resample a 3D image onto a grid.
+
+    Parameters
+    ----------
+    img : nibabel.Nifti1Image
+        3D source image.
+    world_map : numpy.ndarray, shape (4, 4)
+        Maps target mm to source mm (``x_source = world_map @ x_target``).
+    target_affine : numpy.ndarray, shape (4, 4)
+    target_shape : tuple of int
+    order : int, default=1
+        0 nearest, 1 linear.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        float32, 0 outside the source.
+    """
+    import nibabel as nib
+
+    vox = np.linalg.inv(img.affine) @ np.asarray(world_map, float) @ target_affine
+    ijk = np.indices(target_shape, dtype=np.float32).reshape(3, -1)
+    coords = vox[:3, :3] @ ijk + vox[:3, 3:4]
+    data = np.asarray(img.dataobj, np.float32)
+    out = _sample(data, coords, order=order).reshape(target_shape)
+    return nib.Nifti1Image(out.astype(np.float32), target_affine)
+
+
+def field_of_view(img, world_map, target_affine, target_shape):
+    """Boolean map of the target voxels whose centre lies inside ``img``'s grid."""
+    vox = np.linalg.inv(img.affine) @ np.asarray(world_map, float) @ target_affine
+    ijk = np.indices(target_shape, dtype=np.float32).reshape(3, -1)
+    c = vox[:3, :3] @ ijk + vox[:3, 3:4]
+    n = np.asarray(img.shape[:3])[:, None]
+    inside = np.all((c >= -0.5) & (c <= n - 0.5), axis=0)
+    return inside.reshape(target_shape)
+
+
+def resample_dwi(dwi_img, gtab, world_map, target_affine, target_shape, *,
+                 volume_transforms=None):
+    """Resample every DWI volume onto a grid with one interpolation.
+
+    Parameters
+    ----------
+    dwi_img : nibabel.Nifti1Image
+        4D DWI on its own grid.
+    gtab : dipy.core.gradients.GradientTable
+        Its gradients (b-vectors in the image's voxel axes, as BIDS stores
+        them).
+    world_map : numpy.ndarray, shape (4, 4)
+        Target mm to the visit's reference mm (e.g. ``to_pre`` of
+        :func:`halfway_grid`).
+    target_affine, target_shape :
+        The target grid.
+    volume_transforms : numpy.ndarray, shape (n_volumes, 4, 4), optional
+        Within-scan realignment: ``x_volume = T[k] @ x_reference`` (world mm)
+        for volume ``k``; composed with ``world_map`` so that each volume is
+        interpolated once.
+
+    Returns
+    -------
+    img : nibabel.Nifti1Image
+        float32 4D DWI on the target grid (0 outside the source).
+    gtab : dipy.core.gradients.GradientTable
+        The gradients with the b-vectors expressed in the target grid's voxel
+        axes (each volume's rotation applied).
+    """
+    import nibabel as nib
+    from dipy.core.gradients import gradient_table
+
+    data = np.asarray(dwi_img.dataobj, np.float32)
+    n = data.shape[3]
+    T = (np.broadcast_to(np.eye(4), (n, 4, 4)) if volume_transforms is None
+         else np.asarray(volume_transforms, float))
+    if T.shape != (n, 4, 4):
+        raise InputError(f"{n} volumes but {T.shape[0]} volume transforms; the realignment "
+                         "belongs to another series")
+    ijk = np.indices(target_shape, dtype=np.float32).reshape(3, -1)
+    out = np.empty((int(np.prod(target_shape)), n), np.float32)
+    src_inv = np.linalg.inv(dwi_img.affine)
+    bvecs = np.array(gtab.bvecs, float)
+    for k in range(n):
+        vox = src_inv @ T[k] @ np.asarray(world_map, float) @ target_affine
+        out[:, k] = _sample(data[..., k], vox[:3, :3] @ ijk + vox[:3, 3:4])
+        # A gradient direction fixed to the source voxel axes, seen from the
+        # target voxel axes: the rotation part of target-vox -> source-vox.
+        R = _rotation_part(vox[:3, :3] / np.asarray(_voxel_sizes(dwi_img.affine))[:, None]
+                           * np.asarray(_voxel_sizes(target_affine))[None, :])
+        if np.linalg.norm(bvecs[k]) > 0:
+            bvecs[k] = R.T @ bvecs[k]
+    img = nib.Nifti1Image(out.reshape(*target_shape, n), target_affine)
+    g = gradient_table(np.asarray(gtab.bvals), bvecs=bvecs, b0_threshold=gtab.b0_threshold)
+    return img, g
+
+
+def _voxel_sizes(affine):
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+def _rotation_part(M):
+    u, _, vt = np.linalg.svd(M)
+    return u @ vt  # orthogonal; a flip between the grids is kept
+
+
+# --------------------------------------------------------------------------- atlas
+
+
+def _build_synthetic_template(resolution: float):
+    import nibabel as nib
+    from nilearn.datasets import load_mni152_gm_template, load_mni152_wm_template
+    from nilearn.image import resample_img
+    from scipy import ndimage as ndi
+
+    gm1 = load_mni152_gm_template(resolution=1)
+    wm1 = load_mni152_wm_template(resolution=1)
+    gm = np.clip(np.asarray(gm1.dataobj, np.float32), 0, 1)
+    wm = np.clip(np.asarray(wm1.dataobj, np.float32), 0, 1)
+    tissue = gm + wm
+    # CSF: inside the brain's envelope (ventricles, sulci, a 2 mm rim outside
+    # the cortex) where there is no tissue.
+    envelope = ndi.binary_fill_holes(ndi.binary_closing(tissue > 0.3, iterations=4))
+    envelope = ndi.binary_dilation(envelope, iterations=2)
+    csf = np.clip(envelope.astype(np.float32) - tissue, 0, 1)
+    aff = np.diag([resolution, resolution, resolution, 1.0])
+    aff[:3, 3] = [-96.0, -132.0, -78.0]
+    shape = tuple(int(round(s / resolution)) for s in (192, 228, 192))
+    out = []
+    for vol in (gm, wm, csf):
+        img = resample_img(nib.Nifti1Image(vol, gm1.affine), target_affine=aff,
+                           target_shape=shape, interpolation="continuous",
+                           force_resample=True, copy_header=True)
+        out.append(np.clip(np.asarray(img.dataobj, np.float32), 0, 1))
+    return np.stack(out, axis=-1), aff
+
+
+@lru_cache(maxsize=4)
+def _synthetic(resolution: float):
+    from importlib.metadata import version
+
+    import nibabel as nib
+
+    from ._utils import save_nifti
+    from .datasets import get_data_home
+
+    name = (f"tpl-MNI152NLin2009aSym_res-{resolution:g}mm_label-GMWMCSF_probseg_"
+            f"nilearn-{version('nilearn')}_recipe-1.nii.gz")
+    try:
+        path = get_data_home() / "template_cache" / name
+    except OSError:
+        return _build_synthetic_template(resolution)
+    if path.exists():
+        try:
+            img = nib.load(path)
+            return np.asarray(img.dataobj, np.float32), img.affine
+        except Exception:  # damaged cache: rebuild
+            pass
+    data, aff = _build_synthetic_template(resolution)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_nifti(nib.Nifti1Image(data, aff), path)
+    except OSError:
+        pass
+    return data, aff
+
+
+def synthetic_md_template(resolution: float = 4.0):
+    """Return an MD-like template painted from nilearn's MNI152 tissue probabilities.
+
+    Parameters
+    ----------
+    resolution : float, default=4.0
+        Isotropic voxel size (mm).
+
+    Returns
+    -------
+    md : nibabel.Nifti1Image
+        ``TISSUE_MD`` weighted by the grey-matter, white-matter and CSF
+        probabilities (mm²/s; 0 outside the brain).
+    tissues : nibabel.Nifti1Image
+        4D probabilities (GM, WM, CSF), same grid.
+    """
+    import nibabel as nib
+
+    prob, aff = _synthetic(float(resolution))
+    md = (prob[..., 0] * TISSUE_MD["gm"] + prob[..., 1] * TISSUE_MD["wm"]
+          + prob[..., 2] * TISSUE_MD["csf"])
+    return (nib.Nifti1Image(md.astype(np.float32), aff),
+            nib.Nifti1Image(prob, aff))
+
+
+@dataclass
+class AtlasMapping:
+    """Where each voxel of a participant's grid lies in MNI space.
+
+    Attributes
+    ----------
+    affine : numpy.ndarray, shape (4, 4)
+        The 12-parameter part: ``x_mni = affine @ x_subject`` (mm).
+    coords : numpy.ndarray, shape (3, *grid_shape), or None
+        The full (affine + SyN) MNI coordinates (mm) of every voxel centre of
+        the grid the mapping was computed on; ``None`` for an affine mapping.
+    grid_affine : numpy.ndarray, shape (4, 4)
+    grid_shape : tuple of int
+    similarity : float
+        Correlation of the participant's MD with the template's after
+        registration, inside the participant's brain mask.
+    method : str
+        ``affine`` or ``syn``.
+    """
+
+    affine: np.ndarray
+    coords: np.ndarray | None
+    grid_affine: np.ndarray
+    grid_shape: tuple
+    similarity: float
+    method: str = "syn"
+    extra: dict = field(default_factory=dict)
+
+    def mni_coordinates(self, target_affine, target_shape):
+        """MNI mm of every voxel centre of a grid, shape (3, N).
+
+        Inside the registration grid the SyN coordinates are interpolated
+        (linearly: the deformation is smooth at this scale); outside it, where
+        there are no data to deform, the affine alone.
+        """
+        ijk = np.indices(target_shape, dtype=np.float64).reshape(3, -1)
+        world = target_affine[:3, :3] @ ijk + target_affine[:3, 3:4]
+        out = self.affine[:3, :3] @ world + self.affine[:3, 3:4]
+        if self.coords is None:
+            return out
+        vox = np.linalg.inv(self.grid_affine)
+        g = vox[:3, :3] @ world + vox[:3, 3:4]
+        n = np.asarray(self.grid_shape)[:, None]
+        inside = np.all((g >= 0) & (g <= n - 1), axis=0)
+        for a in range(3):
+            out[a, inside] = _sample(self.coords[a], g[:, inside], order=1)
+        return out
+
+    def subject_coordinates(self, mni):
+        """Participant mm of MNI points (mm), shape (3, N) -> (3, N).
+
+        The inverse of :meth:`mni_coordinates`: through the SyN inverse where
+        it was computed, the inverse affine elsewhere.
+        """
+        mni = np.asarray(mni, float)
+        out = np.linalg.solve(self.affine, np.vstack([mni, np.ones(mni.shape[1])]))[:3]
+        inv = self.extra.get("inverse_coords")
+        if inv is None:
+            return out
+        vox = np.linalg.inv(self.extra["template_affine"])
+        g = vox[:3, :3] @ mni + vox[:3, 3:4]
+        n = np.asarray(inv.shape[1:])[:, None]
+        inside = np.all((g >= 0) & (g <= n - 1), axis=0)
+        for a in range(3):
+            out[a, inside] = _sample(inv[a], g[:, inside], order=1)
+        return out
+
+
+def region_probabilities(maps_img, mapping: AtlasMapping, target_affine, target_shape):
+    """Region probabilities on a participant's grid (atlas interpolated once).
+
+    Parameters
+    ----------
+    maps_img : nibabel.Nifti1Image
+        4D region probabilities in MNI space (:class:`~ketamine_nb.regions.RegionMaps`).
+    mapping : AtlasMapping
+        From :func:`register_atlas`.
+    target_affine, target_shape :
+        The participant's grid.
+
+    Returns
+    -------
+    numpy.ndarray, shape (*target_shape, n_regions)
+        float32 probabilities (0-1).
+    """
+    mni = mapping.mni_coordinates(target_affine, target_shape)
+    vox = np.linalg.inv(maps_img.affine)
+    c = vox[:3, :3] @ mni + vox[:3, 3:4]
+    data = np.asarray(maps_img.dataobj, np.float32)
+    if data.ndim == 3:
+        data = data[..., None]
+    n = np.asarray(data.shape[:3])[:, None]
+    near = np.all((c > -1) & (c < n), axis=0)
+    out = np.zeros((c.shape[1], data.shape[3]), np.float32)
+    for k in range(data.shape[3]):
+        out[near, k] = _sample(data[..., k], c[:, near])
+    return out.reshape(*target_shape, data.shape[3])
+
+
+def region_coverage(maps_img, names, mapping: AtlasMapping, grid_affine, masks: dict,
+                    *, step: int = 2) -> dict:
+    """Share of each region's atlas probability mass inside some masks.
+
+    The mass is counted in MNI space, where the region is whole: every
+    ``step``-th atlas voxel with its probability is taken to the participant's
+    grid (:meth:`AtlasMapping.subject_coordinates`) and looked up in each mask.
+
+    Parameters
+    ----------
+    maps_img : nibabel.Nifti1Image
+        4D region probabilities in MNI space.
+    names : list of str
+        Region names in volume order.
+    mapping : AtlasMapping
+    grid_affine : numpy.ndarray, shape (4, 4)
+        Grid of the masks.
+    masks : dict of str -> numpy.ndarray (bool, 3D)
+        E.g. ``{"fov": ..., "brain": ...}``; outside the grid counts as outside.
+    step : int, default=2
+        Subsampling of the atlas grid.
+
+    Returns
+    -------
+    dict
+        ``{mask name: {region: share (0-1)}}``.
+    """
+    data = np.asarray(maps_img.dataobj, np.float32)
+    if data.ndim == 3:
+        data = data[..., None]
+    sub = data[::step, ::step, ::step]
+    ijk = np.indices(sub.shape[:3]).reshape(3, -1) * step
+    p = sub.reshape(-1, sub.shape[3])
+    keep = p.max(axis=1) > 0
+    ijk, p = ijk[:, keep], p[keep]
+    mni = maps_img.affine[:3, :3] @ ijk + maps_img.affine[:3, 3:4]
+    xyz = mapping.subject_coordinates(mni)
+    vox = np.linalg.inv(grid_affine)
+    g = np.rint(vox[:3, :3] @ xyz + vox[:3, 3:4]).astype(int)
+    out = {}
+    total = p.sum(axis=0)
+    for key, m in masks.items():
+        m = np.asarray(m, bool)
+        n = np.asarray(m.shape)[:, None]
+        ok = np.all((g >= 0) & (g < n), axis=0)
+        hit = np.zeros(g.shape[1], bool)
+        hit[ok] = m[g[0, ok], g[1, ok], g[2, ok]]
+        share = (p * hit[:, None]).sum(axis=0) / np.where(total > 0, total, 1)
+        out[key] = {name: float(share[k]) for k, name in enumerate(names)}
+    return out
+
+
+def register_atlas(md_img, mask_img, *, method: str = DEFAULT_ATLAS_REGISTRATION,
+                   params: dict | None = None) -> AtlasMapping:
+    """Register the MNI template to a participant's mean MD, once.
+
+    Parameters
+    ----------
+    md_img : nibabel.Nifti1Image
+        MD (mm²/s) in the participant's (halfway) space, e.g. the mean of the
+        aligned visits.
+    mask_img : nibabel.Nifti1Image
+        Brain mask on the same grid.
+    method : {"affine", "syn"}, default="syn"
+        Affine (12 parameters) only, or affine then SyN.
+    params : dict, optional
+        Overrides of :data:`LONGITUDINAL_PARAMS`.
+
+    Returns
+    -------
+    AtlasMapping
+    """
+    from dipy.align.imaffine import (
+        AffineRegistration,
+        MutualInformationMetric,
+        transform_centers_of_mass,
+    )
+    from dipy.align.transforms import (
+        AffineTransform3D,
+        RigidIsoScalingTransform3D,
+        RigidTransform3D,
+    )
+
+    if method not in ATLAS_REGISTRATIONS:
+        raise InputError(f"atlas registration {method!r} is unknown; use one of "
+                         f"{', '.join(ATLAS_REGISTRATIONS)}")
+    p = dict(LONGITUDINAL_PARAMS, **(params or {}))
+    res = float(p["atlas_resolution"])
+    tpl, _ = synthetic_md_template(res)
+    # The participant on a grid of the template's resolution, in its own space
+    # (so that the SyN field lives where the data are).
+    sub_aff, sub_shape = _coarse_grid(md_img.affine, md_img.shape[:3], res)
+    md = resample_image(_as_img(_masked(md_img, mask_img, clip=TISSUE_MD["csf"]), md_img),
+                        np.eye(4), sub_aff, sub_shape)
+    static = np.asarray(md.dataobj, np.float32)
+    fov_aff, fov_shape = sub_aff, sub_shape
+    # Registration on the brain's box (with a margin of 2 voxels): the
+    # background beyond it carries no information and costs time.
+    found = np.argwhere(static > 0)
+    if len(found):
+        lo = np.maximum(found.min(axis=0) - 2, 0)
+        hi = np.minimum(found.max(axis=0) + 3, static.shape)
+        static = static[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        sub_aff = sub_aff.copy()
+        sub_aff[:3, 3] += sub_aff[:3, :3] @ lo
+        sub_shape = static.shape
+    static = np.ascontiguousarray(static)
+    moving = np.ascontiguousarray(np.asarray(tpl.dataobj, np.float32))
+    smask = (static > 0).astype(np.int32)
+    _, tissues = synthetic_md_template(res)
+    tissue = np.asarray(tissues.dataobj)[..., :2].sum(axis=-1)
+    kw = {"static_grid2world": sub_aff, "moving_grid2world": tpl.affine, "static_mask": smask}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        com = transform_centers_of_mass(static, sub_aff, moving, tpl.affine).affine
+        reg = AffineRegistration(
+            metric=MutualInformationMetric(nbins=p["nbins"],
+                                           sampling_proportion=p["sampling_proportion"]),
+            level_iters=list(p["affine_level_iters"]), sigmas=list(p["affine_sigmas"]),
+            factors=list(p["affine_factors"]), verbosity=0)
+        # A field of view that misses part of the brain (a slab) moves the
+        # centre of mass: start also from the tops and from the bottoms of
+        # the two brains aligned, and keep the best fit.
+        z_sub = _z_range(static > 0, sub_aff)
+        z_tpl = _z_range(tissue > 0.5, tpl.affine)
+        coarse = AffineRegistration(
+            metric=MutualInformationMetric(nbins=p["nbins"]),
+            level_iters=list(p["start_level_iters"]), sigmas=list(p["start_sigmas"]),
+            factors=list(p["start_factors"]), verbosity=0)
+        best = None
+        starts = [0.0]
+        if (z_tpl[1] - z_tpl[0]) - (z_sub[1] - z_sub[0]) > 20:  # the FOV misses > 2 cm
+            starts += [z_tpl[1] - z_sub[1] - com[2, 3], z_tpl[0] - z_sub[0] - com[2, 3]]
+        for dz in starts:
+            start = com.copy()
+            start[2, 3] += dz
+            r, _, f = coarse.optimize(static, moving, RigidTransform3D(), None,
+                                      starting_affine=start, ret_metric=True, **kw)
+            if best is None or f < best[0]:
+                best = (f, r)
+        r = best[1]
+        r = reg.optimize(static, moving, RigidIsoScalingTransform3D(), None,
+                         starting_affine=r.affine, **kw)
+        # 12 parameters only when the field of view holds the brain: in a
+        # slab, scaling along the missing axis is not constrained.
+        inside = _share_inside(tissue, tpl.affine, np.linalg.inv(r.affine), fov_aff, fov_shape)
+        if inside >= p["affine_min_fov"]:
+            r = reg.optimize(static, moving, AffineTransform3D(), None,
+                             starting_affine=r.affine, **kw)
+    A = np.asarray(r.affine, float)  # x_mni = A @ x_subject
+    fov_share = _share_inside(tissue, tpl.affine, np.linalg.inv(A), fov_aff, fov_shape)
+    coords = None
+    if method == "syn":
+        from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
+        from dipy.align.metrics import CCMetric
+
+        sdr = SymmetricDiffeomorphicRegistration(
+            CCMetric(3, radius=int(p["syn_cc_radius"])),
+            level_iters=list(p["syn_level_iters"]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mapping = sdr.optimize(static, moving, sub_aff, tpl.affine, prealign=A)
+        # MNI coordinates of each participant voxel: warp the coordinate
+        # images of the template grid (linear interpolation reproduces a
+        # linear function exactly).
+        ijk = np.indices(moving.shape, dtype=np.float32)
+        xyz = np.einsum("ab,b...->a...", tpl.affine[:3, :3].astype(np.float32), ijk)
+        xyz += tpl.affine[:3, 3].astype(np.float32)[:, None, None, None]
+        coords = np.stack([np.asarray(mapping.transform(np.ascontiguousarray(c),
+                                                        interpolation="linear"), np.float32)
+                           for c in xyz])
+        # Where the warp reaches the template grid's edge the coordinate
+        # images are interpolated with the zeros outside: use the affine there.
+        ones = np.ones(moving.shape, np.float32)
+        off = np.asarray(mapping.transform(ones, interpolation="linear")) < 0.999
+        aff_xyz = _world(sub_aff, sub_shape, A)
+        coords[:, off] = aff_xyz[:, off]
+        # And the reverse: participant mm of every template voxel, for coverage.
+        sxyz = _world(sub_aff, sub_shape)
+        inv = np.stack([np.asarray(mapping.transform_inverse(np.ascontiguousarray(c),
+                                                             interpolation="linear"),
+                                   np.float32) for c in sxyz])
+        aff_inv = _world(tpl.affine, moving.shape, np.linalg.inv(A))
+        off = np.asarray(mapping.transform_inverse(np.ones(sub_shape, np.float32),
+                                                   interpolation="linear")) < 0.999
+        inv[:, off] = aff_inv[:, off]
+        extra = {"inverse_coords": inv, "template_affine": tpl.affine}
+        warped = mapping.transform(moving, interpolation="linear")
+    else:
+        extra = {}
+        warped = resample_image(tpl, A, sub_aff, sub_shape).get_fdata(dtype=np.float32)
+    sim = _similarity(static, np.asarray(warped))
+    return AtlasMapping(affine=A, coords=coords, grid_affine=sub_aff, grid_shape=sub_shape,
+                        similarity=sim, method=method,
+                        extra={**extra, "brain_in_fov": fov_share})
+
+
+def _z_range(mask, affine):
+    """Lowest and highest world z (mm, 1st and 99th percentiles) of a mask's voxels."""
+    ijk = np.argwhere(mask).T
+    z = affine[2, :3] @ ijk + affine[2, 3]
+    return float(np.percentile(z, 1)), float(np.percentile(z, 99))
+
+
+def _share_inside(prob, affine, world_map, grid_affine, grid_shape):
+    """Share of ``prob``'s mass whose points ``world_map`` takes inside a grid."""
+    ijk = np.argwhere(prob > 0).T
+    w = prob[tuple(ijk)]
+    xyz = world_map[:3, :3] @ (affine[:3, :3] @ ijk + affine[:3, 3:4]) + world_map[:3, 3:4]
+    g = np.linalg.inv(grid_affine)
+    v = g[:3, :3] @ xyz + g[:3, 3:4]
+    n = np.asarray(grid_shape)[:, None]
+    inside = np.all((v >= -0.5) & (v <= n - 0.5), axis=0)
+    return float(w[inside].sum() / max(w.sum(), 1e-12))
+
+
+def _world(affine, shape, then=None):
+    ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    w = affine[:3, :3] @ ijk + affine[:3, 3:4]
+    if then is not None:
+        w = then[:3, :3] @ w + then[:3, 3:4]
+    return w.reshape(3, *shape).astype(np.float32)
+
+
+def _coarse_grid(affine, shape, resolution):
+    """Return a grid with the orientation and extent of a grid at ``resolution`` mm."""
+    sizes = _voxel_sizes(affine)
+    factor = resolution / sizes
+    new_shape = tuple(int(max(1, np.ceil(n / f))) for n, f in zip(shape, factor, strict=True))
+    new = affine.copy()
+    new[:3, :3] = affine[:3, :3] * factor[None, :]
+    # Same centre as the source grid.
+    centre_src = affine[:3, :3] @ ((np.asarray(shape) - 1) / 2) + affine[:3, 3]
+    new[:3, 3] = centre_src - new[:3, :3] @ ((np.asarray(new_shape) - 1) / 2)
+    return new, new_shape
+
+
+# --------------------------------------------------------------------------- participant
+
+
+@dataclass
+class Visit:
+    """One visit's DWI ready for :func:`align_visits`.
+
+    Attributes
+    ----------
+    img : nibabel.Nifti1Image
+        4D DWI on its own grid (raw, or realigned within the scan).
+    gtab : dipy.core.gradients.GradientTable
+    mask : nibabel.Nifti1Image
+        Brain mask on the DWI grid.
+    volume_transforms : numpy.ndarray, shape (n_volumes, 4, 4), optional
+        Within-scan realignment to compose (``img`` then is the raw series).
+    """
+
+    img: object
+    gtab: object
+    mask: object
+    volume_transforms: np.ndarray | None = None
+
+
+@dataclass
+class Alignment:
+    """Both visits of a participant in the halfway space.
+
+    Attributes
+    ----------
+    affine, shape :
+        The halfway grid.
+    post_to_pre : numpy.ndarray, shape (4, 4)
+        Rigid ``A`` (``x_post = A @ x_pre``, mm).
+    to_visit : dict
+        Halfway mm to each visit's mm (``"pre"``, ``"post"``).
+    md, fa, mask, fov : dict
+        Per visit (``"pre"``, ``"post"``): MD (mm²/s) and FA images on the
+        halfway grid, brain mask and field of view (bool arrays).
+    regions : numpy.ndarray, shape (*shape, n_regions + 1)
+        Region probabilities on the halfway grid, then the grey-matter
+        probability (:data:`GLOBAL_GM`).
+    names : list of str
+        Region names, then :data:`GLOBAL_GM`.
+    coverage : dict
+        ``{visit: {"fov": {region: share}, "brain": {region: share}}}``.
+    mapping : AtlasMapping
+    visit_similarity : float
+        Correlation of the two visits after rigid registration (see
+        :data:`MIN_VISIT_SIMILARITY`).
+    flags : list of str
+        Registration problems (``visits_dissimilar``, ``atlas_partial_fov``,
+        ``atlas_low_similarity``).
+    """
+
+    affine: np.ndarray
+    shape: tuple
+    post_to_pre: np.ndarray
+    to_visit: dict
+    md: dict
+    fa: dict
+    mask: dict
+    fov: dict
+    regions: np.ndarray
+    names: list
+    coverage: dict
+    mapping: AtlasMapping
+    visit_similarity: float
+    flags: list
+
+    @property
+    def common_mask(self):
+        """Voxels in the brain and the field of view of both visits (bool array)."""
+        m = np.ones(self.shape, bool)
+        for v in self.mask:
+            m &= self.mask[v] & self.fov[v]
+        return m
+
+    @property
+    def mean_md(self):
+        """Mean MD of the visits on the halfway grid (float32 array, mm²/s)."""
+        return np.mean([np.asarray(img.dataobj) for img in self.md.values()],
+                       axis=0).astype(np.float32)
+
+
+#: The atlas registration is flagged when less than this share of the
+#: template's brain lies in the field of view (the registration then rests on
+#: part of the brain) ...
+MIN_BRAIN_IN_FOV = 0.9
+#: ... or when the participant's and the template's MD correlate less than
+#: this after registration.
+MIN_ATLAS_SIMILARITY = 0.4
+
+
+def mean_dwi(img, gtab):
+    """Mean of the diffusion-weighted (b > 0) volumes, as a 3D image."""
+    import nibabel as nib
+
+    data = np.asarray(img.dataobj, np.float32)
+    dw = ~np.asarray(gtab.b0s_mask)
+    vol = data[..., dw].mean(axis=-1) if dw.any() else data.mean(axis=-1)
+    return nib.Nifti1Image(vol.astype(np.float32), img.affine)
+
+
+def align_visits(pre: Visit, post: Visit, maps, *, fit_method: str = "WLS",
+                 atlas_registration: str = DEFAULT_ATLAS_REGISTRATION,
+                 params: dict | None = None) -> Alignment:
+    """Bring both visits and the atlas into the halfway space; fit the tensor there.
+
+    Parameters
+    ----------
+    pre, post : Visit
+        The two visits.
+    maps : ketamine_nb.regions.RegionMaps
+        The study regions (MNI space).
+    fit_method : str, default="WLS"
+        Tensor fit (:func:`ketamine_nb.tensor.fit_dti`).
+    atlas_registration : {"affine", "syn"}, default="syn"
+    params : dict, optional
+        Overrides of :data:`LONGITUDINAL_PARAMS`.
+
+    Returns
+    -------
+    Alignment
+    """
+    import nibabel as nib
+
+    from .tensor import fit_dti
+
+    visits = {"pre": pre, "post": post}
+    A, vsim = register_visits(mean_dwi(pre.img, pre.gtab), mean_dwi(post.img, post.gtab),
+                              pre_mask=pre.mask, post_mask=post.mask, params=params)
+    affine, shape, to_pre, to_post = halfway_grid(pre.img, post.img, A)
+    to_visit = {"pre": to_pre, "post": to_post}
+    md, fa, mask, fov = {}, {}, {}, {}
+    for name, v in visits.items():
+        img, g = resample_dwi(v.img, v.gtab, to_visit[name], affine, shape,
+                              volume_transforms=v.volume_transforms)
+        mask[name] = np.asarray(resample_image(v.mask, to_visit[name], affine, shape)
+                                .dataobj) >= 0.5
+        fov[name] = field_of_view(v.img, to_visit[name], affine, shape)
+        md[name], fa[name] = fit_dti(img, g, mask=mask[name], fit_method=fit_method)
+    both = mask["pre"] & mask["post"]
+    mean_md = np.mean([np.asarray(md[k].dataobj) for k in md], axis=0).astype(np.float32)
+    mapping = register_atlas(nib.Nifti1Image(mean_md, affine),
+                             nib.Nifti1Image(both.astype(np.uint8), affine),
+                             method=atlas_registration, params=params)
+    _, tissues = synthetic_md_template(float(dict(LONGITUDINAL_PARAMS, **(params or {}))
+                                             ["atlas_resolution"]))
+    gm = nib.Nifti1Image(np.asarray(tissues.dataobj)[..., :1], tissues.affine)
+    probs = np.concatenate([region_probabilities(maps.img, mapping, affine, shape),
+                            region_probabilities(gm, mapping, affine, shape)], axis=-1)
+    names = [*maps.names, GLOBAL_GM]
+    coverage = {}
+    for name in visits:
+        c = region_coverage(maps.img, maps.names, mapping, affine,
+                            {"fov": fov[name], "brain": mask[name] & fov[name]})
+        g = region_coverage(gm, [GLOBAL_GM], mapping, affine,
+                            {"fov": fov[name], "brain": mask[name] & fov[name]}, step=1)
+        coverage[name] = {k: {**c[k], **g[k]} for k in c}
+    flags = []
+    if not vsim >= MIN_VISIT_SIMILARITY:
+        flags.append("visits_dissimilar")
+    if mapping.extra.get("brain_in_fov", 1.0) < MIN_BRAIN_IN_FOV:
+        flags.append("atlas_partial_fov")
+    if not mapping.similarity >= MIN_ATLAS_SIMILARITY:
+        flags.append("atlas_low_similarity")
+    return Alignment(affine=affine, shape=shape, post_to_pre=A, to_visit=to_visit, md=md,
+                     fa=fa, mask=mask, fov=fov, regions=probs, names=names,
+                     coverage=coverage, mapping=mapping, visit_similarity=vsim, flags=flags)
