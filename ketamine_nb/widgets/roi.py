@@ -136,13 +136,12 @@ class RoiExplorer(Explorer):
             "subject": ("participant_id", str), "session": ("session", str),
             "region": ("region", str), "probability ≥": ("probability_threshold", ".2f"),
             "CSF cut-off": ("csf_md_threshold", _csf_text),
-            "MD weighted mean": ("md_wmean", _md_text), "MD mean": ("md_mean", _md_text),
-            "MD median": ("md_median", _md_text), "voxels kept": ("n_voxels", "d"),
-            "dropped by guard": ("n_excluded", "d")}) + note(
+            "MD weighted mean": ("md_wmean", _md_text), "MD median": ("md_median", _md_text),
+            "voxels kept": ("n_voxels", "d"), "dropped": ("n_excluded", "d")}) + note(
             "MD and cut-off in 10⁻³ mm²/s; kept: atlas probability ≥ threshold and MD ≤ "
             "cut-off; dropped: above the cut-off. The weighted mean (by atlas probability) "
-            "is the pipeline's summary (from <code>summarise_regions</code> on the cached "
-            "voxel table)")
+            "is the pipeline's summary; the plain mean is in <code>w.table</code> (from "
+            "<code>summarise_regions</code> on the cached voxel table)")
 
 
 def roi_explorer(results, *, region: str | None = None, participant_id: str | None = None,
