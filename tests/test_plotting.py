@@ -211,6 +211,8 @@ def test_robustness_curve_is_sorted_and_matrix_matches(spec_table):
     marked = list(_by_gid(top, "selected").get_offsets()[:, 0])
     assert marked == [1]  # spec 3 (OLS, 1.1e-3) sits second
     assert list(_by_gid(bottom, "matrix_selected").get_offsets()[:, 0]) == [1] * 6  # 6 choices
+    for ax, gid in ((top, "marks"), (bottom, "matrix_marks")):  # a band across each panel
+        assert [seg[0][0] for seg in _by_gid(ax, gid).get_segments()] == [1]
     t = plot_robustness(spec_table, "BA10_L", estimate="t").axes[0]
     ts = _by_gid(t, "estimates").get_offsets()[:, 1]
     np.testing.assert_allclose(ts, np.sort(spec_table["beta_interaction"]

@@ -79,7 +79,8 @@ class SpecCurveFigure(FigureHandle):
     ----------
     artists : dict
         ``intervals`` (LineCollection), ``estimates`` (all, dark where
-        p < alpha), ``selected`` (orange), ``t_band`` (the ±1.96 lines,
+        p < alpha), ``selected`` (orange), ``marks`` and ``matrix_marks``
+        (orange vertical bands behind the selected specifications), ``t_band`` (the ±1.96 lines,
         shown for t), ``title``, ``ylabel``, one matrix scatter per level
         (gid ``"<choice>=<value>"``) and ``matrix_selected``.
     shown : pandas.DataFrame
@@ -100,6 +101,9 @@ class SpecCurveFigure(FigureHandle):
         a["estimates"] = top.scatter(np.empty(0), np.empty(0), s=9, zorder=3, gid="estimates")
         a["selected"] = top.scatter(np.empty(0), np.empty(0), s=30, color=HIGHLIGHT_COLOR,
                                     edgecolor="k", linewidth=0.4, zorder=4, gid="selected")
+        for name, ax in (("marks", top), ("matrix_marks", bottom)):  # selected: a band
+            a[name] = ax.vlines([], 0, 1, transform=ax.get_xaxis_transform(), zorder=0,
+                                colors=HIGHLIGHT_COLOR, alpha=0.35, lw=2.5, gid=name)
         top.axhline(0, color="0.3", lw=0.8, ls="--")
         a["t_band"] = [top.axhline(y, color="0.6", lw=0.8, ls=":") for y in (-_Z95, _Z95)]
         a["ylabel"] = top.yaxis.label
@@ -167,6 +171,8 @@ class SpecCurveFigure(FigureHandle):
         a["estimates"].set_offsets(np.column_stack([x, y]))
         a["estimates"].set_color(colours)
         a["selected"].set_offsets(np.column_stack([x[sel], y[sel]]))
+        for name in ("marks", "matrix_marks"):
+            a[name].set_segments([np.array([[xi, 0.0], [xi, 1.0]]) for xi in x[sel]])
         for line in a["t_band"]:
             line.set_visible(estimate == "t")
         self._matrix(t, x, sel)
