@@ -1,4 +1,20 @@
-"""Load one DWI series, check its gradients, mask the brain and flag QC problems."""
+"""Load one DWI series, check its gradients, mask the brain and flag QC problems.
+
+Stable interface (used by the pipeline and :mod:`ketamine_nb.motion`):
+
+* :func:`load_dwi` ``(dwi, bval=None, bvec=None, *, b0_threshold=B0_THRESHOLD,
+  max_bval=DEFAULT_MAX_BVAL, return_notes=False)`` -> ``(img, gtab)`` or, with
+  ``return_notes=True``, ``(img, gtab, notes)``: ``notes`` is a list of one-line
+  strings for the QC JSON (b-vectors of b = 0 volumes set to zero, volumes above
+  ``max_bval`` left out).
+* :data:`B0_THRESHOLD` (50 s/mm²) and :data:`DEFAULT_MAX_BVAL` (1500 s/mm²).
+
+Real gradient tables are accepted as scanners and converters write them: a
+"b0" acquired at b = 1.25 s/mm² (UIH) or 0.004 s/mm² (Philips) is a b = 0
+volume; a b = 0 volume's direction may be anything, ``nan nan nan`` included
+(dipy's own ``small_64D.bvec``), and is set to zero with a note. Non-finite
+b-values, or non-finite directions of diffusion-weighted volumes, are refused.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +27,35 @@ from .exceptions import InputError
 
 __all__ = [
     "B0_THRESHOLD",
+    "DEFAULT_MAX_BVAL",
     "brain_mask",
     "check_gradients",
+    "gradients_frame",
     "load_dwi",
     "mean_b0",
     "qc_session",
     "read_gradients",
 ]
 
-#: b-values at or below this (s/mm²) count as b = 0 (dipy's default is 50).
+#: b-values at or below this (s/mm²) count as b = 0: the "b0" of real
+#: protocols is rarely exactly 0 (UIH writes b = 1.25, Philips 0.001-0.004,
+#: and the imaging gradients alone give a few s/mm²), while the lowest
+#: diffusion weighting used for a tensor is ~300 s/mm². dipy's default too.
 B0_THRESHOLD = 50.0
+
+#: Highest b-value (s/mm²) fitted by default. The tensor model assumes
+#: Gaussian diffusion, which holds in brain tissue up to b ~ 1000-1500 s/mm²;
+#: at higher b the signal decays more slowly than a single exponential
+#: (kurtosis) and MD is underestimated (Jensen et al. 2005). A multi-shell
+#: series is therefore fitted on its shells up to 1500 s/mm², as QSIPrep,
+#: MRtrix3's ``dwi2tensor`` advice and the ENIGMA-DTI protocol do, and the
+#: volumes left out are named in a note. A b-value within
+#: :data:`_SHELL_TOLERANCE` of it counts as that shell (1505 is 1500).
+DEFAULT_MAX_BVAL = 1500.0
+
+#: Scanners write a nominal shell with small deviations (1500 as 1505): b-values
+#: up to ``max_bval`` plus this (s/mm²) are kept.
+_SHELL_TOLERANCE = 50.0
 
 
 def read_gradients(bval_path, bvec_path):
@@ -74,13 +109,16 @@ def read_gradients(bval_path, bvec_path):
 
 
 def check_gradients(bvals, bvecs, n_volumes: int, *, source: str = "gradients",
-                    b0_threshold: float = B0_THRESHOLD):
+                    b0_threshold: float = B0_THRESHOLD, return_notes: bool = False):
     """Check a gradient scheme against its image; raise a one-line error if unusable.
 
-    Checks: one b-value and one b-vector per volume; at least one b = 0
-    volume; b-values in s/mm² (not ms/µm², where b = 1000 s/mm² reads 1);
-    diffusion-weighted b-vectors of unit length (within 5 %, then
-    normalised); at least six non-collinear directions for a tensor.
+    Checks: one b-value and one b-vector per volume; finite, non-negative
+    b-values; at least one b = 0 volume; b-values in s/mm² (not ms/µm², where
+    b = 1000 s/mm² reads 1); finite diffusion-weighted b-vectors of unit
+    length (within 5 %, then normalised); at least six non-collinear
+    directions for a tensor. The direction of a b = 0 volume is not used: it
+    is set to zero whatever was written (``nan nan nan`` included, with a
+    note).
 
     Parameters
     ----------
@@ -94,24 +132,61 @@ def check_gradients(bvals, bvecs, n_volumes: int, *, source: str = "gradients",
         Name used in messages (the file).
     b0_threshold : float, default=50.0
         b-values at or below this are b = 0 (s/mm²).
+    return_notes : bool, default=False
+        Also return the notes (list of str) on what was accepted and changed.
 
     Returns
     -------
     bvals, bvecs : numpy.ndarray
         b-values, and b-vectors with exactly unit length (zero for b = 0).
+    notes : list of str
+        Only with ``return_notes=True``.
+    """
+    bvals, bvecs, _, notes = _checked_gradients(bvals, bvecs, n_volumes, source=source,
+                                                b0_threshold=b0_threshold, max_bval=None)
+    return (bvals, bvecs, notes) if return_notes else (bvals, bvecs)
+
+
+def _volume_list(idx) -> str:
+    idx = [int(i) for i in idx]
+    return ", ".join(map(str, idx[:8])) + (f" and {len(idx) - 8} more" if len(idx) > 8 else "")
+
+
+def _checked_gradients(bvals, bvecs, n_volumes: int, *, source: str, b0_threshold: float,
+                       max_bval: float | None):
+    """:func:`check_gradients`, plus the volumes kept under ``max_bval``.
+
+    Returns
+    -------
+    bvals, bvecs : numpy.ndarray
+        Of the kept volumes only.
+    keep : numpy.ndarray of bool, shape (n_volumes,)
+        Volumes kept (b <= max_bval + 50 s/mm², or all when ``max_bval`` is None).
+    notes : list of str
     """
     bvals = np.asarray(bvals, float)
     bvecs = np.asarray(bvecs, float)
+    notes: list[str] = []
     if bvals.size != n_volumes or bvecs.shape[0] != n_volumes:
         raise InputError(f"{source}: {bvals.size} b-values and {bvecs.shape[0]} b-vectors for "
                          f"{n_volumes} volumes; give one b-value and one b-vector per volume")
-    if not (np.all(np.isfinite(bvals)) and np.all(np.isfinite(bvecs))):
-        raise InputError(f"{source}: b-values or b-vectors contain NaN or infinity; "
-                         "rewrite the gradient files from the scanner data")
+    if not np.all(np.isfinite(bvals)):
+        bad = np.flatnonzero(~np.isfinite(bvals))
+        raise InputError(f"{source}: b-values of volumes {_volume_list(bad)} are NaN or "
+                         "infinite; rewrite the gradient files from the scanner data")
     if np.any(bvals < 0):
         raise InputError(f"{source}: negative b-values; b-values are in s/mm² and >= 0")
     dw = bvals > b0_threshold
-    if not np.any(bvals <= b0_threshold):
+    nonfinite = ~np.all(np.isfinite(bvecs), axis=1)
+    if np.any(nonfinite & dw):
+        bad = np.flatnonzero(nonfinite & dw)
+        raise InputError(f"{source}: b-vectors of diffusion-weighted volumes {_volume_list(bad)} "
+                         "are NaN or infinite; rewrite the gradient files from the scanner data")
+    if np.any(nonfinite):
+        which = _volume_list(np.flatnonzero(nonfinite))
+        notes.append(f"{source}: b-vectors of b=0 volumes {which} are NaN or infinite; their "
+                     "direction is not used and was set to zero")
+    if not np.any(~dw):
         raise InputError(f"{source}: no b=0 volume (all b-values > {b0_threshold:g} s/mm²); "
                          "the tensor fit needs at least one b=0 volume")
     if not np.any(dw):
@@ -119,30 +194,46 @@ def check_gradients(bvals, bvecs, n_volumes: int, *, source: str = "gradients",
             raise InputError(f"{source}: b-values look like ms/µm² (max {bvals.max():g}); "
                              "multiply by 1000 to get s/mm²")
         raise InputError(f"{source}: no diffusion-weighted volume; a DWI series needs "
-                         "b-values above 50 s/mm²")
+                         f"b-values above {b0_threshold:g} s/mm²")
     if bvals.max() > 10000:
         raise InputError(f"{source}: b-values up to {bvals.max():g} look like s/m² or wrong "
                          "units; write them in s/mm² (e.g. 1000)")
-    norms = np.linalg.norm(bvecs[dw], axis=1)
+    keep = np.ones(n_volumes, bool)
+    if max_bval is not None:
+        keep = bvals <= float(max_bval) + _SHELL_TOLERANCE
+        if not np.any(keep & dw):
+            raise InputError(f"{source}: every diffusion-weighted volume has b > {max_bval:g} "
+                             f"s/mm² (lowest {bvals[dw].min():g}); the tensor assumes Gaussian "
+                             "diffusion, which holds up to b ~ 1500; pass a higher max_bval "
+                             "(--max-bval) to fit them anyway")
+        if not np.all(keep):
+            high = bvals[~keep]
+            notes.append(f"{source}: {np.count_nonzero(~keep)} volumes with b > {max_bval:g} "
+                         f"s/mm² (b = {high.min():g} to {high.max():g}) left out of the "
+                         "tensor fit (max_bval)")
+    norms = np.linalg.norm(bvecs[dw & keep], axis=1)
     if np.any(np.abs(norms - 1) > 0.05):
-        bad = int(np.flatnonzero(dw)[np.argmax(np.abs(norms - 1))])
-        raise InputError(f"{source}: b-vector of volume {bad} has length {norms.max():.3g}; "
-                         "diffusion-weighted b-vectors must be unit vectors")
+        bad = int(np.flatnonzero(dw & keep)[np.argmax(np.abs(norms - 1))])
+        raise InputError(f"{source}: b-vector of volume {bad} has length "
+                         f"{np.linalg.norm(bvecs[bad]):.3g}; diffusion-weighted b-vectors must "
+                         "be unit vectors")
     out = np.zeros_like(bvecs)
-    out[dw] = bvecs[dw] / norms[:, None]
-    if np.linalg.matrix_rank(out[dw], tol=1e-3) < 3 or np.count_nonzero(dw) < 6:
+    out[dw & keep] = bvecs[dw & keep] / norms[:, None]
+    out = out[keep]
+    kept_dw = dw[keep]
+    if np.count_nonzero(kept_dw) < 6 or np.linalg.matrix_rank(out[kept_dw], tol=1e-3) < 3:
         raise InputError(f"{source}: fewer than six non-collinear directions; a tensor needs "
                          "at least six")
-    return bvals, out
+    return bvals[keep], out, keep, notes
 
 
 def _read_float32(path: Path):
     """Load a NIfTI image and its data as float32 (scaling applied).
 
     A NIfTI-1 ``.nii.gz`` is decompressed with ISA-L (the ``isal`` package)
-    when it is installed: twice as fast as zlib, which is most of the time it
-    takes to read a DWI series (0.15 vs 0.31 s for a 96 x 96 x 60 x 70 int16
-    series, see benchmarks/RESULTS.md); the bytes are the same. The stream is
+    when it is installed: faster than zlib, whose decompression is most of the
+    time it takes to read a DWI series (timings: ``bench_md_fit`` in
+    benchmarks/RESULTS.md); the bytes are the same. The stream is
     read to its end, so a damaged file (CRC or length check of the gzip
     trailer) is an error rather than wrong voxels. Other files (NIfTI-2,
     ``.nii``, no ``isal``) go to ``nibabel.load``.
@@ -169,7 +260,8 @@ def _read_float32(path: Path):
     return img, np.asarray(img.dataobj, dtype=np.float32)
 
 
-def load_dwi(dwi_path, bval_path=None, bvec_path=None, *, b0_threshold: float = B0_THRESHOLD):
+def load_dwi(dwi_path, bval_path=None, bvec_path=None, *, b0_threshold: float = B0_THRESHOLD,
+             max_bval: float | None = DEFAULT_MAX_BVAL, return_notes: bool = False):
     """Load a DWI series as float32 with its checked gradient table.
 
     Parameters
@@ -179,14 +271,26 @@ def load_dwi(dwi_path, bval_path=None, bvec_path=None, *, b0_threshold: float = 
     bval_path, bvec_path : str or pathlib.Path, optional
         Gradient files; default: the DWI's name with ``.bval``/``.bvec``.
     b0_threshold : float, default=50.0
-        b-values at or below this are b = 0 (s/mm²).
+        b-values at or below this are b = 0 (s/mm²); see :data:`B0_THRESHOLD`.
+    max_bval : float or None, default=1500.0
+        Volumes with a higher b-value (s/mm², 50 of tolerance) are left out,
+        with a note; ``None`` keeps every volume. See :data:`DEFAULT_MAX_BVAL`.
+    return_notes : bool, default=False
+        Also return the notes for the QC (list of one-line strings).
 
     Returns
     -------
     img : nibabel.Nifti1Image
-        The data as float32 (scaling applied), with the original affine.
+        The kept volumes as float32 (scaling applied), with the original affine.
     gtab : dipy.core.gradients.GradientTable
-        The gradient table.
+        Their gradient table (b-vectors of b = 0 volumes are zero).
+    notes : list of str
+        Only with ``return_notes=True``: what was accepted or left out.
+
+    Raises
+    ------
+    ketamine_nb.exceptions.InputError
+        A one-line message naming the file, the problem and the fix.
     """
     import nibabel as nib
     from dipy.core.gradients import gradient_table
@@ -199,6 +303,9 @@ def load_dwi(dwi_path, bval_path=None, bvec_path=None, *, b0_threshold: float = 
         raise InputError(f"{dwi_path}: file not found; check the path")
     if dwi_path.stat().st_size == 0:
         raise InputError(f"{dwi_path}: empty file (0 bytes); copy the image again")
+    if max_bval is not None and not (np.isfinite(max_bval) and max_bval > b0_threshold):
+        raise InputError(f"max_bval={max_bval!r}: must be a b-value above {b0_threshold:g} "
+                         "s/mm² (e.g. 1500), or None to keep every volume")
     try:
         img, data = _read_float32(dwi_path)
     except Exception as exc:  # nibabel raises many kinds for broken files
@@ -220,13 +327,15 @@ def load_dwi(dwi_path, bval_path=None, bvec_path=None, *, b0_threshold: float = 
         raise InputError(f"{dwi_path}: {n} voxels are NaN or infinite; fix the conversion "
                          "(e.g. rerun dcm2niix) before processing")
     bvals, bvecs = read_gradients(bval_path, bvec_path)
-    bvals, bvecs = check_gradients(bvals, bvecs, data.shape[3],
-                                   source=f"{bval_path.name}/{bvec_path.name}",
-                                   b0_threshold=b0_threshold)
+    bvals, bvecs, keep, notes = _checked_gradients(
+        bvals, bvecs, data.shape[3], source=f"{bval_path.name}/{bvec_path.name}",
+        b0_threshold=b0_threshold, max_bval=max_bval)
+    if not keep.all():
+        data = np.asfortranarray(data[..., keep])  # the fit reads voxels in Fortran order
     gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=b0_threshold)
     out = nib.Nifti1Image(data, img.affine)
     out.header.set_xyzt_units("mm", "sec")
-    return out, gtab
+    return (out, gtab, notes) if return_notes else (out, gtab)
 
 
 def mean_b0(dwi_img, gtab):
@@ -244,9 +353,8 @@ def brain_mask(dwi_img, gtab, *, threshold_factor: float = 0.6):
     head from background; it is lowered by ``threshold_factor`` so that
     grey matter at the edge of the brain is kept, then the largest connected
     component is kept, holes are filled and one closing smooths the edge.
-    On the simulated 52x65x50 sessions it takes 0.06 s where dipy's
-    ``median_otsu`` with its defaults takes 2.6 s (14.5 s on 96x96x60; see
-    benchmarks/RESULTS.md); its Dice against the simulated brain is >= 0.93
+    It is much faster than dipy's ``median_otsu`` with its defaults (timings:
+    ``bench_md_fit`` in benchmarks/RESULTS.md); its Dice against the simulated brain is >= 0.93
     (tests/test_pipeline.py).
 
     Parameters
@@ -361,3 +469,25 @@ def qc_session(dwi_img, gtab, mask_img, *, z_threshold: float = 4.0) -> dict:
             "n_volumes": int(data.shape[3]), "n_b0": int(gtab.b0s_mask.sum()),
             "outlier_volumes": outlier_volumes, "outlier_slices": outlier_slices,
             "flags": flags}
+
+
+def gradients_frame(gtab):
+    """Return the gradient table as a tidy table, one row per volume.
+
+    Parameters
+    ----------
+    gtab : dipy.core.gradients.GradientTable
+        Gradients (b-values in s/mm²).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``volume``, ``bval`` (s/mm²), ``x``, ``y``, ``z`` (the unit
+        direction; 0 for b = 0) and ``b0`` (True for the b = 0 volumes).
+    """
+    import pandas as pd
+
+    g = np.asarray(gtab.bvecs, float)
+    return pd.DataFrame({"volume": np.arange(len(gtab.bvals)),
+                         "bval": np.asarray(gtab.bvals, float), "x": g[:, 0], "y": g[:, 1],
+                         "z": g[:, 2], "b0": np.asarray(gtab.b0s_mask, bool)})
