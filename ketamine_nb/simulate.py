@@ -47,14 +47,24 @@ from .regions import STUDY_REGIONS
 
 __all__ = [
     "DEFAULT_PATTERN",
+    "PRESETS",
+    "REALISTIC",
+    "ParticipantAnatomy",
     "TRUTH_CSF_MD_THRESHOLD",
-    "region_apparent_md",
+    "anatomy_table",
+    "acquisition_scheme",
+    "framewise_displacement",
+    "participant_anatomy",
+    "susceptibility_field",
+    "volume_motion",
     "SimulationParams",
     "gradient_scheme",
+    "region_apparent_md",
     "simulate_cohort",
-    "simulate_tables",
     "simulate_session",
+    "simulate_tables",
     "tensor_signal",
+    "truth_agreement",
 ]
 
 #: Sign of the planted slope of MD change on MADRS change, per region and arm
@@ -72,6 +82,46 @@ DEFAULT_PATTERN = {
     "hippocampus_R": {"ketamine": -1, "saline": 0},
     "vACC": {"ketamine": 0, "saline": 0},
 }
+
+
+#: Named presets of the planted effect (``SimulationParams.preset``, CLI ``--preset``).
+PRESETS = ("teaching", "paper", "null")
+
+_PRESET_VALUES = {
+    "teaching": {},
+    "paper": {"effect_slope": 0.0006},
+    "null": {"effect_slope": 0.0},
+}
+
+#: Realistic values of the realism switches that are off by default (the
+#: pipeline's tests run on the idealised cohort until its realignment and
+#: nonlinear registration land; see data/README.md).
+REALISTIC = {
+    "head_size_sd": 0.033,
+    "head_axis_sd": 0.025,
+    "warp_rms": 3.0,
+    "ventricle_growth": 0.02,
+    "ventricle_sd": 0.25,
+    "motion_rms": 0.3,
+    "motion_spikes": 0.5,
+    "eddy_mm": 1.0,
+    "susceptibility_hz": 40.0,
+    "signal_drift": 0.02,
+    "n_coils": 4,
+    "noise_sigma_variation": 0.3,
+}
+
+#: Phase-encoding directions the simulator can write (BIDS ``PhaseEncodingDirection``).
+PHASE_ENCODING_DIRECTIONS = ("j-", "j", "i", "i-")
+
+#: Off-resonance sources of the susceptibility field (MNI mm centre, Gaussian SD
+#: in mm, share of ``susceptibility_hz``): the orbitofrontal cortex above the
+#: sinuses and the temporal poles above the mastoid air cells.
+SUSCEPTIBILITY_SOURCES = (
+    ((0.0, 40.0, -22.0), (18.0, 14.0, 10.0), 1.0),
+    ((-40.0, 12.0, -32.0), (10.0, 12.0, 10.0), 0.7),
+    ((40.0, 12.0, -32.0), (10.0, 12.0, 10.0), 0.7),
+)
 
 
 @dataclass(frozen=True)
@@ -136,6 +186,64 @@ class SimulationParams:
         Mean and SD of the 24 h MADRS change per arm.
     qids_per_madrs, qids_intercept, qids_sd : float, default=0.45, 2.0, 2.0
         QIDS-SR = qids_per_madrs * MADRS + qids_intercept + noise.
+    head_size_sd : float or None, default=None (realistic: 0.033)
+        SD of the log of each participant's linear head size relative to the
+        template (3.3 %: intracranial volume CV about 10 %). ``None``: every
+        participant has the template's size.
+    head_axis_sd : float or None, default=None (realistic: 0.025)
+        SD of the log of each axis's extra scale (shape: long, wide, tall heads).
+    warp_rms : float or None, default=None (realistic: 3.0)
+        RMS displacement (mm) of each participant's smooth nonlinear warp
+        (``None``: no warp).
+    warp_spacing : float, default=16.0
+        Control-point spacing of that warp (mm); it is smooth over a few cm.
+    ventricle_growth : float or None, default=None (realistic: 0.02)
+        Relative lateral-ventricle volume growth per year of age around 40
+        (the template's age); ``None``: template ventricles for everyone.
+    ventricle_sd : float or None, default=None (realistic: 0.25)
+        SD of the log ventricle volume between participants of the same age.
+    plant_extent : float, default=2.5
+        Size of the field that carries a region's planted change: a smooth
+        ellipsoid around the region's centre, at this Mahalanobis radius of
+        the atlas region's probability-weighted spread (not the pipeline's
+        thresholded label).
+    motion_rms : float or None, default=None (realistic: 0.3)
+        Head motion within the series: each volume's rigid position differs
+        from the session's by a slow drift plus jitter of this RMS size
+        (mm for translations, degrees for rotations). The gradient directions
+        stay fixed in the scanner, so the tissue sees them rotated.
+    motion_spikes : float or None, default=None (realistic: 0.5)
+        Expected number of sudden movements per series (1-3 mm and degrees,
+        from that volume on).
+    eddy_mm : float or None, default=None (realistic: 1.0)
+        Eddy-current distortion: displacement along the phase-encoding axis
+        at 100 mm from the isocentre, for a unit gradient at b = 1000 s/mm²
+        (scaled with b and with the gradient's direction), plus a shift of
+        a quarter of it.
+    susceptibility_hz : float or None, default=None (realistic: 40.0)
+        Peak off-resonance (Hz) over the orbitofrontal cortex (0.7 of it over
+        each temporal pole): EPI displacement along the phase-encoding axis
+        of ``Hz * total_readout_time`` voxels.
+    total_readout_time : float, default=0.045
+        Effective readout time (s), written to the sidecar.
+    phase_encoding_direction : str, default="j-"
+        BIDS phase-encoding direction of the series, written to the sidecar.
+    signal_drift : float or None, default=None (realistic: 0.02)
+        Relative loss of signal from the first to the last volume (scanner
+        drift, linear in the volume index).
+    n_coils : int, default=1 (realistic: 4)
+        Receive channels combined by root-sum-of-squares: the magnitude
+        noise is non-central chi with ``2 n_coils`` degrees of freedom
+        (1: Rician). ``noise_sigma`` is the noise SD per channel and part.
+    noise_sigma_variation : float or None, default=None (realistic: 0.3)
+        Peak relative variation of the noise SD over the field of view
+        (smooth; parallel-imaging g-factor and coil geometry).
+    fov_slab : tuple or None, default=None
+        ``(z_min, z_max)`` in scanner mm: a reduced field of view (a slab)
+        instead of the whole brain; e.g. ``(-10, 60)`` misses the temporal
+        poles and the amygdalae.
+    second_shell : float or None, default=None
+        b-value (s/mm²) of an optional second shell on the same directions.
     """
 
     n_subjects: int = 98
@@ -168,6 +276,24 @@ class SimulationParams:
     qids_per_madrs: float = 0.45
     qids_intercept: float = 2.0
     qids_sd: float = 2.0
+    head_size_sd: float | None = None
+    head_axis_sd: float | None = None
+    warp_rms: float | None = None
+    warp_spacing: float = 16.0
+    ventricle_growth: float | None = None
+    ventricle_sd: float | None = None
+    plant_extent: float = 2.5
+    motion_rms: float | None = None
+    motion_spikes: float | None = None
+    eddy_mm: float | None = None
+    susceptibility_hz: float | None = None
+    total_readout_time: float = 0.045
+    phase_encoding_direction: str = "j-"
+    signal_drift: float | None = None
+    n_coils: int = 1
+    noise_sigma_variation: float | None = None
+    fov_slab: tuple | None = None
+    second_shell: float | None = None
 
     def __post_init__(self):
         checks = [
@@ -179,10 +305,53 @@ class SimulationParams:
             (100 <= self.bval <= 5000, "bval is in s/mm² and must lie in [100, 5000]"),
             (self.snr > 0 and self.noise_sigma > 0, "snr and noise_sigma must be positive"),
             (set(self.pattern) <= set(STUDY_REGIONS), "pattern names unknown regions"),
+            (self.n_coils >= 1, "n_coils must be at least 1"),
+            (self.phase_encoding_direction in PHASE_ENCODING_DIRECTIONS,
+             f"phase_encoding_direction must be one of {PHASE_ENCODING_DIRECTIONS}"),
+            (self.fov_slab is None or (len(self.fov_slab) == 2
+                                       and self.fov_slab[1] - self.fov_slab[0] >= 15),
+             "fov_slab must be (z_min, z_max) in mm, at least 15 mm thick"),
+            (self.second_shell is None or 100 <= self.second_shell <= 10000,
+             "second_shell is a b-value in s/mm² in [100, 10000]"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise InputError(f"simulation parameters: {msg}")
+
+    @classmethod
+    def preset(cls, name: str = "teaching", *, realistic: bool = False, **overrides):
+        """Parameters of a named preset (:data:`PRESETS`), optionally realistic.
+
+        Parameters
+        ----------
+        name : {"teaching", "paper", "null"}, default="teaching"
+            ``teaching``: a strong planted effect, easy to see at n = 98
+            (the defaults). ``paper``: the effect calibrated on the paper's
+            reported p values (interaction p 0.016-0.082; ketamine-arm r about
+            0.3). ``null``: no relation between MD change and score change.
+        realistic : bool, default=False
+            Also switch on each participant's own anatomy and the scanner
+            artefacts at their realistic values (:data:`REALISTIC`).
+        **overrides
+            Any other field.
+
+        Returns
+        -------
+        SimulationParams
+        """
+        if name not in PRESETS:
+            raise InputError(f"simulation preset {name!r} is unknown; choose one of "
+                             f"{', '.join(PRESETS)}")
+        values = dict(_PRESET_VALUES[name])
+        if realistic:
+            values.update(REALISTIC)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def realistic(cls, **overrides):
+        """Return the defaults with every realism switch on (:data:`REALISTIC`)."""
+        return cls(**{**REALISTIC, **overrides})
 
     def slope(self, region: str, arm: str) -> float:
         """Planted slope (relative MD change per MADRS point) for a region and arm."""
@@ -299,7 +468,9 @@ class _Anatomy:
     orientation: np.ndarray     # (X, Y, Z, 3) WM/GM principal direction (unit)
     region_weight: np.ndarray   # (X, Y, Z, R) fraction of the voxel in each planted region
     region_names: list
-    baseline_md: dict           # region -> CSF-free tissue MD (mm²/s) before offsets
+    baseline_md: dict           # region -> CSF-free tissue MD (mm²/s) of its planting field
+    plant_weight: np.ndarray    # (X, Y, Z, R) weight of each region's planted change
+    plant_mix: np.ndarray       # (R, R) tissue MD change of field r per unit change of r'
 
 
 def _build_anatomy(params: SimulationParams, seed: int) -> dict:
@@ -331,10 +502,21 @@ def _build_anatomy(params: SimulationParams, seed: int) -> dict:
     names = list(maps.names)
     best = np.zeros(gm.shape, np.int8)
     best_p = np.zeros(gm.shape, np.float32)
+    centres, covs = [], []
     for k, name in enumerate(names):
         p = resample_to_img(maps.get(name), gm_img, interpolation="linear",
                             force_resample=True, copy_header=True)
         p = np.asarray(p.dataobj, dtype=np.float32)
+        # The planting field's own definition: the centre and spread of the
+        # whole probability map (every probability, no threshold).
+        nz = np.nonzero(p > 0.01)
+        wp = p[nz].astype(np.float64)
+        xyz = gm_img.affine[:3, :3] @ np.array(nz, float) + gm_img.affine[:3, 3:4]
+        mu = (xyz * wp).sum(1) / wp.sum()
+        d = xyz - mu[:, None]
+        centres.append(mu)
+        covs.append((d * wp) @ d.T / wp.sum())
+        del nz, wp, xyz, d
         better = p > best_p
         best[better], best_p[better] = k, p[better]
         del p, better
@@ -363,11 +545,38 @@ def _build_anatomy(params: SimulationParams, seed: int) -> dict:
     affine[:3, 3] += 0.5 * np.diag(gm_img.affine)[:3]  # centre of a 2x2x2 block
     return {"affine": affine, "fractions": fractions.astype(np.float32),
             "orientation": orient.astype(np.float32),
-            "region_weight": weights.astype(np.float32), "region_names": np.array(names)}
+            "region_weight": weights.astype(np.float32), "region_names": np.array(names),
+            "plant_centre": np.array(centres), "plant_cov": np.array(covs)}
+
+
+def _plant_weights(affine, shape, centres, covs, names, extent):
+    """Smooth ellipsoids carrying each region's planted change (2 mm grid).
+
+    ``w = 1 / (1 + exp((m - extent) / 0.2))`` with ``m`` the Mahalanobis
+    distance from the region's probability-weighted centre; lateral regions
+    stop at the midline (a 2 mm logistic edge). Where fields overlap they
+    are scaled so that the weights of a voxel sum to at most 1. Weights
+    below 1e-3 are set to 0.
+    """
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    xyz = (affine[:3, :3] @ ijk + affine[:3, 3:4]).astype(np.float64)
+    out = np.zeros((xyz.shape[1], len(names)), np.float32)
+    for k, name in enumerate(names):
+        d = xyz - centres[k][:, None]
+        m = np.sqrt(np.einsum("in,ij,jn->n", d, np.linalg.inv(covs[k]), d))
+        w = 1.0 / (1.0 + np.exp(np.clip((m - extent) / 0.2, -50, 50)))
+        if name.endswith("_L"):
+            w /= 1.0 + np.exp(np.clip(xyz[0] / 1.0, -50, 50))
+        elif name.endswith("_R"):
+            w /= 1.0 + np.exp(np.clip(-xyz[0] / 1.0, -50, 50))
+        out[:, k] = np.where(w < 1e-3, 0.0, w)  # exactly zero far from the region
+    total = out.sum(1, keepdims=True)
+    out /= np.maximum(total, 1.0)
+    return out.reshape(*shape, len(names))
 
 
 _ANATOMY_CACHE: dict = {}
-_ANATOMY_VERSION = 2  # bump when _build_anatomy changes
+_ANATOMY_VERSION = 3  # bump when _build_anatomy changes
 
 
 def _anatomy(params: SimulationParams, seed: int = 0) -> _Anatomy:
@@ -379,7 +588,7 @@ def _anatomy(params: SimulationParams, seed: int = 0) -> _Anatomy:
     """
     from .datasets import get_data_home
 
-    key = (params.planting_threshold,)
+    key = (params.planting_threshold, params.plant_extent)
     if key not in _ANATOMY_CACHE:
         cache = get_data_home() / "sim_cache"
         path = cache / f"anatomy_v{_ANATOMY_VERSION}_thr{params.planting_threshold:.3f}.npz"
@@ -399,27 +608,48 @@ def _anatomy(params: SimulationParams, seed: int = 0) -> _Anatomy:
             buf = io.BytesIO()
             np.savez(buf, **fields)
             atomic_write_bytes(path, buf.getvalue())
+        fields = dict(fields)
+        names = [str(n) for n in fields["region_names"]]
+        fields["plant_weight"] = _plant_weights(
+            fields["affine"], fields["fractions"].shape[:3], fields["plant_centre"],
+            fields["plant_cov"], names, params.plant_extent)
         _ANATOMY_CACHE.clear()
         _ANATOMY_CACHE[key] = fields
     f = _ANATOMY_CACHE[key]
+    derived_key = ("derived", params.gm_evals, params.wm_evals, params.s0_gm, params.s0_wm)
+    if derived_key in f:
+        return f[derived_key]
     names = [str(n) for n in f["region_names"]]
-    # CSF-free tissue MD of each region before any subject effect: the
-    # S0-weighted mean of the GM and WM diffusivities over the region.
+    # CSF-free tissue MD of each planting field before any subject effect:
+    # the S0-weighted mean of the GM and WM diffusivities, weighted by the
+    # field; and the matrix that turns the planted changes into the
+    # tissue MD change of each field (fields overlap a little).
     md_gm, md_wm = np.mean(params.gm_evals), np.mean(params.wm_evals)
     wg = f["fractions"][..., 0] * params.s0_gm
     ww = f["fractions"][..., 1] * params.s0_wm
+    tissue = (wg * md_gm + ww * md_wm).reshape(-1).astype(np.float64)
+    norm = (wg + ww).reshape(-1).astype(np.float64)
+    pw = f["plant_weight"].reshape(-1, len(names)).astype(np.float64)
     baseline = {}
+    mix = np.zeros((len(names), len(names)))
     for k, name in enumerate(names):
-        w = f["region_weight"][..., k]
-        baseline[name] = float((w * (wg * md_gm + ww * md_wm)).sum() / (w * (wg + ww)).sum())
-    return _Anatomy(affine=f["affine"], fractions=f["fractions"], orientation=f["orientation"],
-                    region_weight=f["region_weight"], region_names=names, baseline_md=baseline)
+        w = pw[:, k]
+        a = float((w * tissue).sum())
+        baseline[name] = a / float((w * norm).sum())
+        mix[k] = (w * tissue) @ pw / a
+    f[derived_key] = _Anatomy(
+        affine=f["affine"], fractions=f["fractions"], orientation=f["orientation"],
+        region_weight=f["region_weight"], region_names=names, baseline_md=baseline,
+        plant_weight=f["plant_weight"], plant_mix=mix)
+    return f[derived_key]
 
 
-def _native_grid(voxel_size: float, margin: float = 6.0):
+def _native_grid(voxel_size: float, margin: float = 6.0, slab=None):
     """Scanner grid: LAS orientation (negative determinant, as dcm2niix writes)."""
     lo = np.array([-72.0, -108.0, -54.0]) - margin  # MNI brain bounding box + margin
     hi = np.array([72.0, 74.0, 82.0]) + margin
+    if slab is not None:
+        lo[2], hi[2] = float(slab[0]), float(slab[1])
     shape = tuple(int(math.ceil((h - lo_) / voxel_size)) for lo_, h in zip(lo, hi, strict=True))
     affine = np.diag([-voxel_size, voxel_size, voxel_size, 1.0])
     centre = (lo + hi) / 2
@@ -429,13 +659,265 @@ def _native_grid(voxel_size: float, margin: float = 6.0):
 
 
 # --------------------------------------------------------------------------
+# Each participant's own anatomy
+
+#: Centre of the participant's size and shape changes (MNI mm): the centroid
+#: of the template's intracranial volume.
+BRAIN_CENTRE = (0.0, -22.0, 10.0)
+#: Centre and spread (mm, SD of a Gaussian) of the lateral ventricles in MNI
+#: space, where age enlarges them.
+VENTRICLE_CENTRE = (0.0, -15.0, 12.0)
+VENTRICLE_SPREAD = (16.0, 24.0, 14.0)
+#: Box of the warp's control points (MNI mm): the field of view and more.
+_WARP_BOX = (np.array([-96.0, -132.0, -80.0]), np.array([96.0, 100.0, 110.0]))
+
+
+@dataclass(frozen=True)
+class ParticipantAnatomy:
+    """Where a participant's anatomy samples the template.
+
+    A point ``x`` of the participant's head (mm, in the participant's own
+    frame, centred like MNI) shows the template at
+
+    ``y0 = c + M (x - c) + u(x)`` and then ``y = y0 - v (y0 - c_v) G(y0)``
+
+    with ``c`` = :data:`BRAIN_CENTRE`, ``M`` the inverse of the
+    participant's linear size and shape, ``u`` a smooth displacement
+    (cubic B-spline through control points ``warp_spacing`` mm apart) and
+    ``G`` a Gaussian around the lateral ventricles (:data:`VENTRICLE_CENTRE`,
+    :data:`VENTRICLE_SPREAD`): ``v > 0`` enlarges them by ``1 / (1 - v)``
+    in each direction at their centre.
+
+    Attributes
+    ----------
+    linear : numpy.ndarray, shape (3, 3)
+        ``M``, participant-to-template linear map (unitless).
+    warp : numpy.ndarray, shape (3, nx, ny, nz), or None
+        Cubic B-spline coefficients of ``u`` (mm) on the control grid that
+        starts at ``_WARP_BOX[0]`` (a constant array is a uniform shift);
+        ``None``: no warp.
+    warp_spacing : float
+        Control-point spacing (mm).
+    ventricle : float
+        ``v`` (unitless, < 1).
+    """
+
+    linear: np.ndarray = field(default_factory=lambda: np.eye(3))
+    warp: np.ndarray | None = None
+    warp_spacing: float = 16.0
+    ventricle: float = 0.0
+
+    @property
+    def head_size(self) -> float:
+        """Linear size relative to the template (cube root of the volume ratio)."""
+        return float(abs(np.linalg.det(self.linear)) ** (-1 / 3))
+
+    def to_template(self, x):
+        """Map participant points ``x`` (3, N) in mm to template (MNI) mm."""
+        from scipy.ndimage import map_coordinates
+
+        x = np.asarray(x, dtype=np.float64)
+        c = np.asarray(BRAIN_CENTRE)[:, None]
+        y = c + self.linear @ (x - c)
+        if self.warp is not None:
+            g = (x - _WARP_BOX[0][:, None]) / self.warp_spacing
+            y = y + np.stack([map_coordinates(self.warp[k], g, order=3, mode="nearest",
+                                              prefilter=False) for k in range(3)])
+        if self.ventricle:
+            cv = np.asarray(VENTRICLE_CENTRE)[:, None]
+            d = y - cv
+            gauss = np.exp(-0.5 * ((d / np.asarray(VENTRICLE_SPREAD)[:, None]) ** 2).sum(0))
+            y = y - self.ventricle * d * gauss
+        return y
+
+
+    def to_template_grid(self, vox_to_head, shape, stride: int = 2):
+        """Template (MNI) mm of every voxel centre of a grid, shape (3, N).
+
+        The linear part is exact; the smooth nonlinear part (warp and
+        ventricles) is computed every ``stride`` voxels and interpolated
+        linearly in between (it varies over centimetres, the grid over
+        millimetres).
+        """
+        from scipy.ndimage import map_coordinates
+
+        vox_to_head = np.asarray(vox_to_head, float)
+        c = np.asarray(BRAIN_CENTRE)[:, None]
+        lin = np.eye(4)
+        lin[:3, :3] = self.linear
+        lin[:3, 3:4] = c - self.linear @ c
+        to_lin = lin @ vox_to_head
+        ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+        y = to_lin[:3, :3] @ ijk + to_lin[:3, 3:4]
+        if self.warp is None and not self.ventricle:
+            return y
+        sub_shape = tuple(int(math.ceil((n - 1) / stride)) + 1 for n in shape)
+        sub = np.indices(sub_shape, dtype=np.float64).reshape(3, -1) * stride
+        head = vox_to_head[:3, :3] @ sub + vox_to_head[:3, 3:4]
+        d = (self.to_template(head) - (to_lin[:3, :3] @ sub + to_lin[:3, 3:4]))
+        d = d.reshape(3, *sub_shape)
+        g = ijk / np.float32(stride)
+        return y + np.stack([map_coordinates(d[k], g, order=1, mode="nearest", prefilter=False)
+                             for k in range(3)])
+
+
+def _warp_grid_shape(spacing: float):
+    lo, hi = _WARP_BOX
+    return tuple(int(math.ceil((h - lo_) / spacing)) + 1 for lo_, h in zip(lo, hi, strict=True))
+
+
+def participant_anatomy(params: SimulationParams, *, seed: int = 0, index: int = 0,
+                        age: float = 40.0) -> ParticipantAnatomy:
+    """Draw one participant's size, shape, warp and ventricles.
+
+    Parameters
+    ----------
+    params : SimulationParams
+        ``head_size_sd``, ``head_axis_sd``, ``warp_rms``, ``warp_spacing``,
+        ``ventricle_growth`` and ``ventricle_sd`` (``None`` switches each off).
+    seed : int, default=0
+        Cohort seed.
+    index : int, default=0
+        Participant index (0-based): the draw depends on ``(seed, index)``
+        only, so it is the same for both sessions and any number of workers.
+    age : float, default=40.0
+        Age in years (the ventricles grow with it).
+
+    Returns
+    -------
+    ParticipantAnatomy
+    """
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng([seed, 3, index])
+    g = rng.normal(0, params.head_size_sd or 0.0)
+    a = rng.normal(0, params.head_axis_sd or 0.0, 3)
+    size = np.exp(g + a)  # participant / template, per axis
+    linear = np.diag(1.0 / size)
+    warp = None
+    shape = _warp_grid_shape(params.warp_spacing)
+    raw = rng.standard_normal((3, *shape))
+    if params.warp_rms:
+        # Smooth the control points over ~2 spacings, then set the RMS.
+        sm = np.stack([ndi.gaussian_filter(raw[k], 1.0, mode="nearest") for k in range(3)])
+        sm -= sm.mean(axis=(1, 2, 3), keepdims=True)
+        rms = np.sqrt((sm ** 2).sum(0).mean())
+        warp = sm * (params.warp_rms / rms)
+        warp = np.stack([ndi.spline_filter(warp[k], order=3, mode="nearest")
+                         for k in range(3)])
+    log_vent = rng.normal(0, params.ventricle_sd or 0.0)
+    if params.ventricle_growth:
+        log_vent += params.ventricle_growth * (age - 40.0)
+    ventricle = 1.0 - math.exp(-log_vent / 3.0) if (params.ventricle_growth or
+                                                     params.ventricle_sd) else 0.0
+    return ParticipantAnatomy(linear=linear, warp=warp, warp_spacing=params.warp_spacing,
+                              ventricle=float(np.clip(ventricle, -0.6, 0.6)))
+
+
+# --------------------------------------------------------------------------
+# The scanner: acquisition scheme and artefacts
+
+
+def acquisition_scheme(params: SimulationParams):
+    """Return the series' b-values and b-vectors: the shell, then the optional second shell.
+
+    The second shell (``params.second_shell``) repeats the first shell's
+    directions at its own b-value, after them.
+    """
+    bvals, bvecs = gradient_scheme(params.n_directions, params.n_b0, params.bval)
+    if params.second_shell:
+        dw = bvals > 0
+        bvals = np.concatenate([bvals, np.full(int(dw.sum()), float(params.second_shell))])
+        bvecs = np.concatenate([bvecs, bvecs[dw]])
+    return bvals, bvecs
+
+
+def _moves_in_space(params: SimulationParams) -> bool:
+    return bool(params.motion_rms or params.motion_spikes or params.eddy_mm
+                or params.susceptibility_hz)
+
+
+def volume_motion(params: SimulationParams, n_volumes: int, rng):
+    """Draw each volume's rigid head motion relative to the first volume.
+
+    A slow drift (a smoothed random walk) plus jitter, scaled so that the
+    RMS over volumes is ``motion_rms`` (mm for translations, degrees for
+    rotations), plus ``Poisson(motion_spikes)`` sudden movements of 1-3 mm
+    and 1-3 degrees that last to the end of the series.
+
+    Returns
+    -------
+    rotations, translations : numpy.ndarray, shape (n_volumes, 3)
+        Degrees about x, y, z and mm along x, y, z (scanner axes); row 0 is 0.
+    """
+    rot = np.zeros((n_volumes, 3))
+    tr = np.zeros((n_volumes, 3))
+    if params.motion_rms:
+        for arr in (rot, tr):
+            walk = np.cumsum(rng.normal(0, 1, (n_volumes, 3)), axis=0)
+            walk = walk / np.sqrt(n_volumes) + 0.1 * rng.normal(0, 1, (n_volumes, 3))
+            walk -= walk[0]
+            rms = np.sqrt((walk ** 2).mean())
+            arr += walk * (params.motion_rms / max(rms, 1e-12))
+    if params.motion_spikes:
+        for _ in range(rng.poisson(params.motion_spikes)):
+            j = int(rng.integers(1, n_volumes))
+            rot[j:, rng.integers(3)] += rng.uniform(1, 3) * rng.choice([-1, 1])
+            tr[j:, rng.integers(3)] += rng.uniform(1, 3) * rng.choice([-1, 1])
+    return rot, tr
+
+
+def framewise_displacement(rotations, translations, radius: float = 50.0):
+    """Return Power et al.'s (2012) framewise displacement (mm) of each volume.
+
+    The sum of the absolute changes from the previous volume, rotations as
+    arcs on a sphere of ``radius`` mm; 0 for the first volume.
+    """
+    d = np.diff(np.column_stack([np.deg2rad(rotations) * radius, translations]), axis=0)
+    return np.r_[0.0, np.abs(d).sum(1)]
+
+
+def susceptibility_field(params: SimulationParams, points):
+    """Off-resonance (Hz) at template (MNI) points ``(3, N)`` in mm."""
+    out = np.zeros(np.shape(points)[1])
+    if not params.susceptibility_hz:
+        return out
+    for centre, spread, share in SUSCEPTIBILITY_SOURCES:
+        d = (np.asarray(points) - np.asarray(centre)[:, None]) / np.asarray(spread)[:, None]
+        out += share * params.susceptibility_hz * np.exp(-0.5 * (d ** 2).sum(0))
+    return out
+
+
+def _pe_axis(params: SimulationParams, affine):
+    """Return the phase-encoding direction (unit scanner-frame vector) and its voxel size."""
+    axis = {"i": 0, "j": 1, "k": 2}[params.phase_encoding_direction[0]]
+    sign = -1.0 if params.phase_encoding_direction.endswith("-") else 1.0
+    col = affine[:3, axis]
+    return sign * col / np.linalg.norm(col), float(np.linalg.norm(col))
+
+
+def _noise_sigma_map(params: SimulationParams, xyz, rng):
+    """Noise SD per voxel (stored units): smooth, mean ``noise_sigma``."""
+    if not params.noise_sigma_variation:
+        return None
+    a = rng.normal(0, 1, 6)
+    u = xyz / 100.0
+    f = a[0] * u[0] + a[1] * u[1] + a[2] * u[2] + a[3] * (u[0] ** 2 + u[1] ** 2) \
+        + a[4] * u[1] * u[2] + a[5] * u[2] ** 2
+    f = (f - f.mean()) / max(np.abs(f - f.mean()).max(), 1e-12)
+    return (params.noise_sigma * (1 + params.noise_sigma_variation * f)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------
 # One session
 
 
 def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
                      head_transform=None, md_multiplier: float = 1.0,
                      region_change: dict | None = None, rng=None,
-                     noise: bool = True, return_truth: bool = False):
+                     noise: bool = True, return_truth: bool = False,
+                     anatomy: ParticipantAnatomy | None = None, motion=None,
+                     _volumes=None):
     """Simulate one DWI session.
 
     Parameters
@@ -445,7 +927,8 @@ def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
     seed : int, default=0
         Cohort seed: fixes the anatomy (orientation field).
     head_transform : numpy.ndarray, shape (4, 4), optional
-        Rigid map from MNI to scanner coordinates (mm). Identity if omitted.
+        Rigid map from the participant's head frame (MNI-centred) to scanner
+        coordinates (mm). Identity if omitted.
     md_multiplier : float, default=1.0
         Global multiplier of GM and WM diffusivities (subject and session).
     region_change : dict, optional
@@ -459,6 +942,13 @@ def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
     return_truth : bool, default=False
         Also return the noise-free tissue fractions and region weights in
         native space.
+    anatomy : ParticipantAnatomy, optional
+        The participant's own anatomy (:func:`participant_anatomy`); the
+        template's if omitted.
+    motion : tuple of two arrays of shape (n_volumes, 3), optional
+        Each volume's rotation (degrees about the scanner's x, y, z, about
+        the head's centre) and translation (mm) from ``head_transform``,
+        instead of drawing them from ``motion_rms`` and ``motion_spikes``.
 
     Returns
     -------
@@ -467,8 +957,10 @@ def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
     bvals, bvecs : numpy.ndarray
         The gradient scheme (b-vectors in the voxel frame, FSL layout).
     truth : dict
-        Only with ``return_truth``: ``fractions`` (GM, WM, CSF; 4D image) and
-        ``region_weight`` (4D image, one volume per region, ``names``).
+        Only with ``return_truth``: ``fractions`` (GM, WM, CSF; 4D image),
+        ``region_weight`` (4D image, one volume per region, ``names``: the
+        pipeline's default definition carried into this head) and
+        ``plant_weight`` (the same for the fields that carry the changes).
     """
     import nibabel as nib
     from scipy.ndimage import map_coordinates
@@ -476,13 +968,31 @@ def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
     params = params or SimulationParams()
     rng = rng if rng is not None else np.random.default_rng(seed)
     anat = _anatomy(params, seed)
-    shape, affine = _native_grid(params.voxel_size)
+    shape, affine = _native_grid(params.voxel_size, slab=params.fov_slab)
     T = np.eye(4) if head_transform is None else np.asarray(head_transform, float)
+    bvals, bvecs = acquisition_scheme(params)
+    n_vol = bvals.size
+    vox_axes = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    # Per-volume artefacts, drawn from their own stream so that switching
+    # them off leaves every other value of the session unchanged.
+    art_rng = np.random.default_rng(rng.integers(2**63)) if (
+        _moves_in_space(params) or params.signal_drift or params.noise_sigma_variation) \
+        else None
+    rot_v, tr_v = (volume_motion(params, n_vol, art_rng) if art_rng is not None
+                   else (np.zeros((n_vol, 3)), np.zeros((n_vol, 3))))
+    if motion is not None:
+        rot_v, tr_v = (np.asarray(m, float).reshape(n_vol, 3) for m in motion)
 
-    # Voxel centres -> scanner mm -> MNI mm -> working-grid voxel coordinates.
+    # Voxel centres -> scanner mm -> head mm -> template (MNI) mm -> working-grid
+    # voxel coordinates.
     ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
-    to_work = np.linalg.inv(anat.affine) @ np.linalg.inv(T) @ affine
-    coords = to_work[:3, :3] @ ijk + to_work[:3, 3:4]
+    if anatomy is None:
+        to_work = np.linalg.inv(anat.affine) @ np.linalg.inv(T) @ affine
+        coords = to_work[:3, :3] @ ijk + to_work[:3, 3:4]
+    else:
+        inv_work = np.linalg.inv(anat.affine)
+        y = anatomy.to_template_grid(np.linalg.inv(T) @ affine, shape)
+        coords = (inv_work[:3, :3] @ y + inv_work[:3, 3:4]).astype(np.float32)
 
     def sample(vol):
         return map_coordinates(vol, coords, order=1, mode="constant", cval=0.0,
@@ -497,27 +1007,29 @@ def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
                                        prefilter=False) for k in range(3)], axis=-1)
     # Orientation in the scanner frame, then in the voxel frame of the image.
     orient = orient @ T[:3, :3].T
-    vox_axes = affine[:3, :3] / np.abs(np.diag(affine)[:3])
     orient = orient @ vox_axes  # components along the voxel axes (x flipped for LAS)
     orient /= np.maximum(np.linalg.norm(orient, axis=1, keepdims=True), 1e-6)
 
     mult = np.full(idx.size, md_multiplier, dtype=np.float64)
-    weights = None
-    if region_change or return_truth:
-        weights = np.stack([map_coordinates(anat.region_weight[..., k], c, order=1,
-                                            mode="constant", prefilter=False)
-                            for k in range(len(anat.region_names))], axis=-1)
+    plant = {}
+    total = np.zeros(idx.size)
     for name, change in (region_change or {}).items():
         if name not in anat.region_names:
             raise InputError(f"region_change names unknown region {name!r}")
-        mult *= 1.0 + weights[:, anat.region_names.index(name)] * change
+        k = anat.region_names.index(name)
+        plant[k] = map_coordinates(anat.plant_weight[..., k], c, order=1, mode="constant",
+                                   prefilter=False)
+        total += plant[k] * change
+    mult *= 1.0 + total
 
-    bvals, bvecs = gradient_scheme(params.n_directions, params.n_b0, params.bval)
+    # Gradients stay fixed in the scanner; a head rotated by R sees g as R^T g.
+    rmats = [vox_axes.T @ _rotation(r) @ vox_axes for r in rot_v]  # voxel frame
+    g_tissue = np.stack([rm.T @ g for rm, g in zip(rmats, bvecs, strict=True)])
     sig = np.zeros((idx.size, bvals.size))
     for k, (evals, s0) in enumerate(((params.gm_evals, params.s0_gm),
                                      (params.wm_evals, params.s0_wm))):
         l1, l2, _ = evals
-        cos2 = (orient @ bvecs.T) ** 2
+        cos2 = (orient @ g_tissue.T) ** 2
         adc = (l2 + (l1 - l2) * cos2) * mult[:, None]
         sig += frac[:, k:k + 1] * s0 * np.exp(-bvals[None, :] * adc)
     sig += frac[:, 2:3] * params.s0_csf * np.exp(-bvals[None, :] * params.csf_d)
@@ -529,17 +1041,33 @@ def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
         + a[4] * xyz[1] * xyz[2] + a[5] * (xyz[2] ** 2 - 0.3)
     s0_units = params.snr * params.noise_sigma / params.s0_gm
     sig *= (s0_units * bias)[:, None]
+    drift = np.ones(n_vol)
+    if params.signal_drift:
+        drift = 1.0 - params.signal_drift * np.arange(n_vol) / max(n_vol - 1, 1)
+        sig *= drift[None, :]
 
-    # Rician noise everywhere (background too), then integer storage.
     n = int(np.prod(shape))
     clean = np.zeros((n, bvals.size), dtype=np.float32)
     clean[idx] = sig
+    eddy = np.zeros((n_vol, 4))  # per volume: mm per mm along x, y, z; shift in mm
+    if _moves_in_space(params) or np.any(rot_v) or np.any(tr_v):
+        clean, eddy = _move_and_distort(params, clean, shape, affine, T, coords, anat,
+                                        brain, bvals, bvecs, rot_v, tr_v, vox_axes)
+
+    # Magnitude noise everywhere (background too): Rician for one channel,
+    # non-central chi for a root-sum-of-squares of several; then int16.
+    sigma_map = _noise_sigma_map(params, affine[:3, :3] @ ijk + affine[:3, 3:4], art_rng) \
+        if art_rng is not None else None
     if noise:
-        sigma = np.float32(params.noise_sigma)
+        sigma = (np.float32(params.noise_sigma) if sigma_map is None
+                 else sigma_map[:, None])
         re = clean + sigma * rng.standard_normal(clean.shape, dtype=np.float32)
         im = sigma * rng.standard_normal(clean.shape, dtype=np.float32)
-        mag = np.sqrt(re * re + im * im)
-        data = np.rint(mag).astype(np.int16).reshape(*shape, bvals.size)
+        power = re * re + im * im
+        if params.n_coils > 1:  # the other 2 L - 2 parts: sigma^2 chi^2(2 L - 2)
+            power += (sigma * sigma) * np.float32(2.0) * rng.standard_gamma(
+                params.n_coils - 1, clean.shape, dtype=np.float32)
+        data = np.rint(np.sqrt(power)).astype(np.int16).reshape(*shape, bvals.size)
     else:
         data = clean.reshape(*shape, bvals.size)
 
@@ -548,18 +1076,105 @@ def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
     img.header.set_qform(affine, code=1)
     img.header.set_sform(affine, code=1)
     img.header.set_slope_inter(1.0, 0.0)
+    if _volumes is not None:
+        _volumes.append(_volume_table(params, bvals, rot_v, tr_v, eddy, drift))
     if not return_truth:
         return img, bvals, bvecs
     full_frac = np.zeros((n, 3), np.float32)
     full_frac[idx] = frac
-    full_w = np.zeros((n, len(anat.region_names)), np.float32)
-    full_w[idx] = weights
-    truth = {
-        "fractions": nib.Nifti1Image(full_frac.reshape(*shape, 3), affine),
-        "region_weight": nib.Nifti1Image(full_w.reshape(*shape, -1), affine),
-        "names": list(anat.region_names),
-    }
+    truth = {"fractions": nib.Nifti1Image(full_frac.reshape(*shape, 3), affine),
+             "names": list(anat.region_names),
+             "volumes": _volume_table(params, bvals, rot_v, tr_v, eddy, drift)}
+    if sigma_map is not None:
+        truth["noise_sigma"] = nib.Nifti1Image(sigma_map.reshape(shape), affine)
+    for key, vol in (("region_weight", anat.region_weight),
+                     ("plant_weight", anat.plant_weight)):
+        full = np.zeros((n, len(anat.region_names)), np.float32)
+        full[idx] = np.stack([map_coordinates(vol[..., k], c, order=1, mode="constant",
+                                              prefilter=False)
+                              for k in range(len(anat.region_names))], axis=-1)
+        truth[key] = nib.Nifti1Image(full.reshape(*shape, -1), affine)
     return img, bvals, bvecs, truth
+
+
+def _move_and_distort(params, clean, shape, affine, T, coords, anat, brain, bvals, bvecs,
+                      rot_v, tr_v, vox_axes):
+    """Resample each volume to its head position, with EPI and eddy displacement.
+
+    The value at scanner point ``x`` of volume ``v`` is the signal of the
+    tissue at ``M_v^-1 (x - d_v(x) e)``: ``e`` the phase-encoding direction,
+    ``d_v`` the susceptibility (``Hz * total_readout_time`` voxels) plus the
+    eddy-current displacement, ``M_v`` the volume's rigid motion about the
+    head's centre (pull-back; the intensity change of the Jacobian is left
+    out).
+    """
+    from scipy.ndimage import binary_dilation, map_coordinates
+
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    xyz = affine[:3, :3] @ ijk + affine[:3, 3:4]
+    pe, pe_vox = _pe_axis(params, affine)
+    iso = affine[:3, :3] @ ((np.array(shape) - 1) / 2) + affine[:3, 3]
+    reach = binary_dilation(brain.reshape(shape), iterations=4).reshape(-1)
+    out_idx = np.flatnonzero(reach)
+    x = xyz[:, out_idx].astype(np.float64)
+    disp_susc = np.zeros(out_idx.size)
+    if params.susceptibility_hz:
+        tmpl = anat.affine[:3, :3] @ coords[:, out_idx] + anat.affine[:3, 3:4]
+        disp_susc = susceptibility_field(params, tmpl) * params.total_readout_time * pe_vox
+    centre = (T @ np.r_[BRAIN_CENTRE, 1.0])[:3]
+    inv_aff = np.linalg.inv(affine)
+    eddy = np.zeros((len(bvals), 4))
+    by_volume = np.ascontiguousarray(clean.T)  # (volumes, voxels)
+    moved = np.zeros((len(bvals), out_idx.size), np.float32)
+    g_scanner = bvecs @ vox_axes.T
+    for v in range(len(bvals)):
+        d = disp_susc
+        if params.eddy_mm and bvals[v] > 0:
+            k = params.eddy_mm * bvals[v] / 1000.0
+            eddy[v, :3] = k * g_scanner[v] / 100.0
+            eddy[v, 3] = 0.25 * k * g_scanner[v, 2]
+            d = d + (eddy[v, :3] @ (x - iso[:, None])) + eddy[v, 3]
+        u = x - d[None, :] * pe[:, None]
+        R = _rotation(rot_v[v])
+        q = R.T @ (u - centre[:, None] - tr_v[v][:, None]) + centre[:, None]
+        src = inv_aff[:3, :3] @ q + inv_aff[:3, 3:4]
+        moved[v] = map_coordinates(by_volume[v].reshape(shape), src, order=1,
+                                   mode="constant", cval=0.0, prefilter=False)
+    out = np.zeros_like(clean)
+    out[out_idx] = moved.T
+    return out, eddy
+
+
+def _volume_table(params, bvals, rot_v, tr_v, eddy, drift) -> pd.DataFrame:
+    return pd.DataFrame({
+        "volume": np.arange(len(bvals)), "bval": bvals,
+        "rot_x_deg": rot_v[:, 0], "rot_y_deg": rot_v[:, 1], "rot_z_deg": rot_v[:, 2],
+        "trans_x_mm": tr_v[:, 0], "trans_y_mm": tr_v[:, 1], "trans_z_mm": tr_v[:, 2],
+        "framewise_displacement_mm": framewise_displacement(rot_v, tr_v),
+        "eddy_x_per_mm": eddy[:, 0], "eddy_y_per_mm": eddy[:, 1],
+        "eddy_z_per_mm": eddy[:, 2], "eddy_shift_mm": eddy[:, 3],
+        "signal_scale": drift})
+
+
+_MD_TABLES: dict = {}
+_MD_GRID = np.linspace(0.7, 1.3, 61)  # voxel MD multipliers tabulated
+
+
+def _voxel_md_table(params, frac, orient):
+    """Noise-free MD of each voxel (columns) at each multiplier of ``_MD_GRID`` (rows)."""
+    bvals, bvecs = gradient_scheme(params.n_directions, params.n_b0, params.bval)
+    dw = bvals > 0
+    g, b = bvecs[dw], bvals[dw]
+    s0 = frac[:, 0] * params.s0_gm + frac[:, 1] * params.s0_wm + frac[:, 2] * params.s0_csf
+    cos2 = (orient @ g.T) ** 2
+    adc = [(ev[1] + (ev[0] - ev[1]) * cos2) for ev in (params.gm_evals, params.wm_evals)]
+    csf = frac[:, 2:3] * params.s0_csf * np.exp(-b * params.csf_d)
+    table = np.empty((_MD_GRID.size, frac.shape[0]))
+    for j, m in enumerate(_MD_GRID):
+        sig = csf + frac[:, 0:1] * params.s0_gm * np.exp(-b * adc[0] * m) \
+            + frac[:, 1:2] * params.s0_wm * np.exp(-b * adc[1] * m)
+        table[j] = np.mean(-np.log(sig / s0[:, None]) / b, axis=1)
+    return table
 
 
 #: Voxels whose noise-free MD is above this (mm²/s) are left out of the
@@ -572,7 +1187,11 @@ def region_apparent_md(params: SimulationParams, region: str, md_multiplier, cha
                        csf_md_threshold: float | None = TRUTH_CSF_MD_THRESHOLD):
     """Noise-free MD a tensor fit would report, averaged over a planted region.
 
-    Per voxel of the 2 mm working grid inside the region (weight >= 0.5),
+    The region is the pipeline's default definition (atlas probability >=
+    ``planting_threshold``, covering at least half of a 2 mm voxel); the
+    change reaches each of its voxels through the planting fields
+    (:func:`simulate_session`), which are defined independently of it.
+    Per voxel of the 2 mm working grid inside the region,
     the apparent diffusivity along each gradient of the scheme is
     ``-ln(S(g) / S0) / b`` for the partial-volume mixture of GM, WM and CSF;
     its mean over the (evenly spread) directions is the voxel's MD. Voxels
@@ -589,8 +1208,10 @@ def region_apparent_md(params: SimulationParams, region: str, md_multiplier, cha
         Region name.
     md_multiplier : float or array-like of shape (n,)
         Global multiplier(s) of GM and WM diffusivities.
-    change : float or array-like of shape (n,)
-        Relative MD change(s) planted in the region.
+    change : float, array-like of shape (n,), or dict
+        Relative MD change(s) planted in ``region``'s field, or a dict
+        ``{region: change}`` of the changes planted in every field (the
+        fields of neighbouring regions reach a little into this one).
     csf_md_threshold : float or None, default=1.1e-3
         Partial-volume guard (mm²/s); ``None`` keeps every voxel.
 
@@ -600,33 +1221,48 @@ def region_apparent_md(params: SimulationParams, region: str, md_multiplier, cha
         MD in mm²/s, one per multiplier/change pair.
     """
     anat = _anatomy(params)
-    k = anat.region_names.index(region)
-    w = anat.region_weight[..., k]
-    sel = w >= 0.5
-    frac = anat.fractions[sel].astype(np.float64)
-    ok = frac.sum(1) > 1e-6
-    frac, wv = frac[ok], w[sel][ok].astype(np.float64)
-    orient = anat.orientation[sel][ok].astype(np.float64)
-    bvals, bvecs = gradient_scheme(params.n_directions, params.n_b0, params.bval)
-    dw = bvals > 0
-    g, b = bvecs[dw], bvals[dw]
-    s0 = frac[:, 0] * params.s0_gm + frac[:, 1] * params.s0_wm + frac[:, 2] * params.s0_csf
-    cos2 = (orient @ g.T) ** 2
-    adc = [(ev[1] + (ev[0] - ev[1]) * cos2) for ev in (params.gm_evals, params.wm_evals)]
-    csf = frac[:, 2:3] * params.s0_csf * np.exp(-b * params.csf_d)
-    scalar = np.ndim(md_multiplier) == 0 and np.ndim(change) == 0
-    m_all, c_all = np.broadcast_arrays(np.atleast_1d(np.asarray(md_multiplier, float)),
-                                       np.atleast_1d(np.asarray(change, float)))
-    out = np.empty(m_all.size)
-    for n, (m, c) in enumerate(zip(m_all, c_all, strict=True)):
-        mult = (m * (1 + wv * c))[:, None]
-        sig = csf + frac[:, 0:1] * params.s0_gm * np.exp(-b * adc[0] * mult) \
-            + frac[:, 1:2] * params.s0_wm * np.exp(-b * adc[1] * mult)
-        md = np.mean(-np.log(sig / s0[:, None]), axis=1) / b[0] if np.all(b == b[0]) else \
-            np.mean(-np.log(sig / s0[:, None]) / b, axis=1)
-        if csf_md_threshold is not None:
-            md = md[md <= csf_md_threshold]
-        out[n] = md.mean()
+    # Each voxel's MD depends on its own multiplier only: tabulate it on a
+    # fine grid of multipliers once, then interpolate (relative error < 1e-6).
+    key = (region, params.n_directions, params.n_b0, params.bval, params.gm_evals,
+           params.wm_evals, params.csf_d, params.s0_gm, params.s0_wm, params.s0_csf,
+           params.planting_threshold, params.plant_extent)
+    cached = _MD_TABLES.get(key)
+    if cached is None:
+        k = anat.region_names.index(region)
+        sel = anat.region_weight[..., k] >= 0.5
+        frac = anat.fractions[sel].astype(np.float64)
+        ok = frac.sum(1) > 1e-6
+        pw = anat.plant_weight[sel][ok].astype(np.float64)  # (V, R)
+        orient = anat.orientation[sel][ok].astype(np.float64)
+        table = np.ascontiguousarray(_voxel_md_table(params, frac[ok], orient).T)  # (V, G)
+        if len(_MD_TABLES) > 64:
+            _MD_TABLES.clear()
+        cached = _MD_TABLES[key] = (table, pw)
+    table, pw = cached
+    if not isinstance(change, dict):
+        change = {region: change}
+    scalar = np.ndim(md_multiplier) == 0 and all(np.ndim(v) == 0 for v in change.values())
+    n = max([np.size(md_multiplier), *(np.size(v) for v in change.values())])
+    m_all = np.broadcast_to(np.asarray(md_multiplier, float), (n,)) if np.ndim(
+        md_multiplier) else np.full(n, float(md_multiplier))
+    cmat = np.zeros((n, len(anat.region_names)))
+    for name, v in change.items():
+        cmat[:, anat.region_names.index(name)] = v
+    voxel_change = cmat @ pw.T  # (n, V)
+    mv = m_all[:, None] * (1 + voxel_change)  # (n, V)
+    pos = (mv - _MD_GRID[0]) * (1.0 / (_MD_GRID[1] - _MD_GRID[0]))
+    np.clip(pos, 0, _MD_GRID.size - 1.001, out=pos)
+    i0 = pos.astype(np.intp)
+    pos -= i0
+    flat = table.ravel()  # voxel v, grid row i at v * G + i
+    base = (np.arange(table.shape[0]) * table.shape[1])[None, :] + i0
+    lo = flat[base]
+    md = lo + (flat[base + 1] - lo) * pos
+    if csf_md_threshold is not None:
+        keep = md <= csf_md_threshold
+        out = np.where(keep, md, 0).sum(1) / np.maximum(keep.sum(1), 1)
+    else:
+        out = md.mean(1)
     return float(out[0]) if scalar else out
 
 
@@ -684,12 +1320,47 @@ def _design(params: SimulationParams, seed: int):
     return participants, scores, subj_mult, sess_mult, changes, motion
 
 
+def _displacement_image(anatomy: ParticipantAnatomy, spacing: float = 6.0):
+    """Return the head-to-template map as a displacement image: ``y = x + d(x)`` (mm).
+
+    On a ``spacing`` mm grid over the field of view of the head frame, int16
+    with a 0.01 mm scale (the map is smooth; 0.01 mm is far below a voxel).
+    """
+    import nibabel as nib
+
+    lo = np.array([-78.0, -114.0, -60.0])
+    shape = tuple(int(n) for n in np.ceil((np.array([78.0, 80.0, 88.0]) - lo) / spacing) + 1)
+    aff = np.diag([spacing, spacing, spacing, 1.0])
+    aff[:3, 3] = lo
+    x = aff[:3, :3] @ np.indices(shape).reshape(3, -1) + aff[:3, 3:4]
+    d = (anatomy.to_template(x) - x).T.reshape(*shape, 3)
+    img = nib.Nifti1Image(np.rint(d * 100).astype(np.int16), aff)
+    img.header.set_slope_inter(0.01, 0.0)
+    img.header.set_xyzt_units("mm")
+    img.header.set_qform(aff, code=1)
+    img.header.set_sform(aff, code=1)
+    return img
+
+
+def _has_own_anatomy(params: SimulationParams) -> bool:
+    return bool(params.head_size_sd or params.head_axis_sd or params.warp_rms
+                or params.ventricle_growth or params.ventricle_sd)
+
+
 def _session_task(args):
-    params, seed, i, s, T, mult, change, path_stem = args
+    params, seed, i, s, T, mult, change, age, path_stem, truth_dir = args
     rng = np.random.default_rng([seed, 2, i, s])
+    anatomy = participant_anatomy(params, seed=seed, index=i, age=age) \
+        if _has_own_anatomy(params) else None
+    volumes = []
     img, bvals, bvecs = simulate_session(params, seed=seed, head_transform=T,
-                                         md_multiplier=mult, region_change=change, rng=rng)
+                                         md_multiplier=mult, region_change=change, rng=rng,
+                                         anatomy=anatomy, _volumes=volumes)
     stem = Path(path_stem)
+    write_tsv(volumes[0], Path(truth_dir) / f"{stem.name.removesuffix('_dwi')}_motion.tsv")
+    if s == 0 and anatomy is not None:
+        save_nifti(_displacement_image(anatomy),
+                   Path(truth_dir) / f"{stem.name.split('_')[0]}_head_to_mni_displacement.nii.gz")
     save_nifti(img, stem.with_name(stem.name + ".nii.gz"))
     from ._utils import atomic_write_text
 
@@ -697,7 +1368,10 @@ def _session_task(args):
                       " ".join(f"{b:g}" for b in bvals) + "\n")
     atomic_write_text(stem.with_name(stem.name + ".bvec"),
                       "\n".join(" ".join(f"{v:.6f}" for v in row) for row in bvecs.T) + "\n")
-    write_json(_DWI_SIDECAR, stem.with_name(stem.name + ".json"))
+    write_json({**_DWI_SIDECAR, "PhaseEncodingDirection": params.phase_encoding_direction,
+                "TotalReadoutTime": params.total_readout_time,
+                "SliceThickness": params.voxel_size},
+               stem.with_name(stem.name + ".json"))
     return str(stem)
 
 
@@ -750,14 +1424,19 @@ def _truth_table(params, participants, subj_mult, sess_mult, changes) -> pd.Data
     pids, arms = participants["participant_id"].tolist(), participants["arm"].tolist()
     m_pre, m_post = subj_mult * sess_mult[:, 0], subj_mult * sess_mult[:, 1]
     frames = []
+    cmat = np.stack([np.asarray(changes[r], float) for r in anat.region_names], axis=1)
+    tissue_change = cmat @ anat.plant_mix.T  # (n, R): each field's tissue MD change
     for r in STUDY_REGIONS:
+        k = anat.region_names.index(r)
         app_pre = region_apparent_md(params, r, m_pre, 0.0)
-        app_post = region_apparent_md(params, r, m_post, changes[r])
+        app_post = region_apparent_md(params, r, m_post, changes)
         base = anat.baseline_md[r]
         frames.append(pd.DataFrame({
             "participant_id": pids, "arm": arms, "region": r,
             "md_pre": app_pre, "md_post": app_post, "delta_md": app_post - app_pre,
-            "tissue_md_pre": base * m_pre, "tissue_md_post": base * m_post * (1 + changes[r]),
+            "tissue_md_pre": base * m_pre,
+            "tissue_md_post": base * m_post * (1 + tissue_change[:, k]),
+            "tissue_delta_md": base * (m_post * (1 + tissue_change[:, k]) - m_pre),
             "planted_change": changes[r], "order": np.arange(len(pids))}))
     truth = pd.concat(frames, ignore_index=True)
     region_order = {r: i for i, r in enumerate(STUDY_REGIONS)}
@@ -766,7 +1445,56 @@ def _truth_table(params, participants, subj_mult, sess_mult, changes) -> pd.Data
     return rows.reset_index(drop=True)
 
 
-def simulate_tables(params: SimulationParams | None = None, *, seed: int = 0) -> dict:
+def anatomy_table(params: SimulationParams, participants: pd.DataFrame, *,
+                  seed: int = 0) -> pd.DataFrame:
+    """Each participant's drawn size, shape and ventricles (one row each).
+
+    Columns: ``participant_id``, ``age``, ``size_x``/``size_y``/``size_z``
+    (linear size relative to the template along each axis), ``head_size``
+    (their geometric mean), ``icv_ml`` (intracranial volume: the template's
+    times ``head_size`` cubed, mL), ``ventricle_volume_ratio`` (lateral
+    ventricles relative to the template's), ``warp_rms_mm`` (RMS of the
+    nonlinear part of the displacement over the brain, mm).
+    """
+    anat = _anatomy(params)
+    vox_ml = abs(np.linalg.det(anat.affine[:3, :3])) / 1000.0
+    icv = float(anat.fractions.sum()) * vox_ml
+    # brain points (template) to measure the warp's size on
+    ijk = np.array(np.nonzero(anat.fractions[::4, ::4, ::4, :2].sum(-1) > 0.5)) * 4
+    pts = anat.affine[:3, :3] @ ijk + anat.affine[:3, 3:4]
+    rows = []
+    for i, row in enumerate(participants.itertuples()):
+        a = participant_anatomy(params, seed=seed, index=i, age=float(row.age))
+        size = 1.0 / np.diag(a.linear)
+        lin = ParticipantAnatomy(linear=a.linear)
+        warp_part = ParticipantAnatomy(linear=a.linear, warp=a.warp,
+                                       warp_spacing=a.warp_spacing)
+        rms = float(np.sqrt(((warp_part.to_template(pts) - lin.to_template(pts)) ** 2)
+                            .sum(0).mean()))
+        rows.append({"participant_id": row.participant_id, "age": row.age,
+                     "size_x": size[0], "size_y": size[1], "size_z": size[2],
+                     "head_size": a.head_size, "icv_ml": icv * a.head_size ** 3,
+                     "ventricle_volume_ratio": (1.0 - a.ventricle) ** -3,
+                     "warp_rms_mm": rms})
+    return pd.DataFrame(rows)
+
+
+def _resolve(params, preset, seed, random_state):
+    if params is not None and preset is not None:
+        raise InputError("give either params or preset, not both (SimulationParams.preset("
+                         "name, ...) combines them)")
+    if params is None:
+        params = SimulationParams.preset(preset) if preset is not None else SimulationParams()
+    if random_state is not None:
+        if not isinstance(random_state, (int, np.integer)):
+            raise InputError("random_state must be an int here: the cohort's files are "
+                             "reproducible from it")
+        seed = int(random_state)
+    return params, seed
+
+
+def simulate_tables(params: SimulationParams | None = None, *, seed: int = 0,
+                    preset: str | None = None, random_state: int | None = None) -> dict:
     """Return the cohort's tables and regional ground truth, without any image.
 
     Takes seconds at n = 98 (no DWI is simulated), so statistics can be
@@ -779,6 +1507,10 @@ def simulate_tables(params: SimulationParams | None = None, *, seed: int = 0) ->
         Design and effect parameters.
     seed : int, default=0
         Seed (the same as for :func:`simulate_cohort`).
+    preset : {"teaching", "paper", "null"}, optional
+        Instead of ``params``: :meth:`SimulationParams.preset`.
+    random_state : int, optional
+        Same as ``seed`` (scikit-learn's name); wins over it.
 
     Returns
     -------
@@ -788,14 +1520,15 @@ def simulate_tables(params: SimulationParams | None = None, *, seed: int = 0) ->
         ``ground_truth`` (participant x region: md_pre, md_post, delta_md in
         mm²/s, tissue MD, planted_change).
     """
-    params = params or SimulationParams()
+    params, seed = _resolve(params, preset, seed, random_state)
     participants, scores, subj_mult, sess_mult, changes, _ = _design(params, seed)
     truth = _truth_table(params, participants, subj_mult, sess_mult, changes)
     return {"participants": participants, "scores": scores, "ground_truth": truth}
 
 
 def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: int = 0,
-                    n_jobs: int = 1, progress: bool = True, overwrite: bool = False) -> Path:
+                    n_jobs: int = 1, progress: bool = True, overwrite: bool = False,
+                    preset: str | None = None, random_state: int | None = None) -> Path:
     """Write the simulated cohort as a BIDS dataset.
 
     Parameters
@@ -813,6 +1546,10 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
         Show a progress bar.
     overwrite : bool, default=False
         Allow writing into a non-empty folder (files are replaced).
+    preset : {"teaching", "paper", "null"}, optional
+        Instead of ``params``: :meth:`SimulationParams.preset`.
+    random_state : int, optional
+        Same as ``seed`` (scikit-learn's name); wins over it.
 
     Returns
     -------
@@ -834,7 +1571,7 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
 
     from . import __version__
 
-    params = params or SimulationParams()
+    params, seed = _resolve(params, preset, seed, random_state)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; choose a folder name")
@@ -844,6 +1581,9 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
     out.mkdir(parents=True, exist_ok=True)
     participants, scores, subj_mult, sess_mult, changes, motion = _design(params, seed)
     _anatomy(params, seed)  # built once, before any worker starts
+    sim = out / "derivatives" / "simulation"
+    sim.mkdir(parents=True, exist_ok=True)
+    ages = participants["age"].to_numpy(float)
 
     tasks = []
     for i, pid in enumerate(participants["participant_id"]):
@@ -853,7 +1593,7 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
             mult = float(subj_mult[i] * sess_mult[i, s])
             stem = out / pid / f"ses-{ses}" / "dwi" / f"{pid}_ses-{ses}_dwi"
             stem.parent.mkdir(parents=True, exist_ok=True)
-            tasks.append((params, seed, i, s, m, mult, change, str(stem)))
+            tasks.append((params, seed, i, s, m, mult, change, ages[i], str(stem), str(sim)))
 
     bar = tqdm(total=len(tasks), desc="simulating DWI sessions", unit="session",
                disable=not progress)
@@ -905,7 +1645,7 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
     atomic_write_text(out / ".bidsignore", "derivatives/\n")
 
     # Ground truth beside the data.
-    sim = out / "derivatives" / "simulation"
+    write_tsv(anatomy_table(params, participants, seed=seed), sim / "anatomy.tsv")
     write_json({"Name": "ketamine-nb simulation ground truth", "BIDSVersion": "1.10.0",
                 "DatasetType": "derivative",
                 "GeneratedBy": [{"Name": "ketamine-nb", "Version": __version__}]},
@@ -939,3 +1679,40 @@ The ground truth is in derivatives/simulation/.
 
 Made by `ketamine-nb simulate`; see the ketamine-nb data/README.md.
 """
+
+
+def truth_agreement(roi_deltas: pd.DataFrame, ground_truth: pd.DataFrame) -> pd.DataFrame:
+    """How close the measured ΔMD comes to the planted ΔMD, per region.
+
+    Parameters
+    ----------
+    roi_deltas : pandas.DataFrame
+        ``Results.roi_deltas``.
+    ground_truth : pandas.DataFrame
+        ``Results.ground_truth`` (the simulation's ``ground_truth_roi.tsv``:
+        ``delta_md`` is what a perfect measurement with the pipeline's CSF
+        guard would report).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``region``, ``n``, ``r`` (Pearson, measured vs planted ΔMD; NaN
+        below 3 participants), ``bias`` (mean measured − planted, mm²/s),
+        ``rmse`` (mm²/s) and ``md_pre_error_percent`` (mean relative error
+        of the pre-infusion MD itself).
+    """
+    if ground_truth is None:
+        raise InputError("no ground truth: only the simulated cohort has one")
+    d = roi_deltas[["participant_id", "region", "md_pre", "delta_md"]].merge(
+        ground_truth[["participant_id", "region", "md_pre", "delta_md"]],
+        on=["participant_id", "region"], suffixes=("", "_true")).dropna()
+    rows = []
+    for region, g in d.groupby("region", sort=False):
+        x, y = g["delta_md_true"].to_numpy(float), g["delta_md"].to_numpy(float)
+        r = np.corrcoef(x, y)[0, 1] if len(g) >= 3 and np.std(x) > 0 and np.std(y) > 0 \
+            else np.nan
+        rows.append({"region": region, "n": len(g), "r": r, "bias": float(np.mean(y - x)),
+                     "rmse": float(np.sqrt(np.mean((y - x) ** 2))),
+                     "md_pre_error_percent": float(100 * np.mean(
+                         g["md_pre"] / g["md_pre_true"] - 1))})
+    return pd.DataFrame(rows)

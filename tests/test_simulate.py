@@ -22,6 +22,7 @@ from ketamine_nb.simulate import (
     SimulationParams,
     _design,
     gradient_scheme,
+    region_apparent_md,
     simulate_cohort,
     simulate_session,
     tensor_signal,
@@ -74,16 +75,18 @@ def test_pure_tissue_voxels_of_a_session_fit_back_to_planted_md():
         region_change={"BA10_R": change}, noise=False, return_truth=True)
     data = np.asarray(img.dataobj, dtype=np.float64)
     frac = truth["fractions"].get_fdata()
-    weight = truth["region_weight"].get_fdata()[..., truth["names"].index("BA10_R")]
+    weight = truth["plant_weight"].get_fdata()[..., truth["names"].index("BA10_R")]
     gtab = gradient_table(bvals, bvecs=bvecs)
     pure = frac[..., :2].sum(-1) > 0.5
     outside = pure & (weight == 0)
-    inside = pure & (weight == 1)
-    assert outside.sum() > 1000 and inside.sum() > 20
+    inside = pure & (weight > 0.99)
+    edge = pure & (weight > 0.2) & (weight < 0.8)
+    assert outside.sum() > 1000 and inside.sum() > 20 and edge.sum() > 20
     md_out = TensorModel(gtab, fit_method="OLS").fit(data[outside]).md
-    md_in = TensorModel(gtab, fit_method="OLS").fit(data[inside]).md
     np.testing.assert_allclose(md_out, 0.8e-3 * mult, rtol=1e-5)
-    np.testing.assert_allclose(md_in, 0.8e-3 * mult * (1 + change), rtol=1e-5)
+    for sel in (inside, edge):  # the change scales with the planting field's weight
+        md = TensorModel(gtab, fit_method="OLS").fit(data[sel]).md
+        np.testing.assert_allclose(md, 0.8e-3 * mult * (1 + weight[sel] * change), rtol=1e-5)
 
 
 def test_csf_raises_md_of_a_partial_volume_voxel():
@@ -135,6 +138,116 @@ def test_each_session_has_its_own_head_position():
 
     c0, c1 = centroid(t0), centroid(t1)
     np.testing.assert_allclose(c1, T[:3, :3] @ c0 + T[:3, 3], atol=0.6)
+
+
+def _centroid_and_volume(truth):
+    f = truth["fractions"].get_fdata()[..., :3].sum(-1)
+    ijk = np.array(np.nonzero(f > 0.5))
+    aff = truth["fractions"].affine
+    xyz = aff[:3, :3] @ ijk + aff[:3, 3:4]
+    return xyz.mean(1), (f > 0.5).sum() * abs(np.linalg.det(aff[:3, :3])) / 1000.0
+
+
+def test_a_warp_of_known_displacement_moves_the_brain_by_it():
+    """A uniform 6 mm warp along x, then a 10 % larger head: known shift, known volume."""
+    from ketamine_nb.simulate import ParticipantAnatomy, participant_anatomy
+
+    params = SimulationParams()
+    shape = participant_anatomy(SimulationParams.realistic()).warp.shape
+    shift = np.zeros(shape)
+    shift[0] = 6.0  # B-spline coefficients of a constant field are the constant
+    _, _, _, t0 = simulate_session(params, noise=False, return_truth=True)
+    _, _, _, t1 = simulate_session(params, noise=False, return_truth=True,
+                                   anatomy=ParticipantAnatomy(warp=shift))
+    big = ParticipantAnatomy(linear=np.eye(3) / 1.1)
+    _, _, _, t2 = simulate_session(params, noise=False, return_truth=True, anatomy=big)
+    (c0, v0), (c1, v1), (c2, v2) = (_centroid_and_volume(t) for t in (t0, t1, t2))
+    # template point y shows at head point x = y - 6 mm
+    np.testing.assert_allclose(c1 - c0, [-6.0, 0, 0], atol=0.3)
+    assert v1 == pytest.approx(v0, rel=0.01)
+    assert big.head_size == pytest.approx(1.1)
+    assert v2 / v0 == pytest.approx(1.1 ** 3, rel=0.03)
+
+
+def test_participants_have_their_own_brain_size_and_ventricles():
+    """Brain-mask volume varies across participants as in real cohorts (CV >= 5 %)."""
+    from ketamine_nb.simulate import ParticipantAnatomy, participant_anatomy
+
+    params = SimulationParams.realistic()
+    vols = []
+    for i in range(10):
+        a = participant_anatomy(params, seed=4, index=i, age=40)
+        _, _, _, t = simulate_session(params, noise=False, return_truth=True, anatomy=a)
+        vols.append(_centroid_and_volume(t)[1])
+        assert vols[-1] / 1937 == pytest.approx(a.head_size ** 3, rel=0.06)
+    assert np.std(vols) / np.mean(vols) >= 0.05
+    # the warp moves points by a few millimetres, differently for each participant
+    a, b = (participant_anatomy(params, seed=4, index=i) for i in (0, 1))
+    pts = np.array([[0, 50, 0], [40, -20, 10], [-30, -60, 30]], float).T
+    warp_only = [ParticipantAnatomy(warp=x.warp).to_template(pts) - pts for x in (a, b)]
+    for d in warp_only:
+        assert 0.5 < np.sqrt((d ** 2).sum(0).mean()) < 10  # a few millimetres
+    assert not np.allclose(warp_only[0], warp_only[1], atol=0.5)
+    # ventricles grow with age (no random spread here): at 65 larger than at 20
+    p0 = SimulationParams.realistic(ventricle_sd=None)
+    old, young = (participant_anatomy(p0, index=0, age=age) for age in (65, 20))
+    assert (1 - old.ventricle) ** -3 == pytest.approx(np.exp(0.02 * 25), rel=1e-6)
+    assert (1 - young.ventricle) ** -3 == pytest.approx(np.exp(-0.02 * 20), rel=1e-6)
+    fields = []
+    for a in (old, young):
+        _, _, _, t = simulate_session(p0, noise=False, return_truth=True, anatomy=a)
+        fields.append(t["fractions"].get_fdata()[..., 2].sum())
+    assert fields[0] > fields[1]
+    # switched off: the template for everyone
+    a = participant_anatomy(SimulationParams(), seed=4, index=3, age=60)  # all off
+    np.testing.assert_allclose(a.to_template(pts), pts, atol=1e-12)
+
+
+def test_truth_separates_the_planted_change_from_the_default_definition():
+    """The change is planted in smooth fields around the regions, not in the atlas labels."""
+    from ketamine_nb.simulate import _anatomy, simulate_tables
+
+    params = SimulationParams()
+    anat = _anatomy(params)
+    for k, name in enumerate(anat.region_names):
+        label = anat.region_weight[..., k] >= 0.5
+        field = anat.plant_weight[..., k] >= 0.5
+        dice = 2 * (label & field).sum() / (label.sum() + field.sum())
+        assert 0.3 < dice < 0.9, (name, dice)  # overlapping, not the same
+    # one region changed by +5 %: the field's tissue MD moves by about 5 %, the
+    # default region sees a part of it, a neighbour a little, a far region nothing
+    md0 = {r: region_apparent_md(params, r, 1.0, {}) for r in STUDY_REGIONS}
+    md1 = {r: region_apparent_md(params, r, 1.0, {"amygdala_L": 0.05}) for r in STUDY_REGIONS}
+    seen = {r: md1[r] / md0[r] - 1 for r in STUDY_REGIONS}
+    assert 0.02 < seen["amygdala_L"] < 0.05
+    assert 0 < seen["hippocampus_L"] < seen["amygdala_L"] / 2
+    assert seen["BA10_R"] == 0 and seen["amygdala_R"] == 0
+    truth = simulate_tables(SimulationParams(n_subjects=30), seed=2)["ground_truth"]
+    for col in ("md_pre", "md_post", "delta_md", "tissue_md_pre", "tissue_md_post",
+                "tissue_delta_md", "planted_change"):
+        assert truth[col].notna().all(), col
+    np.testing.assert_allclose(truth["tissue_delta_md"],
+                               truth["tissue_md_post"] - truth["tissue_md_pre"], atol=1e-12)
+    for _, g in truth.groupby("region"):  # the two truths agree, without being one
+        r = np.corrcoef(g["delta_md"], g["tissue_delta_md"])[0, 1]
+        assert 0.9 < r < 0.99999
+
+
+@pytest.mark.parametrize("name", ["teaching", "paper", "null"])
+def test_presets(name):
+    from ketamine_nb.simulate import PRESETS, REALISTIC
+
+    assert name in PRESETS
+    p = SimulationParams.preset(name)
+    expected = {"teaching": SimulationParams().effect_slope, "paper": 0.0006, "null": 0.0}
+    assert p.effect_slope == pytest.approx(expected[name])
+    assert p.warp_rms is None
+    r = SimulationParams.preset(name, realistic=True, n_subjects=12)
+    assert r.n_subjects == 12 and r.effect_slope == p.effect_slope
+    for key, value in REALISTIC.items():
+        assert getattr(r, key) == value
+    with pytest.raises(InputError, match="preset"):
+        SimulationParams.preset("huge")
 
 
 def test_parameters_are_validated():

@@ -1,0 +1,182 @@
+"""Power of the study's interaction test on simulated cohorts (tables only, no images).
+
+Each Monte-Carlo cohort is :func:`ketamine_nb.simulate.simulate_tables` with
+its own seed: the design, the scores and the regional ΔMD a perfect
+measurement with the pipeline's default regions would see, plus a
+measurement error on each session's regional MD. On each cohort the study's
+model ``Δscore ~ ΔMD × arm + score_pre`` is fitted per region and outcome by
+ordinary least squares (the same model and t test as
+:func:`ketamine_nb.stats.region_stats`, solved directly so that hundreds of
+cohorts take seconds). The share of cohorts with an interaction p below
+``alpha`` is the power where an interaction was planted, and the false
+positive rate where none was; its Monte-Carlo uncertainty is a Wilson
+interval (and the exact Clopper-Pearson interval beside it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import InputError
+
+__all__ = ["power_analysis", "interaction_pvalues", "binomial_interval"]
+
+
+def binomial_interval(k, n, *, confidence: float = 0.95, method: str = "wilson"):
+    """Confidence interval of a proportion ``k / n``.
+
+    Parameters
+    ----------
+    k, n : int or array-like of int
+        Successes and trials.
+    confidence : float, default=0.95
+        Coverage.
+    method : {"wilson", "clopper-pearson"}, default="wilson"
+        Wilson's score interval, or the exact (conservative) Clopper-Pearson.
+
+    Returns
+    -------
+    low, high : numpy.ndarray
+        Bounds (fractions, 0-1).
+    """
+    from scipy.stats import beta, norm
+
+    k = np.asarray(k, float)
+    n = np.asarray(n, float)
+    if method == "wilson":
+        z = norm.ppf(0.5 + confidence / 2)
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        low = np.where(k == 0, 0.0, np.clip(centre - half, 0, 1))
+        high = np.where(k == n, 1.0, np.clip(centre + half, 0, 1))
+        return low, high
+    if method == "clopper-pearson":
+        a = 1 - confidence
+        low = np.where(k > 0, beta.ppf(a / 2, k, n - k + 1), 0.0)
+        high = np.where(k < n, beta.ppf(1 - a / 2, k + 1, n - k), 1.0)
+        return low, high
+    raise InputError(f"binomial interval method {method!r} is unknown; choose 'wilson' or "
+                     "'clopper-pearson'")
+
+
+def interaction_pvalues(rows: pd.DataFrame) -> pd.DataFrame:
+    """Interaction t test and per-arm correlations of the study's model, per region and outcome.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        Output of :func:`ketamine_nb.stats.stats_input` (``delta_md_e6``,
+        ``delta_score``, ``score_pre``, ``arm``, ``region``, ``outcome``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``region``, ``outcome``, ``beta_interaction``, ``p_interaction``,
+        ``r_ketamine``, ``r_saline``: the values
+        :func:`ketamine_nb.stats.region_stats` reports for the model without
+        covariates.
+    """
+    from scipy.stats import t as t_dist
+
+    out = []
+    for (region, outcome), g in rows.groupby(["region", "outcome"], sort=False):
+        ket = (g["arm"].to_numpy() == "ketamine").astype(float)
+        x = g["delta_md_e6"].to_numpy(float)
+        y = g["delta_score"].to_numpy(float)
+        X = np.column_stack([np.ones_like(x), ket, x, x * ket, g["score_pre"].to_numpy(float)])
+        beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+        resid = y - X @ beta
+        df = len(y) - X.shape[1]
+        s2 = resid @ resid / df
+        se = np.sqrt(s2 * np.linalg.inv(X.T @ X)[3, 3])
+        t = beta[3] / se
+        rec = {"region": region, "outcome": outcome, "beta_interaction": beta[3],
+               "p_interaction": 2 * t_dist.sf(abs(t), df)}
+        for arm, m in (("ketamine", ket == 1), ("saline", ket == 0)):
+            rec[f"r_{arm}"] = np.corrcoef(x[m], y[m])[0, 1]
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def power_analysis(preset: str = "paper", *, n_cohorts: int = 200, random_state=0,
+                   params=None, measurement_sd: float = 0.005, alpha: float = 0.05,
+                   confidence: float = 0.95, outcomes=("madrs", "qids")) -> pd.DataFrame:
+    """Power (or false positive rate) of the interaction test on simulated cohorts.
+
+    Parameters
+    ----------
+    preset : {"teaching", "paper", "null"}, default="paper"
+        Planted effect (:meth:`ketamine_nb.simulate.SimulationParams.preset`).
+    n_cohorts : int, default=200
+        Monte-Carlo cohorts. The interval half-width is about
+        ``1 / sqrt(n_cohorts)`` at 50 % (7 points at 200).
+    random_state : int, numpy.random.Generator or None, default=0
+        Seed of the cohorts' seeds and of the measurement error.
+    params : SimulationParams, optional
+        Full parameters instead of a preset (e.g. another ``n_subjects``).
+    measurement_sd : float, default=0.005
+        Relative error (SD) added to each session's regional MD, the size the
+        pipeline shows on the idealised simulated cohort (0.5 %); ``0`` gives
+        the power of a perfect measurement.
+    alpha : float, default=0.05
+        Significance level of each (uncorrected) interaction test.
+    confidence : float, default=0.95
+        Coverage of the Monte-Carlo intervals.
+    outcomes : tuple of str, default=("madrs", "qids")
+        Outcomes to test.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per region and outcome: ``region``, ``outcome``,
+        ``planted_interaction`` (planted ketamine minus saline slope,
+        relative MD change per MADRS point), ``quantity`` (``"power"`` or
+        ``"false_positive_rate"``), ``rate`` (share of cohorts with
+        ``p_interaction < alpha``), ``n_significant``, ``n_cohorts``,
+        ``ci_low``/``ci_high`` (Wilson), ``cp_low``/``cp_high``
+        (Clopper-Pearson), ``median_p_interaction``, ``median_r_ketamine``,
+        ``median_r_saline``, ``n_subjects``, ``preset``.
+    """
+    from .simulate import SimulationParams, simulate_tables
+    from .stats import StatsConfig, stats_input
+
+    if n_cohorts < 1:
+        raise InputError("power_analysis: n_cohorts must be at least 1")
+    if not 0 < alpha < 1:
+        raise InputError("power_analysis: alpha must lie in (0, 1)")
+    label = preset if params is None else "custom"
+    if params is None:
+        params = SimulationParams.preset(preset)
+    rng = np.random.default_rng(random_state)
+    seeds = rng.integers(0, 2**31 - 1, n_cohorts)
+    config = StatsConfig(outcomes=tuple(outcomes), n_permutations=0, n_bootstrap=0)
+    frames = []
+    for c, seed in enumerate(seeds):
+        d = simulate_tables(params, seed=int(seed))
+        truth = d["ground_truth"]
+        md_pre = truth["md_pre"].to_numpy() * (1 + rng.normal(0, measurement_sd, len(truth)))
+        md_post = truth["md_post"].to_numpy() * (1 + rng.normal(0, measurement_sd, len(truth)))
+        meas = truth[["participant_id", "arm", "region"]].assign(
+            md_pre=md_pre, md_post=md_post, delta_md=md_post - md_pre)
+        rows, _ = stats_input(meas, d["scores"], config=config)
+        frames.append(interaction_pvalues(rows).assign(cohort=c))
+    res = pd.concat(frames, ignore_index=True)
+    out = []
+    for (region, outcome), g in res.groupby(["region", "outcome"], sort=False):
+        k = int((g["p_interaction"] < alpha).sum())
+        n = len(g)
+        lo, hi = binomial_interval(k, n, confidence=confidence)
+        cl, ch = binomial_interval(k, n, confidence=confidence, method="clopper-pearson")
+        planted = params.slope(region, "ketamine") - params.slope(region, "saline")
+        out.append({"region": region, "outcome": outcome, "planted_interaction": planted,
+                    "quantity": "power" if planted != 0 else "false_positive_rate",
+                    "rate": k / n, "n_significant": k, "n_cohorts": n,
+                    "ci_low": float(lo), "ci_high": float(hi),
+                    "cp_low": float(cl), "cp_high": float(ch),
+                    "median_p_interaction": float(g["p_interaction"].median()),
+                    "median_r_ketamine": float(g["r_ketamine"].median()),
+                    "median_r_saline": float(g["r_saline"].median()),
+                    "n_subjects": params.n_subjects, "preset": label})
+    return pd.DataFrame(out)
