@@ -12,13 +12,25 @@ __all__ = ["main"]
 
 
 def _add_simulation_args(p: argparse.ArgumentParser) -> None:
-    from .simulate import SimulationParams
+    from .simulate import PRESETS, SimulationParams
 
     d = SimulationParams()
-    g = p.add_argument_group("simulated cohort")
+    g = p.add_argument_group(
+        "simulated cohort",
+        "presets: teaching = a strong planted effect (default); paper = the effect the "
+        "paper's p values imply (ketamine-arm r about 0.3, interaction power 25-60 %); "
+        "null = no relation between MD change and score change. --realistic adds each "
+        "participant's own anatomy and the scanner artefacts (see data/README.md)")
+    g.add_argument("--preset", choices=PRESETS, default="teaching",
+                   help="planted effect (default teaching)")
+    g.add_argument("--realistic", action="store_true",
+                   help="own anatomy per participant and scanner artefacts at realistic "
+                        "values (the pipeline's accuracy drops until its realignment and "
+                        "nonlinear registration land)")
     g.add_argument("--subjects", type=int, default=d.n_subjects, metavar="N",
                    help=f"number of participants, randomised 2:1 (default {d.n_subjects})")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of everything random in the cohort (default 0)")
     g.add_argument("--directions", type=int, default=d.n_directions, metavar="N",
                    help=f"diffusion directions (default {d.n_directions})")
     g.add_argument("--b0", type=int, default=d.n_b0, metavar="N",
@@ -29,19 +41,22 @@ def _add_simulation_args(p: argparse.ArgumentParser) -> None:
                    help=f"isotropic voxel size in mm (default {d.voxel_size:g})")
     g.add_argument("--snr", type=float, default=d.snr,
                    help=f"b0 SNR in grey matter (default {d.snr:g})")
-    g.add_argument("--effect-slope", type=float, default=d.effect_slope, metavar="S",
-                   help="planted relative MD change per MADRS point "
-                        f"(default {d.effect_slope:g}; 0 plants no effect)")
-    g.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), metavar="N",
-                   help="worker processes (default: up to 2)")
+    g.add_argument("--effect-slope", type=float, default=None, metavar="S",
+                   help="planted relative MD change per MADRS point (default: the "
+                        f"preset's, {d.effect_slope:g} for teaching; 0 plants no effect)")
+    g.add_argument("--jobs", dest="jobs", type=int,
+                   default=min(2, os.cpu_count() or 1), metavar="N",
+                   help="worker processes of the simulation (default: up to 2)")
 
 
 def _params_from_args(args):
     from .simulate import SimulationParams
 
-    return SimulationParams(n_subjects=args.subjects, n_directions=args.directions,
-                            n_b0=args.b0, bval=args.bval, voxel_size=args.voxel_size,
-                            snr=args.snr, effect_slope=args.effect_slope)
+    extra = {} if args.effect_slope is None else {"effect_slope": args.effect_slope}
+    return SimulationParams.preset(args.preset, realistic=args.realistic,
+                                   n_subjects=args.subjects, n_directions=args.directions,
+                                   n_b0=args.b0, bval=args.bval, voxel_size=args.voxel_size,
+                                   snr=args.snr, **extra)
 
 
 def _cmd_simulate(args) -> int:
@@ -120,31 +135,49 @@ def _cmd_run(args) -> int:
 def _stats_config_from_args(args):
     from .stats import StatsConfig
 
-    return StatsConfig(outcomes=tuple(args.outcomes), covariates=tuple(args.covariates),
+    return StatsConfig(outcomes=tuple(args.outcomes) if args.outcomes else None,
+                       covariates=tuple(args.covariates), control=args.control,
+                       global_covariate=args.global_covariate,
                        change=args.change, md_change=args.md_change,
-                       n_permutations=args.permutations, n_bootstrap=args.bootstrap,
+                       statistic=args.statistic, q_from=args.q_from,
+                       n_permutations=args.permutations or None,
+                       n_bootstrap=args.bootstrap or None,
                        correction=args.correction, random_state=args.random_state)
 
 
 def _add_stats_args(p: argparse.ArgumentParser) -> None:
-    from .stats import CHANGES, CORRECTIONS, OUTCOMES, StatsConfig
+    from .stats import CHANGES, CORRECTIONS, Q_SOURCES, STATISTICS, StatsConfig
 
     d = StatsConfig()
     g = p.add_argument_group("statistics")
-    g.add_argument("--outcomes", nargs="+", default=list(d.outcomes), choices=list(OUTCOMES),
-                   help="outcomes to model (default: madrs qids)")
+    g.add_argument("--outcomes", nargs="+", default=None, metavar="NAME",
+                   help="outcomes to model, any <NAME>_pre/<NAME>_post score columns "
+                        "(default: every such pair, e.g. madrs qids)")
     g.add_argument("--covariates", nargs="*", default=[], metavar="COLUMN",
                    help="extra covariates from participants.tsv, e.g. age sex")
+    g.add_argument("--control", default=None, metavar="ARM",
+                   help="label of the control arm, e.g. midazolam (default: the arm named "
+                        "saline, placebo, midazolam, sham or control); the other arm is "
+                        "the treated one")
+    g.add_argument("--global-covariate", action="store_true",
+                   help="adjust for the whole-brain grey-matter ΔMD (the global_gm row)")
     g.add_argument("--change", default=d.change, choices=CHANGES,
                    help="score change in points or percent of baseline (default absolute)")
     g.add_argument("--md-change", default=d.md_change, choices=CHANGES,
                    help="ΔMD in 1e-6 mm²/s or percent of pre (default absolute)")
+    g.add_argument("--statistic", default=d.statistic, choices=STATISTICS,
+                   help="interaction statistic: Aspin-Welch v with the arms as variance "
+                        "groups and within-arm permutations, or the equal-variance t "
+                        f"(default {d.statistic})")
     g.add_argument("--permutations", type=int, default=d.n_permutations, metavar="N",
                    help=f"Freedman-Lane permutations (default {d.n_permutations}; 0 = none)")
     g.add_argument("--bootstrap", type=int, default=d.n_bootstrap, metavar="N",
                    help=f"bootstrap resamples for correlation CIs (default {d.n_bootstrap})")
     g.add_argument("--correction", default=d.correction, choices=CORRECTIONS,
                    help="multiple-comparison correction across rows (default fdr_bh)")
+    g.add_argument("--q-from", default=d.q_from, choices=Q_SOURCES,
+                   help="correct the permutation p or the parametric p (default "
+                        f"{d.q_from}; parametric when there are no permutations)")
     g.add_argument("--random-state", "--stats-seed", dest="random_state", type=int,
                    default=d.random_state, metavar="SEED",
                    help=f"seed of permutations and bootstrap (default {d.random_state}; "
@@ -160,14 +193,18 @@ def _add_stats_args(p: argparse.ArgumentParser) -> None:
 
 def _print_stats(res, out_dir) -> None:
     t = res.stats_roi
-    cols = ["region", "outcome", "n_ketamine", "n_saline", "slope_ketamine", "slope_saline",
-            "beta_interaction", "p_interaction", "p_perm_interaction"]
+    treated, control = t["treated_arm"].iloc[0], t["control_arm"].iloc[0]
+    cols = ["region", "outcome", f"n_{treated}", f"n_{control}", f"slope_{treated}",
+            f"slope_{control}", "beta_interaction", "p_interaction", "p_perm_interaction"]
     qcol = "q_fdr" if "q_fdr" in t else "q_holm"
-    print(t[[*cols, qcol, "matches_study"]].to_string(index=False, float_format="%.3g"))
+    print(t[[*cols, qcol, "verdict"]].to_string(index=False, float_format="%.3g"))
+    print(f"{qcol}: {t['family'].iloc[0]}")
+    for note in getattr(res, "notes", []):
+        print(f"note: {note}", file=sys.stderr)
     for row in res.dropped.itertuples():
         print(f"note: {row.region} {row.outcome}: {row.n_dropped} participant(s) left out for "
               f"missing values ({row.participants})", file=sys.stderr)
-    print(f"tables: {Path(out_dir) / 'stats_roi.tsv'}")
+    print(f"tables: {Path(out_dir) / 'stats_roi.tsv'} (columns: stats_roi.json)")
     print(f"        {Path(out_dir) / 'stats_input.tsv'}")
     print(f"        {Path(out_dir) / 'reliability.tsv'}")
     if res.robustness is not None:
