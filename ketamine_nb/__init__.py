@@ -39,6 +39,7 @@ _LAZY = {
     "robustness_grid": "robustness",
     "voxelwise_inference": "voxelwise",
     "simulate_tables": "simulate",
+    "power_analysis": "power",
     "roi_explorer": "widgets",
     "outcome_explorer": "widgets",
     "robustness_explorer": "widgets",
