@@ -2,25 +2,48 @@
 
 Every choice the paper left open moves the interaction estimate a little:
 the tensor fit, the atlas probability threshold, the CSF guard, the outcome,
-absolute or percent change, covariates. :func:`robustness_grid` reruns the
-ROI model over all combinations from the cached per-voxel tables (no tensor
-is refitted, no image is read) and returns one tidy row per specification x
-region, the basis of a specification-curve ("multiverse") figure and widget.
+absolute or percent change, covariates, the global ΔMD covariate, the
+exclusion of sessions the pipeline's QC flagged, the orientation of the model
+(the ROI model ``Δscore ~ ΔMD × arm`` or the voxelwise model's
+``ΔMD ~ Δscore × arm``) and the estimator (least squares or Huber's robust
+regression). :func:`robustness_grid` reruns the ROI model over all
+combinations from the cached per-voxel tables (no tensor is refitted, no image
+is read) and returns one tidy row per specification x region, the basis of a
+specification-curve ("multiverse") figure and widget. The t of the
+interaction (β / SE) has the same sign and meaning in both orientations, so
+specifications are compared on it.
+
+A participant missing a covariate leaves every specification that uses it
+(as in :func:`ketamine_nb.stats.stats_input`); a missing category is never
+coded as the other one.
 """
 
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pandas as pd
 
-from .exceptions import InputError
-from .stats import MIN_PER_ARM
+from .exceptions import InputError, StudyWarning
+from .regions import GLOBAL_GM
+from .stats import MIN_PER_ARM, design_arms, detect_outcomes
 
-__all__ = ["CHOICES", "DEFAULT_GRID", "ols_interaction", "robustness_grid", "robustness_summary"]
+__all__ = ["CHOICES", "DEFAULT_GRID", "ESTIMATORS", "ORIENTATIONS", "ols_interaction",
+           "robustness_grid", "robustness_summary"]
 
-#: Default grid: 2 x 4 x 4 x 2 x 2 x 2 = 256 specifications.
+#: Model orientations: the ROI model (score on MD) and the voxelwise one.
+ORIENTATIONS = ("score ~ md", "md ~ score")
+
+#: Estimators: least squares, or Huber's M-estimator (statsmodels RLM, the
+#: default tuning constant 1.345 robust SDs: 95 % efficiency under normal
+#: errors, bounded influence of outlying participants).
+ESTIMATORS = ("OLS", "Huber")
+
+#: Default grid: 2 x 4 x 4 x 2 x 2 x 2 x 2 x 2 x 2 = 2048 specifications
+#: (Huber regression is offered but not in the default grid: it is
+#: iterative, ask for it with ``grid={"estimator": ESTIMATORS}``).
 DEFAULT_GRID = {
     "fit_method": ("configured", "OLS"),
     "probability_threshold": (0.1, 0.25, 0.4, 0.5),
@@ -28,6 +51,10 @@ DEFAULT_GRID = {
     "outcome": ("madrs", "qids"),
     "change": ("absolute", "percent"),
     "covariates": ((), ("age", "sex")),
+    "global_covariate": (False, True),
+    "exclude_flagged": (False, True),
+    "orientation": ORIENTATIONS,
+    "estimator": ("OLS",),
 }
 
 #: The analytic choices of the grid, in the order of the robustness table's
@@ -35,46 +62,108 @@ DEFAULT_GRID = {
 CHOICES = tuple(DEFAULT_GRID)
 
 
-def ols_interaction(x, k, y, pre, covariates=None):
-    """OLS of ``y ~ x * k + pre (+ covariates)``; the interaction and simple slopes.
+def _fit_columns(x, k, y, pre, covariates):
+    cols = [np.ones_like(x), k, x, x * k, pre]
+    if covariates is not None and np.size(covariates):
+        cols.extend(np.asarray(covariates, float).reshape(len(x), -1).T)
+    return np.column_stack(cols)
+
+
+_EMPTY = {"beta_interaction": np.nan, "se_interaction": np.nan, "p_interaction": np.nan,
+          "slope_treated": np.nan, "slope_control": np.nan}
+
+
+def ols_interaction(x, k, y, pre, covariates=None, *, estimator: str = "OLS"):
+    """Fit ``y ~ x * k + pre (+ covariates)``; the interaction and simple slopes.
 
     A direct least-squares solve, equal to the statsmodels fit of
     :func:`ketamine_nb.stats.region_stats` (tested) and fast enough for
-    hundreds of specifications.
+    thousands of specifications; ``estimator="Huber"`` fits statsmodels'
+    RLM with Huber's norm instead (p from its normal z).
 
     Parameters
     ----------
     x, k, y, pre : numpy.ndarray, shape (n,)
-        ΔMD, ketamine indicator (0/1), Δscore, baseline score.
+        Predictor (ΔMD, or Δscore in the reversed orientation), treated-arm
+        indicator (0/1), outcome, baseline score.
     covariates : numpy.ndarray, shape (n, c), optional
         Extra columns.
+    estimator : {"OLS", "Huber"}, default="OLS"
+        See :data:`ESTIMATORS`.
 
     Returns
     -------
     dict
         ``beta_interaction``, ``se_interaction``, ``p_interaction``,
-        ``slope_ketamine``, ``slope_saline``, ``n``.
+        ``slope_treated``, ``slope_control``, ``n``.
     """
     from scipy.stats import t as t_dist
 
-    cols = [np.ones_like(x), k, x, x * k, pre]
-    if covariates is not None and np.size(covariates):
-        cols.extend(np.asarray(covariates, float).T)
-    X = np.column_stack(cols)
+    X = _fit_columns(x, k, y, pre, covariates)
     n, p = X.shape
     if n <= p:
-        return {"beta_interaction": np.nan, "se_interaction": np.nan, "p_interaction": np.nan,
-                "slope_ketamine": np.nan, "slope_saline": np.nan, "n": n}
-    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
-    res = y - X @ beta
-    sigma2 = (res @ res) / (n - p)
-    xtx_inv = np.linalg.pinv(X.T @ X)
-    with np.errstate(invalid="ignore"):  # a degenerate design (no ΔMD spread): NaN
-        se = np.sqrt(sigma2 * xtx_inv[3, 3])
-    t = beta[3] / se if se > 0 else np.nan
-    return {"beta_interaction": beta[3], "se_interaction": se,
-            "p_interaction": 2 * t_dist.sf(abs(t), n - p) if np.isfinite(t) else np.nan,
-            "slope_ketamine": beta[2] + beta[3], "slope_saline": beta[2], "n": n}
+        return {**_EMPTY, "n": n}
+    if estimator == "Huber":
+        import statsmodels.api as sm
+
+        if np.linalg.matrix_rank(X) < p:
+            return {**_EMPTY, "n": n}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = sm.RLM(y, X, M=sm.robust.norms.HuberT()).fit()
+        beta, se, pval = fit.params, fit.bse[3], fit.pvalues[3]
+    elif estimator == "OLS":
+        beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+        res = y - X @ beta
+        sigma2 = (res @ res) / (n - p)
+        xtx_inv = np.linalg.pinv(X.T @ X)
+        with np.errstate(invalid="ignore"):  # a degenerate design (no ΔMD spread): NaN
+            se = np.sqrt(sigma2 * xtx_inv[3, 3])
+        t = beta[3] / se if se > 0 else np.nan
+        pval = 2 * t_dist.sf(abs(t), n - p) if np.isfinite(t) else np.nan
+    else:
+        raise InputError(f"estimator {estimator!r} is unknown; use {' or '.join(ESTIMATORS)}")
+    return {"beta_interaction": beta[3], "se_interaction": se, "p_interaction": pval,
+            "slope_treated": beta[2] + beta[3], "slope_control": beta[2], "n": n}
+
+
+def _covariate_matrix(s: pd.DataFrame, covs) -> np.ndarray:
+    """Numeric columns as they are; a text column as 0/1 dummies; missing stays NaN."""
+    cols = []
+    for c in covs:
+        v = s[c]
+        if pd.api.types.is_numeric_dtype(v) and not pd.api.types.is_bool_dtype(v):
+            cols.append(v.to_numpy(float)[:, None])
+            continue
+        levels = sorted(v.dropna().astype(str).unique())
+        d = np.column_stack([(v.astype(str) == lev).to_numpy(float) for lev in levels[1:]]) \
+            if len(levels) > 1 else np.zeros((len(v), 0))
+        d[v.isna().to_numpy()] = np.nan
+        cols.append(d)
+    return np.column_stack(cols) if cols else np.zeros((len(s), 0))
+
+
+def _flagged(qc: pd.DataFrame | None, pids, regions) -> np.ndarray:
+    """Participants x regions: True where a session or the region was flagged by QC."""
+    out = np.zeros((len(pids), len(regions)), bool)
+    if qc is None:
+        return out
+    pi = {p: i for i, p in enumerate(pids)}
+    ri = {r: i for i, r in enumerate(regions)}
+    q = qc.copy()
+    bad = np.zeros(len(q), bool)
+    for col in ("qc_flags", "flag"):
+        if col in q:
+            bad |= q[col].fillna("").astype(str).str.strip().ne("").to_numpy()
+    if "qc_flags" in q:   # a session-level flag removes the whole session
+        sess = q.loc[q["qc_flags"].fillna("").astype(str).str.strip().ne(""), "participant_id"]
+        for p in set(sess):
+            if p in pi:
+                out[pi[p], :] = True
+    for p, r in zip(q.loc[bad, "participant_id"], q.loc[bad, "region"], strict=True):
+        if p in pi and r in ri:
+            out[pi[p], ri[r]] = True
+    return out
 
 
 def _region_means(voxels, md_col, prob_thr, csf_thr, codes, n_groups):
@@ -93,13 +182,16 @@ def _region_means(voxels, md_col, prob_thr, csf_thr, codes, n_groups):
 
 def robustness_grid(voxels: pd.DataFrame, scores: pd.DataFrame, *, pre: str = "pre",
                     post: str = "post", participants: pd.DataFrame | None = None,
-                    grid: dict | None = None) -> pd.DataFrame:
+                    grid: dict | None = None, control: str | None = None,
+                    qc: pd.DataFrame | None = None) -> pd.DataFrame:
     """Rerun the ROI model over every combination of analytic choices.
 
     Parameters
     ----------
     voxels : pandas.DataFrame
-        Output of :func:`ketamine_nb.derivatives.load_cohort_voxels`.
+        Output of :func:`ketamine_nb.derivatives.load_cohort_voxels`; the
+        :data:`~ketamine_nb.regions.GLOBAL_GM` region, when cached, is the
+        global covariate (never a modelled region).
     scores : pandas.DataFrame
         One row per participant: ``arm`` and ``<outcome>_pre``/``_post``.
     pre, post : str, default="pre", "post"
@@ -108,33 +200,74 @@ def robustness_grid(voxels: pd.DataFrame, scores: pd.DataFrame, *, pre: str = "p
         Covariates (``age``, ``sex``...) if not in ``scores``.
     grid : dict, optional
         Values per choice (keys of :data:`DEFAULT_GRID`); missing keys take
-        the defaults. ``fit_method`` ``"configured"`` is the pipeline's fit
+        the defaults (``outcome``: every ``<name>_pre``/``_post`` pair of
+        ``scores``). ``fit_method`` ``"configured"`` is the pipeline's fit
         (column ``md``), ``"OLS"`` the cached OLS MD (``md_ols``).
+    control : str, optional
+        Control arm label (default: recognised, see
+        :func:`ketamine_nb.stats.design_arms`).
+    qc : pandas.DataFrame, optional
+        ``roi_md.tsv``: ``participant_id``, ``region`` and the pipeline's
+        ``qc_flags`` (per session: motion...) and ``flag`` (per region:
+        coverage). With ``exclude_flagged=True`` a participant with a flagged
+        session leaves every region, a flagged region leaves that region.
 
     Returns
     -------
     pandas.DataFrame
         One row per specification x region: the choices, ``spec`` (an id),
         ``region``, ``n``, ``beta_interaction``, ``se_interaction``,
-        ``p_interaction``, ``slope_ketamine``, ``slope_saline``.
+        ``p_interaction``, ``slope_<treated>``, ``slope_<control>`` (in the
+        orientation's units: Δscore per 10⁻⁶ mm²/s, or 10⁻⁶ mm²/s per point).
+
+    Notes
+    -----
+    Choices that cannot change anything on these data are dropped with a
+    :class:`~ketamine_nb.exceptions.StudyWarning` when they came from the
+    default grid: the global covariate without a cached global region, the
+    QC exclusion without a QC table. Asked for explicitly, they are an error.
     """
     g = dict(DEFAULT_GRID, **(grid or {}))
+    asked = set(grid or {})
+    if "outcome" not in asked:   # every score pair of the data
+        g["outcome"] = detect_outcomes(scores)
     info = scores.copy()
     if participants is not None:
         extra = [c for c in participants.columns if c not in info.columns]
         info = info.merge(participants[["participant_id", *extra]], on="participant_id",
                           how="left")
     info = info.set_index("participant_id")
+    control, treated = design_arms(info["arm"], control)
     pids = list(voxels["participant_id"].cat.categories)
-    regions = list(voxels["region"].cat.categories)
+    all_regions = list(voxels["region"].cat.categories)
     sess = {s: i for i, s in enumerate(voxels["session"].cat.categories)}
     if pre not in sess or post not in sess:
         raise InputError(f"sessions {pre!r}/{post!r} not in the voxel tables; found "
                          f"{', '.join(sess)}")
-    n_p, n_s, n_r = len(pids), len(sess), len(regions)
+    for name, allowed in (("orientation", ORIENTATIONS), ("estimator", ESTIMATORS)):
+        bad = [v for v in g[name] if v not in allowed]
+        if bad:
+            raise InputError(f"{name} {bad[0]!r} is unknown; use {' or '.join(allowed)}")
+    has_global = GLOBAL_GM in all_regions
+    has_qc = qc is not None and bool({"qc_flags", "flag"} & set(qc.columns))
+    for name, ok, why in (("global_covariate", has_global,
+                           f"the voxel tables have no {GLOBAL_GM!r} region"),
+                          ("exclude_flagged", has_qc, "no QC table (roi_md.tsv) was given")):
+        if True in g[name] and not ok:
+            if name in asked:
+                raise InputError(f"{name}=True: {why}; rerun the pipeline or leave it out")
+            warnings.warn(f"robustness grid: {name}=True left out, {why}", StudyWarning,
+                          stacklevel=2)
+            g[name] = tuple(v for v in g[name] if v is not True) or (False,)
+    regions = [r for r in all_regions if r != GLOBAL_GM]
+    flagged = _flagged(qc if has_qc else None, pids, regions)
+    n_p, n_s, n_r = len(pids), len(sess), len(all_regions)
     c_p, c_s, c_r = (voxels[c].cat.codes.to_numpy().astype(np.int64)
                      for c in ("participant_id", "session", "region"))
     codes = (c_p * n_s + c_s) * n_r + c_r
+    s = info.reindex(pids)
+    k = (s["arm"] == treated).to_numpy(float)
+    in_arms = s["arm"].isin([treated, control]).to_numpy()
     rows = []
     spec_id = 0
     md_cols = {"configured": "md", "OLS": "md_ols"}
@@ -145,43 +278,47 @@ def robustness_grid(voxels: pd.DataFrame, scores: pd.DataFrame, *, pre: str = "p
             raise InputError(f"fit method {fit!r} is not cached; use 'configured' or 'OLS'")
         means = _region_means(voxels, col, pthr, cthr, codes, n_p * n_s * n_r)
         means = means.reshape(n_p, n_s, n_r)
-        md_pre, md_post = means[:, sess[pre]], means[:, sess[post]]
-        dmd = (md_post - md_pre) * 1e6
-        for outcome, change, covs in itertools.product(g["outcome"], g["change"],
-                                                       g["covariates"]):
-            s = info.reindex(pids)
+        dmd_all = (means[:, sess[post]] - means[:, sess[pre]]) * 1e6
+        dglob = dmd_all[:, all_regions.index(GLOBAL_GM)] if has_global else None
+        dmd = dmd_all[:, [all_regions.index(r) for r in regions]]
+        for outcome, change, covs, glob, excl, orient, est in itertools.product(
+                g["outcome"], g["change"], g["covariates"], g["global_covariate"],
+                g["exclude_flagged"], g["orientation"], g["estimator"]):
+            if f"{outcome}_pre" not in s or f"{outcome}_post" not in s:
+                raise InputError(f"outcome {outcome!r}: the scores have no {outcome}_pre/"
+                                 f"{outcome}_post columns")
             spre = s[f"{outcome}_pre"].to_numpy(float)
-            spost = s[f"{outcome}_post"].to_numpy(float)
-            y = spost - spre
+            y = s[f"{outcome}_post"].to_numpy(float) - spre
             if change == "percent":
                 with np.errstate(invalid="ignore", divide="ignore"):
                     y = 100 * y / spre
-            k = (s["arm"] == "ketamine").to_numpy(float)
-            cov = None
-            if covs:
-                missing = [c for c in covs if c not in s]
-                if missing:
-                    raise InputError(f"covariate(s) {missing} not available")
-                cov = np.column_stack([
-                    (s[c] == s[c].dropna().iloc[0]).to_numpy(float)
-                    if s[c].dtype == object or str(s[c].dtype).startswith(("str", "cat"))
-                    else s[c].to_numpy(float) for c in covs])
+            missing = [c for c in covs if c not in s]
+            if missing:
+                raise InputError(f"covariate(s) {missing} not available")
+            cov = _covariate_matrix(s, covs)
+            if glob:
+                cov = np.column_stack([cov, dglob])
             spec = {"spec": spec_id, "fit_method": fit, "probability_threshold": pthr,
                     "csf_md_threshold": cthr, "outcome": outcome, "change": change,
-                    "covariates": "+".join(covs) or "none"}
+                    "covariates": "+".join(covs) or "none", "global_covariate": bool(glob),
+                    "exclude_flagged": bool(excl), "orientation": orient, "estimator": est}
             spec_id += 1
+            base_ok = (np.isfinite(y) & np.isfinite(spre) & in_arms
+                       & np.all(np.isfinite(cov), axis=1))
             for r, region in enumerate(regions):
                 x = dmd[:, r]
-                ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(spre)
-                if cov is not None:
-                    ok &= np.all(np.isfinite(cov), axis=1)
-                n_ket, n_sal = int(k[ok].sum()), int((1 - k[ok]).sum())
-                if min(n_ket, n_sal) < MIN_PER_ARM:   # as region_stats: too few to fit
-                    res = ols_interaction(x[:0], k[:0], y[:0], spre[:0])
-                    res["n"] = int(ok.sum())
+                ok = base_ok & np.isfinite(x)
+                if excl:
+                    ok &= ~flagged[:, r]
+                n_t, n_c = int(k[ok].sum()), int((1 - k[ok]).sum())
+                if min(n_t, n_c) < MIN_PER_ARM:   # as region_stats: too few to fit
+                    res = {**_EMPTY, "n": int(ok.sum())}
                 else:
-                    res = ols_interaction(x[ok], k[ok], y[ok], spre[ok],
-                                          None if cov is None else cov[ok])
+                    pred, out = (x, y) if orient == ORIENTATIONS[0] else (y, x)
+                    res = ols_interaction(pred[ok], k[ok], out[ok], spre[ok],
+                                          cov[ok] if cov.size else None, estimator=est)
+                res[f"slope_{treated}"] = res.pop("slope_treated")
+                res[f"slope_{control}"] = res.pop("slope_control")
                 rows.append({**spec, "region": region, **res})
     return pd.DataFrame(rows)
 

@@ -2,49 +2,93 @@
 
 The study's model, per region and outcome (Kopelman et al. 2023, as far as
 the abstract says): the change in depression score is related to the change
-in MD, with a group (ketamine vs saline) x ΔMD interaction. The choices the
-paper does not report are made here, once, and can be changed:
+in MD, with a group (treated vs control) x ΔMD interaction. Every choice the
+paper left open is made here, once, and can be changed (:class:`StatsConfig`):
 
-* **Model.** ``delta_score ~ delta_md_e6 * C(arm, Treatment('saline')) +
-  score_pre`` by ordinary least squares (statsmodels formulas). Adjusting for
-  the baseline score is the standard analysis of change scores in a
-  randomised trial (ANCOVA, Vickers & Altman 2001). Covariates (age, sex) are
-  optional.
+* **Design from the data.** The two arms are read from the table; the control
+  arm is given (``control="midazolam"``) or recognised by its name
+  (:data:`KNOWN_CONTROLS`), the treated arm is the other one; anything but
+  exactly two arms is an error. Outcomes are every ``<name>_pre`` /
+  ``<name>_post`` pair of score columns; response and remission follow the
+  published cut-offs of :data:`OUTCOMES` (add a row for another scale); an
+  outcome without a rule gets its change statistics and a note.
+* **Model.** ``delta_score ~ delta_md_e6 * C(arm, Treatment(control)) +
+  score_pre`` by least squares. Adjusting for the baseline score is the
+  standard analysis of change scores in a randomised trial (ANCOVA, Vickers &
+  Altman 2001). Covariates (age, sex) are optional; a participant missing one
+  leaves every model that uses it. The whole-brain grey-matter ΔMD
+  (:data:`~ketamine_nb.regions.GLOBAL_GM`) can enter as a covariate
+  (``global_covariate=True``): a drift shared by all regions (scanner,
+  hydration, time of day) then no longer passes for a regional effect. The
+  global row itself is never modelled as a region.
 * **Units.** ``delta_md_e6`` is ΔMD in 10⁻⁶ mm²/s, so slopes read as score
-  points per 10⁻⁶ mm²/s instead of per mm²/s (10⁶ times larger numbers).
-* **Direction.** Δ = post − pre for both MD and scores, so a *positive*
+  points per 10⁻⁶ mm²/s. Δ = post − pre for MD and scores, so a *positive*
   slope means a larger MD decrease goes with a larger improvement.
-* **Inference.** The interaction's OLS t-test, and a Freedman-Lane
-  permutation test (5000 permutations, seeded) that does not lean on normal
-  residuals; Benjamini-Hochberg FDR across every row of the table (Holm as an
-  option), since the paper's correction is unknown.
+* **Unequal variances.** The arms differ in size (2:1) and need not share the
+  residual variance; the classical t and a free permutation of residuals
+  then misstate the error rate. The default follows Winkler et al. (2014,
+  *Permutation inference for the general linear model*, NeuroImage 92:381):
+  the arms are variance groups and exchangeability blocks, the Freedman-Lane
+  residuals are permuted *within* each arm (within-block exchangeability;
+  errors of one arm are exchangeable among themselves, not with the other
+  arm's), and the statistic is Winkler's G, which for one contrast is the
+  Aspin-Welch v (weighted by each group's residual variance). Intervals and
+  the parametric Welch p use v with its Welch-Satterthwaite degrees of
+  freedom. ``statistic="t"`` restores the homoscedastic t with free
+  permutations. The classical OLS columns (``se_interaction``,
+  ``t_interaction``, ``p_interaction``) are kept for comparison.
+* **Multiplicity.** One family: the interaction test of every modelled row
+  (regions x outcomes; the global reference excluded). The q values come
+  from the permutation p (``q_from="permutation"``, the default; from the
+  parametric Welch or t p without permutations or with
+  ``q_from="parametric"``), Benjamini-Hochberg (Holm as an option), since
+  the paper's correction is unknown. Per-arm slopes, correlations and
+  partial correlations are descriptive and uncorrected; ``stats_roi.json``
+  (:func:`column_descriptions`) says so column by column.
+* **Comparison with the paper.** :data:`EXPECTED_PATTERN` is what the
+  abstract reports per region and outcome (which quantity, which sign); a
+  row is ``consistent`` when every reported quantity has the reported sign
+  and its 95 % interval excludes 0, ``contradicts`` when one has the other
+  sign with an interval excluding 0, else ``inconclusive``. Right BA10 is
+  judged on the per-arm slopes (the paper found the relation in both arms),
+  the hippocampi on MADRS only.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from .exceptions import InputError
+from .exceptions import InputError, StudyWarning
+from .regions import GLOBAL_GM
 
 __all__ = [
     "CHANGES",
     "CORRECTIONS",
+    "EXPECTED_PATTERN",
+    "KNOWN_CONTROLS",
     "MIN_PER_ARM",
     "OUTCOMES",
+    "Q_SOURCES",
     "REMISSION_CUTOFFS",
     "REPORTED_PATTERN",
     "RESPONSE_REDUCTION",
+    "STATISTICS",
     "STUDY_DIRECTIONS",
+    "VERDICTS",
     "StatsConfig",
     "adjust_pvalues",
     "clinical_change",
     "clinical_summary",
     "cohort_table",
+    "column_descriptions",
     "correlation_table",
     "delta_summary",
+    "design_arms",
+    "detect_outcomes",
     "freedman_lane",
     "model_formula",
     "multiple_comparisons",
@@ -55,20 +99,36 @@ __all__ = [
     "study_pattern",
 ]
 
-#: Outcomes: name -> score column stem and scale maximum.
-OUTCOMES = {"madrs": {"label": "MADRS", "max": 60}, "qids": {"label": "QIDS-SR", "max": 27}}
-
-#: Response: a reduction of at least 50 % from baseline (the usual definition
-#: in antidepressant trials, for both MADRS and QIDS-SR).
+#: Response: a reduction of at least 50 % from baseline, the usual definition
+#: in antidepressant trials for every scale below.
 RESPONSE_REDUCTION = 0.5
 
-#: Remission: post score at or below these (MADRS <= 10, Hawley et al. 2002;
-#: QIDS-SR <= 5, Rush et al. 2006).
-REMISSION_CUTOFFS = {"madrs": 10, "qids": 5}
+#: Outcome rules: name -> label, scale maximum, response reduction (fraction
+#: of baseline), remission cut-off (post score at or below it) and its source.
+#: Add a row (``OUTCOMES["mine"] = {...}``) for another scale; an outcome
+#: without a row gets its change statistics only.
+OUTCOMES = {
+    "madrs": {"label": "MADRS", "max": 60, "response": RESPONSE_REDUCTION, "remission": 10,
+              "source": "Hawley et al. 2002, Br J Psychiatry 181:293 (MADRS <= 10)"},
+    "qids": {"label": "QIDS-SR", "max": 27, "response": RESPONSE_REDUCTION, "remission": 5,
+             "source": "Rush et al. 2006, Am J Psychiatry 163:1905, STAR*D (QIDS-SR16 <= 5)"},
+    "hamd": {"label": "HAM-D-17", "max": 52, "response": RESPONSE_REDUCTION, "remission": 7,
+             "source": "Frank et al. 1991, Arch Gen Psychiatry 48:851 (HAM-D-17 <= 7)"},
+    "bdi": {"label": "BDI-II", "max": 63, "response": RESPONSE_REDUCTION, "remission": 13,
+            "source": "Beck, Steer & Brown 1996, BDI-II manual (0-13 minimal; Riedel et al. "
+                      "2010, Eur Psychiatry 25:351)"},
+}
+
+#: Remission cut-offs per outcome (from :data:`OUTCOMES`).
+REMISSION_CUTOFFS = {k: v["remission"] for k, v in OUTCOMES.items()}
+
+#: Arm labels recognised as the control arm when ``control`` is not given.
+KNOWN_CONTROLS = ("saline", "placebo", "midazolam", "sham", "control")
 
 #: The reported direction of the MD-score slope per region and arm (+1: a
-#: larger MD decrease goes with a larger improvement; -1: the reverse; 0 or
-#: absent: nothing reported). From STUDY.md (the paper's abstract).
+#: larger MD decrease goes with a larger improvement; -1: the reverse). The
+#: region-level summary of :data:`EXPECTED_PATTERN` (which also says the
+#: outcome and the quantity judged), used by :func:`study_pattern`.
 STUDY_DIRECTIONS = {
     "BA10_L": {"ketamine": 1},
     "BA10_R": {"ketamine": 1, "saline": 1},
@@ -77,7 +137,28 @@ STUDY_DIRECTIONS = {
     "hippocampus_R": {"ketamine": -1},
 }
 
-_ARM_TERM = "C(arm, Treatment('saline'))"
+#: What the paper reports, per region and outcome (STUDY.md, from the
+#: abstract): ``(region, outcome, judged on, sign)``. ``judged on`` is
+#: ``"interaction"`` (treated slope minus control slope), ``"slope_treated"``
+#: or ``"slope_control"``. Left BA10 and left amygdala: carried mainly by the
+#: ketamine arm (interaction p = 0.016-0.082, scale not restricted). Right
+#: BA10: both arms (p = 0.007), so the per-arm slopes, not the interaction.
+#: Hippocampi: MD increase with improvement in the ketamine arm, MADRS only.
+EXPECTED_PATTERN = (
+    ("BA10_L", "madrs", "interaction", 1),
+    ("BA10_L", "qids", "interaction", 1),
+    ("amygdala_L", "madrs", "interaction", 1),
+    ("amygdala_L", "qids", "interaction", 1),
+    ("BA10_R", "madrs", "slope_treated", 1),
+    ("BA10_R", "madrs", "slope_control", 1),
+    ("BA10_R", "qids", "slope_treated", 1),
+    ("BA10_R", "qids", "slope_control", 1),
+    ("hippocampus_L", "madrs", "slope_treated", -1),
+    ("hippocampus_R", "madrs", "slope_treated", -1),
+)
+
+#: Verdicts of a row against :data:`EXPECTED_PATTERN`.
+VERDICTS = ("consistent", "inconclusive", "contradicts", "not reported")
 
 #: How a change is expressed: points (or 10⁻⁶ mm²/s for ΔMD), or percent of
 #: the pre value. Used by :class:`StatsConfig` and the command line.
@@ -86,6 +167,14 @@ CHANGES = ("absolute", "percent")
 #: Multiple-comparison corrections across the rows of the table
 #: (statsmodels' names): Benjamini-Hochberg FDR, or Holm's FWER.
 CORRECTIONS = ("fdr_bh", "holm")
+
+#: Test statistic of the interaction: Aspin-Welch v with the arms as
+#: variance groups and within-arm permutations (Winkler et al. 2014), or the
+#: homoscedastic t with free permutations.
+STATISTICS = ("aspin_welch", "t")
+
+#: Which p the q values correct: the permutation p or the parametric one.
+Q_SOURCES = ("permutation", "parametric")
 
 #: Fewest participants per arm for which the interaction model is fitted
 #: (below it the per-arm slope rests on two points).
@@ -98,47 +187,114 @@ class StatsConfig:
 
     Attributes
     ----------
-    outcomes : tuple of str, default=("madrs", "qids")
-        Outcomes to model.
+    outcomes : tuple of str or None, default=None
+        Outcomes to model; None: every ``<name>_pre``/``<name>_post`` pair of
+        the scores table (:func:`detect_outcomes`).
     covariates : tuple of str, default=()
         Extra columns of the participants table (e.g. ``("age", "sex")``).
+    control : str or None, default=None
+        Label of the control arm; None: the one arm whose label is in
+        :data:`KNOWN_CONTROLS`.
+    global_covariate : bool, default=False
+        Add the whole-brain grey-matter ΔMD (same units as ΔMD) to the model.
     change : {"absolute", "percent"}, default="absolute"
         Score change as points (post − pre) or percent of baseline.
     md_change : {"absolute", "percent"}, default="absolute"
         ΔMD in 10⁻⁶ mm²/s or as percent of the pre value.
-    n_permutations : int, default=5000
-        Freedman-Lane permutations (0 skips them).
-    n_bootstrap : int, default=2000
-        Bootstrap resamples for the correlation CIs (0 skips them).
+    statistic : {"aspin_welch", "t"}, default="aspin_welch"
+        Interaction statistic and permutation scheme (see the module notes).
+    n_permutations : int or None, default=5000
+        Freedman-Lane permutations (None or 0: none).
+    n_bootstrap : int or None, default=2000
+        Bootstrap resamples for the correlation CIs (None or 0: none).
     correction : {"fdr_bh", "holm"}, default="fdr_bh"
-        Multiple-comparison correction across all rows.
+        Multiple-comparison correction across all modelled rows.
+    q_from : {"permutation", "parametric"}, default="permutation"
+        The p the correction is applied to (parametric when there are no
+        permutations).
     random_state : int, default=0
         Seed of the permutations and the bootstrap (scikit-learn's name).
     """
 
-    outcomes: tuple = ("madrs", "qids")
+    outcomes: tuple | None = None
     covariates: tuple = ()
+    control: str | None = None
+    global_covariate: bool = False
     change: str = "absolute"
     md_change: str = "absolute"
-    n_permutations: int = 5000
-    n_bootstrap: int = 2000
+    statistic: str = "aspin_welch"
+    n_permutations: int | None = 5000
+    n_bootstrap: int | None = 2000
     correction: str = "fdr_bh"
+    q_from: str = "permutation"
     random_state: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "outcomes", tuple(self.outcomes))
+        if self.outcomes is not None:
+            if isinstance(self.outcomes, str):
+                object.__setattr__(self, "outcomes", (self.outcomes,))
+            object.__setattr__(self, "outcomes", tuple(self.outcomes))
         object.__setattr__(self, "covariates", tuple(self.covariates))
-        bad = [o for o in self.outcomes if o not in OUTCOMES]
-        if bad:
-            raise InputError(f"unknown outcome(s) {bad}; use {', '.join(OUTCOMES)}")
         for name, allowed in (("change", CHANGES), ("md_change", CHANGES),
-                              ("correction", CORRECTIONS)):
+                              ("correction", CORRECTIONS), ("statistic", STATISTICS),
+                              ("q_from", Q_SOURCES)):
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} {getattr(self, name)!r} is unknown; use "
                                  f"{' or '.join(allowed)}")
+        for name in ("n_permutations", "n_bootstrap"):
+            v = getattr(self, name)
+            if v is not None and (int(v) != v or v < 0):
+                raise InputError(f"{name} must be a whole number >= 0 or None, not {v!r}")
 
 
-def clinical_change(scores: pd.DataFrame, outcomes=("madrs", "qids")) -> pd.DataFrame:
+def detect_outcomes(scores: pd.DataFrame) -> tuple:
+    """Return the outcome names with both ``<name>_pre`` and ``<name>_post`` columns."""
+    cols = set(scores.columns)
+    return tuple(c[:-4] for c in scores.columns
+                 if c.endswith("_pre") and f"{c[:-4]}_post" in cols)
+
+
+def design_arms(arms, control: str | None = None) -> tuple[str, str]:
+    """Return ``(control, treated)`` from the arm labels of the data.
+
+    Parameters
+    ----------
+    arms : iterable of str
+        The ``arm`` column.
+    control : str, optional
+        The control arm's label; default: the one label in
+        :data:`KNOWN_CONTROLS`.
+
+    Raises
+    ------
+    InputError
+        When there are not exactly two arms, or the control is unknown.
+    """
+    labels = sorted({str(a) for a in pd.Series(list(arms)).dropna()})
+    if len(labels) != 2:
+        raise InputError(f"the model needs exactly two arms, found {len(labels)} "
+                         f"({', '.join(labels) or 'none'}); keep two arms in the 'arm' column")
+    if control is None:
+        known = [a for a in labels if a.lower() in KNOWN_CONTROLS]
+        if len(known) != 1:
+            raise InputError(f"arms {labels[0]!r} and {labels[1]!r}: cannot tell which is the "
+                             "control; give it (--control LABEL, StatsConfig(control=...))")
+        control = known[0]
+    if control not in labels:
+        raise InputError(f"control arm {control!r} is not in the data (arms: "
+                         f"{', '.join(labels)}); use one of them")
+    return control, next(a for a in labels if a != control)
+
+
+def _arm_term(control: str) -> str:
+    return f"C(arm, Treatment({control!r}))"
+
+
+def _rule(outcome, rules):
+    return (rules if rules is not None else OUTCOMES).get(outcome)
+
+
+def clinical_change(scores: pd.DataFrame, outcomes=None, *, rules=None) -> pd.DataFrame:
     """Score changes, response and remission, in one place.
 
     Parameters
@@ -146,8 +302,10 @@ def clinical_change(scores: pd.DataFrame, outcomes=("madrs", "qids")) -> pd.Data
     scores : pandas.DataFrame
         One row per participant with ``participant_id``, ``arm`` and
         ``<outcome>_pre``/``<outcome>_post`` columns (NaN = missing).
-    outcomes : sequence of str, default=("madrs", "qids")
-        Outcomes to compute.
+    outcomes : sequence of str, optional
+        Outcomes to compute; default: every pair (:func:`detect_outcomes`).
+    rules : dict, optional
+        Response/remission rules per outcome; default :data:`OUTCOMES`.
 
     Returns
     -------
@@ -155,9 +313,12 @@ def clinical_change(scores: pd.DataFrame, outcomes=("madrs", "qids")) -> pd.Data
         Long table: ``participant_id``, ``arm``, ``outcome``, ``score_pre``,
         ``score_post``, ``delta_score`` (post − pre; negative = improvement),
         ``pct_change`` (100 × delta / pre), ``responder`` (reduction of at
-        least 50 %), ``remitter`` (post at or below the cut-off). Missing
-        scores stay missing (``n/a`` is never zero).
+        least the rule's share), ``remitter`` (post at or below the rule's
+        cut-off). Missing scores stay missing (``n/a`` is never zero); an
+        outcome without a rule has n/a response and remission and a
+        :class:`~ketamine_nb.exceptions.StudyWarning` says so.
     """
+    outcomes = detect_outcomes(scores) if outcomes is None else tuple(outcomes)
     frames = []
     for o in outcomes:
         for col in (f"{o}_pre", f"{o}_post"):
@@ -169,14 +330,24 @@ def clinical_change(scores: pd.DataFrame, outcomes=("madrs", "qids")) -> pd.Data
         delta = post - pre
         with np.errstate(divide="ignore", invalid="ignore"):
             pct = 100.0 * delta / pre.where(pre != 0)
-        ok = pre.notna() & post.notna()
+        ok = (pre.notna() & post.notna()).to_numpy()
+        rule = _rule(o, rules)
+        if rule is None:
+            warnings.warn(f"outcome {o!r} has no response/remission rule; its change "
+                          "statistics are computed, response and remission are n/a (add a "
+                          "row to ketamine_nb.stats.OUTCOMES)", StudyWarning, stacklevel=2)
+            resp = rem = np.full(len(pre), np.nan)
+        else:
+            resp = np.where(ok, -delta >= rule["response"] * pre, np.nan)
+            rem = np.where(ok, post <= rule["remission"], np.nan)
         frames.append(pd.DataFrame({
             "participant_id": scores["participant_id"].to_numpy(),
             "arm": scores["arm"].to_numpy(), "outcome": o,
             "score_pre": pre.to_numpy(), "score_post": post.to_numpy(),
             "delta_score": delta.to_numpy(), "pct_change": pct.to_numpy(),
-            "responder": np.where(ok, -delta >= RESPONSE_REDUCTION * pre, np.nan),
-            "remitter": np.where(ok, post <= REMISSION_CUTOFFS[o], np.nan)}))
+            "responder": resp, "remitter": rem}))
+    if not frames:
+        raise InputError("the scores table has no <outcome>_pre/<outcome>_post column pair")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -189,11 +360,13 @@ def stats_input(roi_deltas: pd.DataFrame, scores: pd.DataFrame, *,
     ----------
     roi_deltas : pandas.DataFrame
         ``participant_id``, ``arm``, ``region``, ``md_pre``, ``md_post``,
-        ``delta_md`` (mm²/s), as written by the pipeline.
+        ``delta_md`` (mm²/s), as written by the pipeline; a
+        :data:`~ketamine_nb.regions.GLOBAL_GM` row per participant is the
+        global reference (never a modelled region).
     scores : pandas.DataFrame
         One row per participant (``madrs_pre`` ...), as from ``load_study``.
     config : StatsConfig, optional
-        Outcomes, covariates and change definitions.
+        Outcomes, covariates, global covariate and change definitions.
     participants : pandas.DataFrame, optional
         Source of covariates not in ``scores``.
 
@@ -204,13 +377,16 @@ def stats_input(roi_deltas: pd.DataFrame, scores: pd.DataFrame, *,
         (mm²/s), ``delta_md_e6`` (the model's ΔMD: 10⁻⁶ mm²/s, or percent with
         ``md_change="percent"``), ``score_pre``, ``score_post``,
         ``delta_score`` (the model's outcome: points, or percent with
-        ``change="percent"``) and the covariates. Rows with a missing value
-        are left out of that outcome only.
+        ``change="percent"``), ``delta_md_global`` (with
+        ``global_covariate``, the model's units) and the covariates. A row
+        with a missing value (ΔMD of a flagged region, a score, a covariate,
+        the global ΔMD) leaves that region x outcome only.
     dropped : pandas.DataFrame
         ``region``, ``outcome``, ``n_dropped`` and the participants left out.
     """
     config = config or StatsConfig()
-    change = clinical_change(scores, config.outcomes)
+    outcomes = detect_outcomes(scores) if config.outcomes is None else config.outcomes
+    change = clinical_change(scores, outcomes)
     if config.change == "percent":
         change["delta_score"] = change["pct_change"]
     cov = list(config.covariates)
@@ -223,25 +399,41 @@ def stats_input(roi_deltas: pd.DataFrame, scores: pd.DataFrame, *,
         raise InputError(f"covariate(s) {missing} not found; available: "
                          f"{', '.join(c for c in extra.columns if c != 'participant_id')}")
     d = roi_deltas[["participant_id", "arm", "region", "md_pre", "md_post", "delta_md"]].copy()
+    d["delta_md"] = pd.to_numeric(d["delta_md"], errors="coerce")
     d["delta_md_e6"] = (100.0 * d["delta_md"] / d["md_pre"] if config.md_change == "percent"
                         else d["delta_md"] * 1e6)
+    is_global = d["region"].astype(str) == GLOBAL_GM
+    glob = d.loc[is_global, ["participant_id", "delta_md_e6"]]
+    d = d.loc[~is_global]
+    extra_cols = []
+    if config.global_covariate:
+        if glob.empty:
+            raise InputError(f"global_covariate needs the {GLOBAL_GM!r} rows of roi_deltas.tsv "
+                             "(written by the pipeline); rerun the pipeline or leave the "
+                             "global covariate off")
+        d = d.merge(glob.rename(columns={"delta_md_e6": "delta_md_global"}),
+                    on="participant_id", how="left")
+        extra_cols.append("delta_md_global")
     rows = d.merge(change.drop(columns=["arm"]), on="participant_id", how="inner")
     if cov:
         rows = rows.merge(extra[["participant_id", *cov]], on="participant_id", how="left")
-    need = ["delta_md_e6", "score_pre", "delta_score", "arm", *cov]
+    need = ["delta_md_e6", "score_pre", "delta_score", "arm", *extra_cols, *cov]
     bad = rows[need].isna().any(axis=1)
     dropped = (rows[bad].groupby(["region", "outcome"], sort=False)["participant_id"]
                .agg(n_dropped="size", participants=lambda s: ";".join(sorted(s)))
                .reset_index())
     cols = ["participant_id", "arm", "region", "outcome", "delta_md", "delta_md_e6",
-            "score_pre", "score_post", "delta_score", *cov]
+            "score_pre", "score_post", "delta_score", *extra_cols, *cov]
     rows = rows.loc[~bad, cols].reset_index(drop=True)
     return rows, dropped
 
 
-def model_formula(covariates=()) -> str:
+def model_formula(covariates=(), *, control: str = "saline",
+                  global_covariate: bool = False) -> str:
     """Return the study's model as a statsmodels formula."""
-    f = f"delta_score ~ delta_md_e6 * {_ARM_TERM} + score_pre"
+    f = f"delta_score ~ delta_md_e6 * {_arm_term(control)} + score_pre"
+    if global_covariate:
+        f += " + delta_md_global"
     return f + "".join(f" + {c}" for c in covariates)
 
 
@@ -252,14 +444,114 @@ def _design_matrices(df: pd.DataFrame, formula: str):
     return y.iloc[:, 0].to_numpy(float), X
 
 
+def _permutations(n, groups, n_permutations, rng):
+    """Row orders: free (``groups`` None) or within each group; B x n."""
+    if groups is None:
+        return np.argsort(rng.random((n_permutations, n)), axis=1)
+    out = np.empty((n_permutations, n), dtype=np.intp)
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        out[:, idx] = idx[np.argsort(rng.random((n_permutations, len(idx))), axis=1)]
+    return out
+
+
+def _group_weights(E, onehot, trR):
+    """Winkler's W per variance group: tr(R_g) / (residuals_g' residuals_g)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return trR / ((E ** 2) @ onehot)
+
+
+def _welch_df(W, n_g, trR):
+    """Welch-Satterthwaite degrees of freedom of v (Winkler et al. 2014, s = 1)."""
+    share = W * n_g / (W * n_g).sum(-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1.0 / (((1 - share) ** 2) / trR).sum(-1)
+
+
+def _contrast_test(X, y, c, groups, statistic):
+    """Estimate, SE, df and two-sided p of ``c'beta`` (OLS, or Aspin-Welch v)."""
+    from scipy.stats import t as t_dist
+
+    n, p = X.shape
+    pinv = np.linalg.pinv(X)
+    beta = pinv @ y
+    e = y - X @ beta
+    est = float(c @ beta)
+    if statistic == "t":
+        se = float(np.sqrt(e @ e / (n - p) * (c @ np.linalg.pinv(X.T @ X) @ c)))
+        df = float(n - p)
+    else:
+        codes = np.unique(groups, return_inverse=True)[1]
+        onehot = np.eye(codes.max() + 1)[codes]
+        trR = np.diag(np.eye(n) - X @ pinv) @ onehot
+        W = _group_weights(e, onehot, trR)
+        Wn = onehot @ W
+        se = float(np.sqrt(c @ np.linalg.pinv((X * Wn[:, None]).T @ X) @ c))
+        df = float(_welch_df(W, onehot.sum(0), trR))
+    stat = est / se if se > 0 else np.nan
+    p_val = 2 * t_dist.sf(abs(stat), df) if np.isfinite(stat) else np.nan
+    return est, se, df, p_val
+
+
+def _fl_counts(X, Y, j, groups, n_permutations, rng, statistic):
+    """Freedman-Lane for a stack of outcomes sharing one design; returns p per row of Y.
+
+    ``Y`` is D x n. The reduced model (without column ``j``) is fitted, its
+    residuals permuted (within ``groups`` for the Aspin-Welch v) and added back to
+    its fitted values. As the reduced fit lies in the full model's column space,
+    the full model's residuals of a permuted outcome are ``(I - H) P r`` and its
+    coefficient is ``pinv(X)[j] (fitted + P r)``: no refit is needed, every
+    permutation of every outcome is one matrix product.
+    """
+    n, p = X.shape
+    Y = np.atleast_2d(np.asarray(Y, float))
+    Xr = np.delete(X, j, axis=1)
+    fitted = Y @ (Xr @ np.linalg.pinv(Xr)).T
+    resid = Y - fitted
+    order = _permutations(n, None if statistic == "t" else groups, n_permutations, rng)
+    perms = np.vstack([np.arange(n), order])            # row 0: the data as observed
+    Rp = resid[:, perms]                                 # D x (B+1) x n
+    pinv = np.linalg.pinv(X)
+    psi = Rp @ pinv[j] + (fitted @ pinv[j])[:, None]
+    Q = np.linalg.qr(X)[0]
+    if statistic == "t":
+        rss = (Rp ** 2).sum(-1) - ((Rp @ Q) ** 2).sum(-1)
+        c = np.linalg.pinv(X.T @ X)[j, j]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            stat = psi / np.sqrt(np.maximum(rss, 0) / (n - p) * c)
+    else:
+        E = Rp - (Rp @ Q) @ Q.T
+        codes = np.unique(groups, return_inverse=True)[1]
+        onehot = np.eye(codes.max() + 1)[codes]
+        trR = np.diag(np.eye(n) - X @ pinv) @ onehot
+        W = _group_weights(E, onehot, trR)                                # D x B x G
+        XtWX = np.einsum("dbg,gpq->dbpq", W, np.einsum("ng,np,nq->gpq", onehot, X, X))
+        unit = np.zeros(p)
+        unit[j] = 1.0
+        rhs = np.broadcast_to(unit, XtWX.shape[:-1])[..., None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            stat = psi / np.sqrt(np.linalg.solve(XtWX, rhs)[..., j, 0])
+    a = np.abs(stat)
+    hits = np.count_nonzero(a[:, 1:] >= a[:, :1] - 1e-12 * np.maximum(1, a[:, :1]), axis=1)
+    return (1 + hits) / (1 + n_permutations)
+
+
 def freedman_lane(df: pd.DataFrame, formula: str, term: str, *, n_permutations: int = 5000,
-                  random_state=None) -> float:
-    """Freedman-Lane permutation p-value of one term of an OLS model.
+                  random_state=None, statistic: str = "aspin_welch",
+                  groups: str | None = "arm") -> float:
+    """Freedman-Lane permutation p-value of one term of a linear model.
 
     The reduced model (without ``term``) is fitted; its residuals are
-    permuted and added back to its fitted values; the full model is refitted
-    on each permuted outcome and the term's t statistic recorded (Freedman &
-    Lane 1983; Winkler et al. 2014). All permutations are solved at once.
+    permuted and added back to its fitted values; the full model's statistic
+    of the term is computed for each permuted outcome (Freedman & Lane 1983;
+    Winkler et al. 2014). All permutations are solved at once.
+
+    With ``statistic="aspin_welch"`` (default) the levels of ``groups`` are
+    both variance groups and exchangeability blocks: residuals are permuted
+    within each group and the statistic is the Aspin-Welch v (Winkler's G for
+    one contrast), which weights each group by its own residual variance.
+    Winkler et al. (2014) show this keeps the error rate when the groups
+    differ in variance, where the t with free permutations does not.
 
     Parameters
     ----------
@@ -274,38 +566,28 @@ def freedman_lane(df: pd.DataFrame, formula: str, term: str, *, n_permutations: 
     random_state : int, numpy.random.Generator or None, default=None
         Random source (an int seeds a new generator; None means seed 0, so
         that a result is reproducible by default).
+    statistic : {"aspin_welch", "t"}, default="aspin_welch"
+        See :data:`STATISTICS`.
+    groups : str or None, default="arm"
+        Column of the variance groups (ignored by ``"t"``).
 
     Returns
     -------
     float
-        Two-sided p = (1 + #{|t*| >= |t|}) / (1 + n_permutations).
+        Two-sided p = (1 + #{|s*| >= |s|}) / (1 + n_permutations).
     """
+    if statistic not in STATISTICS:
+        raise InputError(f"statistic {statistic!r} is unknown; use {' or '.join(STATISTICS)}")
     rng = np.random.default_rng(0 if random_state is None else random_state)
     y, X = _design_matrices(df, formula)
     if term not in X.columns:
         raise InputError(f"term {term!r} is not in the model; terms: {', '.join(X.columns)}")
-    Xf = X.to_numpy(float)
-    j = list(X.columns).index(term)
-    Xr = np.delete(Xf, j, axis=1)
-    beta_r, *_ = np.linalg.lstsq(Xr, y, rcond=None)
-    fitted = Xr @ beta_r
-    resid = y - fitted
-    n, p = Xf.shape
-    # y* = fitted + P r. The reduced model's fit lies in the full model's
-    # column space, so the full residuals of y* are (I - H) P r and, with Q an
-    # orthonormal basis of X, RSS* = |r|^2 - |Q' P r|^2: no n x B refit needed.
-    R = resid[np.argsort(rng.random((n_permutations, n)), axis=1)]   # B x n, rows P r
-    pinv = np.linalg.pinv(Xf)
-    Q, _ = np.linalg.qr(Xf)
-    bj = R @ pinv[j] + pinv[j] @ fitted
-    rss = resid @ resid - ((R @ Q) ** 2).sum(axis=1)
-    c = np.linalg.pinv(Xf.T @ Xf)[j, j]
-    t_perm = bj / np.sqrt(np.maximum(rss, 0) / (n - p) * c)
-    b0 = pinv @ y
-    r0 = y - Xf @ b0
-    t0 = b0[j] / np.sqrt((r0 @ r0) / (n - p) * c)
-    return float((1 + np.count_nonzero(np.abs(t_perm) >= abs(t0) - 1e-12))
-                 / (1 + n_permutations))
+    g = None
+    if statistic != "t":
+        g = (np.zeros(len(y), int) if groups is None
+             else np.unique(df.loc[X.index, groups].astype(str), return_inverse=True)[1])
+    return float(_fl_counts(X.to_numpy(float), y, list(X.columns).index(term), g,
+                            int(n_permutations), rng, statistic)[0])
 
 
 def _corr_ci(x, y, *, n_bootstrap, rng):
@@ -376,13 +658,41 @@ def adjust_pvalues(p, method: str = "fdr_bh"):
     return out
 
 
-def _matches(region, slopes):
-    exp = STUDY_DIRECTIONS.get(region, {})
-    if not exp:
-        return "not reported", np.nan
-    text = "; ".join(f"{arm} {'+' if s > 0 else '-'}" for arm, s in exp.items())
-    ok = all(np.sign(slopes[arm]) == s for arm, s in exp.items())
-    return text, bool(ok)
+def partial_correlation(x, y, z):
+    """Pearson r of ``x`` and ``y`` after regressing both on ``[1, z]``; r, p (df n - 2 - k)."""
+    from scipy.stats import t as t_dist
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    Z = np.column_stack([np.ones(len(x)), np.asarray(z, float).reshape(len(x), -1)])
+    k = Z.shape[1] - 1
+    dof = len(x) - 2 - k
+    if dof < 2:
+        return np.nan, np.nan
+    P = np.eye(len(x)) - Z @ np.linalg.pinv(Z)
+    rx, ry = P @ x, P @ y
+    den = np.sqrt((rx @ rx) * (ry @ ry))
+    if den == 0:
+        return np.nan, np.nan
+    r = float(np.clip(rx @ ry / den, -1, 1))
+    t = r * np.sqrt(dof / max(1 - r * r, 1e-300))
+    return r, float(2 * t_dist.sf(abs(t), dof))
+
+
+def _verdict(region, outcome, values):
+    """Three-way verdict from ``values[target] = (estimate, ci_low, ci_high)``."""
+    expected = [(t, s) for r, o, t, s in EXPECTED_PATTERN if r == region and o == outcome]
+    if not expected:
+        return "not reported", ""
+    text = "; ".join(f"{t} {'+' if s > 0 else '-'}" for t, s in expected)
+    agree, against = [], False
+    for target, sign in expected:
+        est, lo, hi = values.get(target, (np.nan, np.nan, np.nan))
+        excludes = np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0)
+        agree.append(bool(excludes and np.sign(est) == sign))
+        against |= bool(excludes and np.sign(est) == -sign)
+    if against:
+        return "contradicts", text
+    return ("consistent" if all(agree) else "inconclusive"), text
 
 
 def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd.DataFrame:
@@ -393,35 +703,47 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
     rows : pandas.DataFrame
         Output of :func:`stats_input`.
     config : StatsConfig, optional
-        Permutations, bootstrap, correction, covariates, seed.
+        Control arm, statistic, permutations, bootstrap, correction,
+        covariates, seed.
 
     Returns
     -------
     pandas.DataFrame
-        ``region``, ``outcome``, ``formula``, ``n_ketamine``, ``n_saline``,
-        per arm ``r_*`` with Fisher (``_ci_low``/``_ci_high``) and bootstrap
-        (``_boot_low``/``_boot_high``) CIs and ``rho_*`` (Spearman),
-        ``slope_*``/``se_slope_*``/``p_slope_*`` (simple slopes, points per
-        10⁻⁶ mm²/s), ``beta_interaction``, ``se_interaction``,
-        ``t_interaction``, ``p_interaction``, ``p_perm_interaction``,
-        ``q_fdr`` (or ``q_holm``), ``study_direction``, ``matches_study``.
+        One row per region x outcome; :func:`column_descriptions` describes
+        every column. With ``T`` the treated and ``C`` the control arm's
+        label: ``region``, ``outcome``, ``formula``, ``control_arm``,
+        ``treated_arm``, ``n_T``, ``n_C``; per arm ``r_*`` with Fisher and
+        bootstrap CIs, ``rho_*``, ``r_partial_*`` (adjusted for the baseline
+        score), ``slope_*`` with ``se_``/``p_``/``_ci_low``/``_ci_high``
+        (points per 10⁻⁶ mm²/s); ``beta_interaction`` with
+        ``interaction_ci_low``/``_high``; the classical OLS
+        ``se_interaction``, ``t_interaction``, ``p_interaction``; the
+        Aspin-Welch ``v_interaction``, ``df_welch``, ``p_welch_interaction``;
+        ``p_perm_interaction``; ``q_fdr`` (or ``q_holm``) with ``q_source``
+        and ``family``; ``study_direction`` and ``verdict``.
     """
     import statsmodels.formula.api as smf
-    from scipy.stats import t as t_dist
 
     config = config or StatsConfig()
-    formula = model_formula(config.covariates)
-    inter = f"delta_md_e6:{_ARM_TERM}[T.ketamine]"
-    corr = correlation_table(rows, n_bootstrap=config.n_bootstrap,
+    if rows.empty:
+        raise InputError("no rows to model; check that the ΔMD and score tables share "
+                         "participant_id values")
+    control, treated = design_arms(rows["arm"], config.control)
+    formula = model_formula(config.covariates, control=control,
+                            global_covariate=config.global_covariate)
+    inter = f"delta_md_e6:{_arm_term(control)}[T.{treated}]"
+    corr = correlation_table(rows, n_bootstrap=config.n_bootstrap or 0,
                              random_state=config.random_state)
     corr_by = {(r.region, r.outcome, r.arm): r._asdict() for r in corr.itertuples(index=False)}
     rng = np.random.default_rng(config.random_state)
+    arms = (treated, control)
     out = []
     for (region, outcome), g in rows.groupby(["region", "outcome"], sort=False):
         rec = {"region": region, "outcome": outcome, "formula": formula,
-               "n_ketamine": int((g["arm"] == "ketamine").sum()),
-               "n_saline": int((g["arm"] == "saline").sum())}
-        for arm in ("ketamine", "saline"):
+               "control_arm": control, "treated_arm": treated}
+        for arm in arms:
+            rec[f"n_{arm}"] = int((g["arm"] == arm).sum())
+        for arm in arms:
             c = corr_by.get((region, outcome, arm), {})
             names = {"r": f"r_{arm}", "r_ci_low": f"r_{arm}_ci_low",
                      "r_ci_high": f"r_{arm}_ci_high", "r_boot_low": f"r_{arm}_boot_low",
@@ -429,67 +751,174 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
                      "rho": f"rho_{arm}", "rho_p": f"p_rho_{arm}"}
             for k, name in names.items():
                 rec[name] = c.get(k, np.nan)
-        if min(rec["n_ketamine"], rec["n_saline"]) < MIN_PER_ARM:
-            rec["study_direction"], _ = _matches(region, {"ketamine": np.nan,
-                                                          "saline": np.nan})
-            rec["matches_study"] = np.nan
+            a = g[g["arm"] == arm]
+            rec[f"r_partial_{arm}"], rec[f"p_r_partial_{arm}"] = (
+                partial_correlation(a["delta_md_e6"], a["delta_score"], a["score_pre"])
+                if len(a) >= 4 else (np.nan, np.nan))
+        if min(rec[f"n_{treated}"], rec[f"n_{control}"]) < MIN_PER_ARM:
+            rec["verdict"], rec["study_direction"] = _verdict(region, outcome, {})
             out.append(rec)
             continue
         fit = smf.ols(formula, data=g).fit()
-        cov = fit.cov_params()
-        b = fit.params
-        rec["slope_saline"] = b["delta_md_e6"]
-        rec["se_slope_saline"] = np.sqrt(cov.loc["delta_md_e6", "delta_md_e6"])
-        rec["slope_ketamine"] = b["delta_md_e6"] + b[inter]
-        rec["se_slope_ketamine"] = np.sqrt(cov.loc["delta_md_e6", "delta_md_e6"]
-                                           + cov.loc[inter, inter]
-                                           + 2 * cov.loc["delta_md_e6", inter])
-        for arm in ("ketamine", "saline"):
-            t = rec[f"slope_{arm}"] / rec[f"se_slope_{arm}"]
-            rec[f"p_slope_{arm}"] = 2 * t_dist.sf(abs(t), fit.df_resid)
-        rec.update(beta_interaction=b[inter], se_interaction=fit.bse[inter],
+        y, X = _design_matrices(g, formula)
+        names = list(X.columns)
+        Xn = X.to_numpy(float)
+        groups = np.unique(g.loc[X.index, "arm"].astype(str), return_inverse=True)[1]
+        j_md, j_int = names.index("delta_md_e6"), names.index(inter)
+        contrasts = {control: np.eye(len(names))[j_md],
+                     treated: np.eye(len(names))[j_md] + np.eye(len(names))[j_int]}
+        from scipy.stats import t as t_dist
+
+        for arm, cvec in contrasts.items():
+            est, se, df, p = _contrast_test(Xn, y, cvec, groups, config.statistic)
+            half = t_dist.ppf(0.975, df) * se
+            rec.update({f"slope_{arm}": est, f"se_slope_{arm}": se, f"p_slope_{arm}": p,
+                        f"slope_{arm}_ci_low": est - half, f"slope_{arm}_ci_high": est + half})
+        est, se, df, p = _contrast_test(Xn, y, np.eye(len(names))[j_int], groups,
+                                        config.statistic)
+        half = t_dist.ppf(0.975, df) * se
+        rec.update(beta_interaction=fit.params[inter], interaction_ci_low=est - half,
+                   interaction_ci_high=est + half, se_interaction=fit.bse[inter],
                    t_interaction=fit.tvalues[inter], p_interaction=fit.pvalues[inter],
                    df_resid=fit.df_resid, r2=fit.rsquared)
+        w = _contrast_test(Xn, y, np.eye(len(names))[j_int], groups, "aspin_welch")
+        rec.update(v_interaction=w[0] / w[1], df_welch=w[2], p_welch_interaction=w[3])
         rec["p_perm_interaction"] = (
-            freedman_lane(g, formula, inter, n_permutations=config.n_permutations,
-                          random_state=rng)
+            float(_fl_counts(Xn, y, j_int, groups, int(config.n_permutations), rng,
+                             config.statistic)[0])
             if config.n_permutations else np.nan)
-        text, ok = _matches(region, {"ketamine": rec["slope_ketamine"],
-                                     "saline": rec["slope_saline"]})
-        rec["study_direction"], rec["matches_study"] = text, ok
+        values = {"interaction": (rec["beta_interaction"], rec["interaction_ci_low"],
+                                  rec["interaction_ci_high"])}
+        for role, arm in (("slope_treated", treated), ("slope_control", control)):
+            values[role] = (rec[f"slope_{arm}"], rec[f"slope_{arm}_ci_low"],
+                            rec[f"slope_{arm}_ci_high"])
+        rec["verdict"], rec["study_direction"] = _verdict(region, outcome, values)
         out.append(rec)
     table = pd.DataFrame(out)
     # Every column exists even where no model could be fitted (then n/a).
-    for col in ("slope_ketamine", "se_slope_ketamine", "p_slope_ketamine", "slope_saline",
-                "se_slope_saline", "p_slope_saline", "beta_interaction", "se_interaction",
-                "t_interaction", "p_interaction", "df_resid", "r2", "p_perm_interaction"):
+    for col in _model_columns(treated, control):
         if col not in table:
             table[col] = np.nan
+    perm = config.q_from == "permutation" and bool(config.n_permutations)
+    src = ("p_perm_interaction" if perm else
+           "p_welch_interaction" if config.statistic == "aspin_welch" else "p_interaction")
     qcol = "q_fdr" if config.correction == "fdr_bh" else "q_holm"
-    table[qcol] = adjust_pvalues(table.get("p_interaction", np.nan), config.correction)
-    if "study_direction" not in table:
-        table["study_direction"], table["matches_study"] = "not reported", np.nan
-    return table
+    table[qcol] = adjust_pvalues(table[src], config.correction)
+    m = int(np.isfinite(table[src].to_numpy(float)).sum())
+    table["q_source"] = src
+    table["family"] = (f"interaction of every modelled region x outcome row ({m} tests, "
+                       f"{config.correction}, from {src})")
+    order = [c for c in table.columns if c not in ("study_direction", "verdict")]
+    return table[[*order, "study_direction", "verdict"]]
 
 
-def reliable_change(roi_deltas: pd.DataFrame, *, reference_arm: str = "saline",
+def _model_columns(treated, control):
+    cols = []
+    for arm in (treated, control):
+        cols += [f"slope_{arm}", f"se_slope_{arm}", f"p_slope_{arm}", f"slope_{arm}_ci_low",
+                 f"slope_{arm}_ci_high"]
+    return cols + ["beta_interaction", "interaction_ci_low", "interaction_ci_high",
+                   "se_interaction", "t_interaction", "p_interaction", "df_resid", "r2",
+                   "v_interaction", "df_welch", "p_welch_interaction", "p_perm_interaction"]
+
+
+def column_descriptions(table: pd.DataFrame, config: StatsConfig | None = None) -> dict:
+    """BIDS-style descriptions of the columns of :func:`region_stats`' table.
+
+    Returns
+    -------
+    dict
+        Column -> ``{"Description": ..., "Units": ..., "Inference": ...}``,
+        where ``Inference`` is ``"corrected"`` (the q values, with their
+        family), ``"uncorrected test"`` or ``"descriptive"``; written as
+        ``stats_roi.json`` beside ``stats_roi.tsv``.
+    """
+    config = config or StatsConfig()
+    slope_u = ("Δscore points per 10⁻⁶ mm²/s of ΔMD" if config.md_change == "absolute"
+               else "Δscore points per percent ΔMD")
+    if config.change == "percent":
+        slope_u = slope_u.replace("Δscore points", "Δscore percent")
+    fam = table["family"].iloc[0] if "family" in table and len(table) else ""
+    ci = "95 % interval (Aspin-Welch v, Welch df)" if config.statistic == "aspin_welch" \
+        else "95 % interval (OLS t)"
+    fixed = {
+        "region": ("Region", "", "descriptive"),
+        "outcome": ("Outcome scale", "", "descriptive"),
+        "formula": ("Model (statsmodels formula)", "", "descriptive"),
+        "control_arm": ("Control arm label", "", "descriptive"),
+        "treated_arm": ("Treated arm label", "", "descriptive"),
+        "beta_interaction": ("Treated minus control slope", slope_u, "estimate"),
+        "interaction_ci_low": (f"Lower bound, {ci}", slope_u, "uncorrected interval"),
+        "interaction_ci_high": (f"Upper bound, {ci}", slope_u, "uncorrected interval"),
+        "se_interaction": ("Classical OLS SE of the interaction", slope_u, "descriptive"),
+        "t_interaction": ("Classical OLS t of the interaction", "", "descriptive"),
+        "p_interaction": ("Classical OLS p of the interaction (equal variances)", "",
+                          "uncorrected test"),
+        "df_resid": ("OLS residual degrees of freedom", "", "descriptive"),
+        "r2": ("OLS R squared", "fraction", "descriptive"),
+        "v_interaction": ("Aspin-Welch v of the interaction (arms as variance groups)", "",
+                          "descriptive"),
+        "df_welch": ("Welch-Satterthwaite degrees of freedom of v", "", "descriptive"),
+        "p_welch_interaction": ("Parametric p of v (t with df_welch)", "",
+                                "uncorrected test"),
+        "p_perm_interaction": (f"Freedman-Lane permutation p ({config.statistic}, "
+                               f"{config.n_permutations} permutations"
+                               + (", within arms" if config.statistic == "aspin_welch"
+                                  else ", free") + ")", "", "uncorrected test"),
+        "q_fdr": ("Benjamini-Hochberg q", "", f"corrected: {fam}"),
+        "q_holm": ("Holm-adjusted p", "", f"corrected: {fam}"),
+        "q_source": ("The p column the q values correct", "", "descriptive"),
+        "family": ("The family of tests corrected together", "", "descriptive"),
+        "study_direction": ("What the paper reports for this region and outcome "
+                            "(quantity and sign)", "", "descriptive"),
+        "verdict": ("consistent: every reported quantity has the reported sign and its "
+                    "interval excludes 0; contradicts: one has the other sign with an "
+                    "interval excluding 0; else inconclusive", "", "descriptive"),
+    }
+    out = {}
+    for col in table.columns:
+        if col in fixed:
+            d, u, inf = fixed[col]
+        elif col.startswith("n_"):
+            d, u, inf = f"Participants modelled, arm {col[2:]}", "", "descriptive"
+        elif col.startswith("r_partial_"):
+            d, u, inf = (f"Pearson r of ΔMD and Δscore adjusted for the baseline score, "
+                         f"arm {col[10:]}", "", "descriptive")
+        elif col.startswith("p_r_partial_"):
+            d, u, inf = "p of the partial correlation", "", "descriptive (uncorrected)"
+        elif col.startswith(("r_", "rho_", "p_r_", "p_rho_")):
+            d, u, inf = ("Correlation of ΔMD and Δscore within an arm (raw), its CI or p",
+                         "", "descriptive (uncorrected)")
+        elif col.startswith(("slope_", "se_slope_", "p_slope_")):
+            d, u, inf = (f"Simple slope of Δscore on ΔMD within one arm, its SE, p or {ci}",
+                         slope_u, "descriptive (uncorrected)")
+        else:
+            d, u, inf = col, "", "descriptive"
+        out[col] = {"Description": d, "Units": u, "Inference": inf}
+    return out
+
+
+def reliable_change(roi_deltas: pd.DataFrame, *, reference_arm: str | None = None,
                     z: float = 1.96) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Reliability of ΔMD: the reference arm's spread as measurement error.
+    """Reliability of ΔMD: the reference (control) arm's spread as measurement error.
 
-    Saline is not expected to change MD, so the SD of ΔMD in the saline arm
+    The control arm is not expected to change MD, so the SD of ΔMD in it
     estimates the error of a difference score in each region (it also holds
-    any true saline effect, so it is an upper bound on pure measurement
-    error). The reliable-change index of a participant is
-    ``RCI = ΔMD / SD_saline(ΔMD)`` (Jacobson & Truax 1991, with the error SD
-    of the difference estimated directly); ``|RCI| > 1.96`` is a change
-    larger than measurement error at 95 %.
+    any true control effect, so it is an upper bound on pure measurement
+    error). The reliable-change index of a participant is centred on the
+    control arm's mean change, so that a drift shared by everyone (scanner,
+    season) is not counted as change:
+    ``RCI = (ΔMD − mean_control(ΔMD)) / SD_control(ΔMD)`` (Jacobson & Truax
+    1991, with the error SD of the difference estimated directly);
+    ``|RCI| > z`` is a change larger than measurement error at 95 %.
 
     Parameters
     ----------
     roi_deltas : pandas.DataFrame
         ``participant_id``, ``arm``, ``region``, ``md_pre``, ``delta_md`` (mm²/s).
-    reference_arm : str, default="saline"
-        Arm whose ΔMD spread is the error.
+    reference_arm : str, optional
+        Arm whose ΔMD spread is the error; default: the control arm
+        (:func:`design_arms`).
     z : float, default=1.96
         Threshold of a reliable change.
 
@@ -499,20 +928,25 @@ def reliable_change(roi_deltas: pd.DataFrame, *, reference_arm: str = "saline",
         ``participant_id``, ``arm``, ``region``, ``delta_md``, ``rci``,
         ``reliable`` (bool).
     per_region : pandas.DataFrame
-        ``region``, ``sd_delta_reference`` (mm²/s), ``sem_session`` (the
+        ``region``, ``reference_arm``, ``mean_delta_reference`` and
+        ``sd_delta_reference`` (mm²/s), ``sem_session`` (the
         per-session error SD, sd / sqrt(2)), ``cv_percent`` (per-session
         error as percent of the mean pre MD) and the share of reliable
         changes per arm.
     """
     d = roi_deltas[["participant_id", "arm", "region", "md_pre", "delta_md"]].copy()
+    d["delta_md"] = pd.to_numeric(d["delta_md"], errors="coerce")
+    if reference_arm is None:
+        reference_arm = design_arms(d["arm"])[0]
     ref = d[d["arm"] == reference_arm].groupby("region", sort=False)
-    sd = ref["delta_md"].std(ddof=1)
+    sd, mean = ref["delta_md"].std(ddof=1), ref["delta_md"].mean()
     if sd.isna().all():
         raise InputError(f"no {reference_arm} participants with ΔMD; the reference arm "
                          "needs at least two")
-    d["rci"] = d["delta_md"] / d["region"].map(sd)
+    d["rci"] = (d["delta_md"] - d["region"].map(mean)) / d["region"].map(sd)
     d["reliable"] = d["rci"].abs() > z
-    summary = pd.DataFrame({"sd_delta_reference": sd, "sem_session": sd / np.sqrt(2)})
+    summary = pd.DataFrame({"reference_arm": reference_arm, "mean_delta_reference": mean,
+                            "sd_delta_reference": sd, "sem_session": sd / np.sqrt(2)})
     summary["cv_percent"] = 100 * summary["sem_session"] / d.groupby("region")["md_pre"].mean()
     share = d.pivot_table(index="region", columns="arm", values="reliable", aggfunc="mean")
     for arm in share.columns:
@@ -570,9 +1004,6 @@ def study_pattern() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-
-
-
 def study_comparison(stats_roi: pd.DataFrame, *, outcome: str | None = None,
                      alpha: float = 0.05) -> pd.DataFrame:
     """Set the paper's reported pattern beside this analysis, region by region.
@@ -590,21 +1021,18 @@ def study_comparison(stats_roi: pd.DataFrame, *, outcome: str | None = None,
     -------
     pandas.DataFrame
         ``region``, ``outcome``, ``reported`` (the abstract in words),
-        ``study_direction`` (the reported signs), ``slope_ketamine``,
-        ``slope_saline`` (Δscore points per 10⁻⁶ mm²/s of ΔMD),
-        ``p_slope_ketamine``, ``p_slope_saline``, ``beta_interaction``,
-        ``p_interaction``, ``p_perm_interaction``, ``q`` (FDR or Holm),
-        ``matches_study`` (every reported sign has the same sign here),
-        ``verdict`` (``"same direction"``, ``"opposite direction"``,
-        ``"not reported"`` or ``"not estimated"``) and ``significant``
-        (``q < alpha``).
+        ``study_direction`` (the reported quantities and signs), the per-arm
+        ``slope_*`` with their 95 % intervals, ``beta_interaction`` with its
+        interval, ``p_interaction``, ``p_perm_interaction``, ``q`` (FDR or
+        Holm), ``verdict`` (``consistent``, ``inconclusive``,
+        ``contradicts`` or ``not reported``; see :data:`EXPECTED_PATTERN`)
+        and ``significant`` (``q < alpha``).
 
     Notes
     -----
-    A matching *direction* is not a replication: the interaction may be far
-    from significant. For right BA10 the paper reports the relation in both
-    arms, so no arm difference (interaction) is expected there; read the two
-    simple slopes and their p-values instead.
+    For right BA10 the paper reports the relation in both arms, so no arm
+    difference (interaction) is expected there: its verdict reads the two
+    per-arm slopes. The hippocampal relation was reported for MADRS only.
     """
     t = stats_roi if outcome is None else stats_roi[stats_roi["outcome"] == outcome]
     if t.empty:
@@ -613,27 +1041,12 @@ def study_comparison(stats_roi: pd.DataFrame, *, outcome: str | None = None,
     out = pd.DataFrame({
         "region": t["region"].to_numpy(), "outcome": t["outcome"].to_numpy(),
         "reported": [REPORTED_PATTERN.get(r, "not reported") for r in t["region"]]})
-    for col in ("study_direction", "slope_ketamine", "slope_saline", "p_slope_ketamine",
-                "p_slope_saline", "beta_interaction", "p_interaction", "p_perm_interaction"):
+    slope_cols = [c for c in t.columns if c.startswith("slope_")]
+    for col in ("study_direction", *slope_cols, "beta_interaction", "interaction_ci_low",
+                "interaction_ci_high", "p_interaction", "p_perm_interaction"):
         out[col] = t[col].to_numpy() if col in t else np.nan
     out["q"] = t[qcol].to_numpy(float) if qcol else np.nan
-    verdicts, matches = [], []
-    for region, sk, ss in zip(out["region"], out["slope_ketamine"], out["slope_saline"],
-                              strict=True):
-        expected = STUDY_DIRECTIONS.get(region, {})
-        slopes = {"ketamine": sk, "saline": ss}
-        if not expected:
-            verdicts.append("not reported")
-            matches.append(np.nan)
-        elif not all(np.isfinite(slopes[a]) for a in expected):
-            verdicts.append("not estimated")
-            matches.append(np.nan)
-        else:
-            ok = all(np.sign(slopes[a]) == s for a, s in expected.items())
-            verdicts.append("same direction" if ok else "opposite direction")
-            matches.append(ok)
-    out["matches_study"] = pd.array(matches, dtype="boolean")
-    out["verdict"] = verdicts
+    out["verdict"] = t["verdict"].to_numpy() if "verdict" in t else "not reported"
     out["significant"] = out["q"].to_numpy(float) < alpha
     return out
 
@@ -663,7 +1076,7 @@ def cohort_table(scores: pd.DataFrame) -> pd.DataFrame:
         out["age_sd"] = g["age"].std(ddof=1)
     if "sex" in scores:
         out["female_percent"] = g["sex"].apply(lambda s: 100 * (s == "F").mean())
-    for o in OUTCOMES:
+    for o in detect_outcomes(scores):
         for ses in ("pre", "post"):
             col = f"{o}_{ses}"
             if col in scores:
@@ -671,15 +1084,15 @@ def cohort_table(scores: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def clinical_summary(scores: pd.DataFrame, *, outcomes=("madrs", "qids")) -> pd.DataFrame:
+def clinical_summary(scores: pd.DataFrame, *, outcomes=None) -> pd.DataFrame:
     """Score change, response and remission per arm and outcome.
 
     Parameters
     ----------
     scores : pandas.DataFrame
         One row per participant (``Results.scores``).
-    outcomes : sequence of str, default=("madrs", "qids")
-        Outcomes.
+    outcomes : sequence of str, optional
+        Outcomes; default: every ``<name>_pre``/``<name>_post`` pair.
 
     Returns
     -------
@@ -687,7 +1100,8 @@ def clinical_summary(scores: pd.DataFrame, *, outcomes=("madrs", "qids")) -> pd.
         ``outcome``, ``arm``, ``n`` (with both scores), ``pre_mean``,
         ``post_mean``, ``delta_mean`` and ``delta_sd`` (post − pre, points;
         negative = better), ``responders_percent`` (a reduction of at least
-        50 %) and ``remitters_percent`` (post at or below the cut-off), from
+        50 %) and ``remitters_percent`` (post at or below the cut-off; n/a
+        for an outcome without a rule in :data:`OUTCOMES`), from
         :func:`ketamine_nb.stats.clinical_change`.
     """
     c = clinical_change(scores, outcomes).dropna(subset=["delta_score"])

@@ -17,6 +17,12 @@ from ketamine_nb.robustness import (
 from ketamine_nb.stats import MIN_PER_ARM, StatsConfig, region_stats, stats_input
 
 
+#: The new choices at their plain values (no global covariate, no QC exclusion,
+#: the ROI orientation, least squares).
+PLAIN = {"global_covariate": (False,), "exclude_flagged": (False,),
+         "orientation": ("score ~ md",), "estimator": ("OLS",)}
+
+
 def _cohort_voxels(rng, n_ket=30, n_sal=15, slope_ket=2.0):
     """Voxel tables with known regional means: region A carries the planted relation."""
     n = n_ket + n_sal
@@ -50,7 +56,7 @@ def test_robustness_grid_recovers_known_means_and_matches_region_stats(rng):
     voxels, scores, d_e6 = _cohort_voxels(rng)
     grid = {"fit_method": ("configured",), "probability_threshold": (0.1, 0.5),
             "csf_md_threshold": (None, 1.1e-3), "outcome": ("madrs",),
-            "change": ("absolute",), "covariates": ((),)}
+            "change": ("absolute",), "covariates": ((),), **PLAIN}
     g = robustness_grid(voxels, scores, grid=grid)
     assert g["spec"].nunique() == 4 and len(g) == 8
     # Strict probability + CSF guard: region A's ΔMD is exactly the planted one, so
@@ -94,13 +100,13 @@ def test_ols_interaction_equals_statsmodels(rng):
 
 ONE_SPEC = {"fit_method": ("configured",), "probability_threshold": (0.5,),
             "csf_md_threshold": (1.1e-3,), "outcome": ("madrs",), "change": ("absolute",),
-            "covariates": ((),)}
+            "covariates": ((),), **PLAIN}
 
 
 def test_default_grid_size_and_choices():
     assert CHOICES == tuple(DEFAULT_GRID)
     n = np.prod([len(v) for v in DEFAULT_GRID.values()])
-    assert n == 256
+    assert n == 2048
 
 
 def test_grid_choices_change_the_answer_as_they_should(rng):

@@ -64,7 +64,7 @@ def test_interaction_p_equals_an_independent_lstsq_fit(rng):
     deltas, scores = _tables(rng, slope_ket=0.3, slope_sal=0.1, noise=8.0)
     rows, _ = stats_input(deltas, scores, config=StatsConfig(outcomes=("madrs",)))
     t = region_stats(rows, config=StatsConfig(outcomes=("madrs",), n_permutations=0,
-                                              n_bootstrap=0)).iloc[0]
+                                              n_bootstrap=0, statistic="t")).iloc[0]
     x = rows["delta_md_e6"].to_numpy()
     k = (rows["arm"] == "ketamine").to_numpy(float)
     X = np.column_stack([np.ones_like(x), k, x, x * k, rows["score_pre"]])
@@ -168,7 +168,8 @@ def test_planted_signs_come_back_on_the_default_cohort(default_cohort_tables):
         truth[col] = truth[col] * (1 + rng.normal(0, 0.005, len(truth)))
     truth["delta_md"] = truth["md_post"] - truth["md_pre"]
     rows, _ = stats_input(truth, d["scores"])
-    t = region_stats(rows, config=StatsConfig(n_permutations=1000, n_bootstrap=0))
+    t = region_stats(rows, config=StatsConfig(outcomes=("madrs", "qids"),
+                                              n_permutations=1000, n_bootstrap=0))
     m = t[t["outcome"] == "madrs"].set_index("region")
     assert m.loc["BA10_L", "slope_ketamine"] > 0 and m.loc["BA10_L", "beta_interaction"] > 0
     assert m.loc["amygdala_L", "slope_ketamine"] > 0
@@ -176,10 +177,13 @@ def test_planted_signs_come_back_on_the_default_cohort(default_cohort_tables):
     assert m.loc["BA10_R", "slope_ketamine"] > 0 and m.loc["BA10_R", "slope_saline"] > 0
     for r in ("hippocampus_L", "hippocampus_R"):
         assert m.loc[r, "slope_ketamine"] < 0 and m.loc[r, "beta_interaction"] < 0
-    assert m.loc[["BA10_L", "amygdala_L", "hippocampus_L", "hippocampus_R"],
-                 "matches_study"].all()
+    assert "matches_study" not in t
+    assert m.loc["amygdala_L", "verdict"] == "consistent"
+    assert (m["verdict"] != "contradicts").all()
     assert m.loc["amygdala_L", "q_fdr"] < 0.05
-    assert m.loc["vACC", "study_direction"] == "not reported"
+    assert m.loc["vACC", "verdict"] == "not reported"
+    assert t.set_index(["region", "outcome"]).loc[("hippocampus_L", "qids"),
+                                                  "verdict"] == "not reported"
 
 
 @pytest.mark.slow
@@ -251,3 +255,18 @@ def test_reliable_change_uses_the_saline_spread():
     np.testing.assert_allclose(per["rci"], deltas["delta_md"] / sd)
     assert per.loc[per.arm == "ketamine", "reliable"].tolist() == [True, False, True, False]
     assert summary["reliable_share_ketamine"].iloc[0] == pytest.approx(0.5)
+
+
+def test_reliable_change_is_centred_on_the_control_mean_change():
+    """A drift of +5e-6 shared by everyone is not a reliable change; the control is read."""
+    base = np.array([-2, -1, 1, 2, 10, 0.5, -6, 3]) * 1e-6
+    deltas = pd.DataFrame({
+        "participant_id": [f"s{i}" for i in range(8)],
+        "arm": ["midazolam"] * 4 + ["ketamine"] * 4, "region": "A",
+        "md_pre": 0.8e-3, "delta_md": base + 5e-6})
+    per, summary = reliable_change(deltas)
+    sd = np.std([-2, -1, 1, 2], ddof=1) * 1e-6
+    assert summary["reference_arm"].iloc[0] == "midazolam"
+    assert summary["mean_delta_reference"].iloc[0] == pytest.approx(5e-6)
+    np.testing.assert_allclose(per["rci"], base / sd)   # the shift is gone
+    assert per.loc[per.arm == "ketamine", "reliable"].tolist() == [True, False, True, False]
