@@ -21,10 +21,16 @@ import pandas as pd
 
 from ._utils import write_json, write_tsv
 from .derivatives import TABLES, load_cohort_voxels, read_tsv
-from .exceptions import InputError
+from .exceptions import InputError, StudyWarning
 from .results import Results, load_results
 from .robustness import robustness_grid
-from .stats import StatsConfig, region_stats, reliable_change, stats_input
+from .stats import (
+    StatsConfig,
+    column_descriptions,
+    region_stats,
+    reliable_change,
+    stats_input,
+)
 
 __all__ = [
     "DEMO_N_JOBS",
@@ -63,6 +69,11 @@ class StatsResult:
         The robustness grid (``robustness.tsv``) when asked.
     voxelwise : dict of str to VoxelwiseResult
         Per outcome, the voxelwise test when asked (``voxelwise/``).
+    columns : dict
+        What each column of ``stats_roi`` means, which are corrected and
+        which descriptive (``stats_roi.json``).
+    notes : list of str
+        What the user should know (an outcome without a response rule...).
     """
 
     out_dir: Path
@@ -73,6 +84,8 @@ class StatsResult:
     reliability: pd.DataFrame | None = None
     robustness: pd.DataFrame | None = None
     voxelwise: dict = field(default_factory=dict)
+    columns: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
 
 
 def _scores_and_participants(out: Path, bids_dir, pre: str, post: str):
@@ -115,9 +128,12 @@ def run_stats(out_dir, *, bids_dir=None, config: StatsConfig | None = None, pre:
     Returns
     -------
     StatsResult
-        The tables, also written to ``out_dir`` as ``stats_roi.tsv``,
-        ``stats_input.tsv``, ``reliability.tsv`` (+ ``robustness.tsv``,
-        ``voxelwise/``) with ``stats_config.json``.
+        The tables, also written to ``out_dir`` as ``stats_roi.tsv`` (with
+        ``stats_roi.json``: what each column means, which are corrected
+        across which family and which are descriptive), ``stats_input.tsv``,
+        ``reliability.tsv`` (+ ``robustness.tsv``, ``voxelwise/``) with
+        ``stats_config.json``. With the robustness grid, ``roi_md.tsv``'s QC
+        flags feed its QC-exclusion choice.
     """
     config = config or StatsConfig()
     out = Path(out_dir)
@@ -127,25 +143,38 @@ def run_stats(out_dir, *, bids_dir=None, config: StatsConfig | None = None, pre:
                          "first")
     deltas = read_tsv(deltas_path)
     scores, participants = _scores_and_participants(out, bids_dir, pre, post)
-    rows, dropped = stats_input(deltas, scores, config=config, participants=participants)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StudyWarning)
+        rows, dropped = stats_input(deltas, scores, config=config, participants=participants)
+    notes = list(dict.fromkeys(str(w.message) for w in caught
+                               if issubclass(w.category, StudyWarning)))
     if rows.empty:
         raise InputError(f"{deltas_path}: no participant has both a ΔMD and the scores; check "
                          "that participant_id values match the scores table")
     table = region_stats(rows, config=config)
+    control = table["control_arm"].iloc[0]
+    columns = column_descriptions(table, config)
     try:
-        _, reliability = reliable_change(deltas)
-    except InputError:  # fewer than two saline participants: no error estimate
+        _, reliability = reliable_change(deltas, reference_arm=control)
+    except InputError:  # fewer than two control participants: no error estimate
         reliability = None
     write_tsv(rows, out / TABLES["stats_input"])
     write_tsv(table, out / TABLES["stats_roi"])
+    write_json(columns, out / "stats_roi.json")
     if reliability is not None:
         write_tsv(reliability, out / TABLES["reliability"])
     write_json(asdict(config), out / "stats_config.json")
     result = StatsResult(out_dir=out, config=config, stats_roi=table, stats_input=rows,
-                         dropped=dropped, reliability=reliability)
+                         dropped=dropped, reliability=reliability, columns=columns,
+                         notes=notes)
     if robustness:
-        grid = robustness_grid(load_cohort_voxels(out), scores, pre=pre, post=post,
-                               participants=participants)
+        roi_md = read_tsv(out / TABLES["roi_md"], missing_ok=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", StudyWarning)
+            grid = robustness_grid(load_cohort_voxels(out), scores, pre=pre, post=post,
+                                   participants=participants, control=control, qc=roi_md)
+        result.notes += [str(w.message) for w in caught
+                         if issubclass(w.category, StudyWarning)]
         write_tsv(grid, out / TABLES["robustness"])
         result.robustness = grid
     if voxelwise:
