@@ -94,9 +94,10 @@ def test_planted_motion_is_recovered(moved, model):
     b0 = gtab.b0s_mask
     # b0 volumes against the reference b0: a tenth of a millimetre.
     assert err[b0, :3].max() < 0.1 and err[b0, 3:].max() < 0.1
-    # DW volumes (other contrast): typically < 0.15 mm / 0.2 deg, at worst half a mm / degree.
-    assert np.median(err[~b0, :3]) < 0.15 and np.median(err[~b0, 3:]) < 0.2
-    assert err[:, :3].max() < 0.5 and err[:, 3:].max() < 0.5
+    # DW volumes (other contrast): typically < 0.1 mm / 0.1 deg; at worst 0.3 mm / 0.3 deg.
+    worst = 0.3
+    assert np.median(err[~b0, :3]) < 0.1 and np.median(err[~b0, 3:]) < 0.15
+    assert err[:, :3].max() < worst and err[:, 3:].max() < worst
     assert table["resampled"].sum() >= (assign > 0).sum() - 1
     assert out.shape == img.shape and len(new_gtab.bvals) == len(gtab.bvals)
 
