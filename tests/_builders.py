@@ -105,7 +105,8 @@ def _robustness() -> pd.DataFrame:
             rows.append({"spec": s, "region": region, "fit_method": fit,
                          "probability_threshold": p, "csf_md_threshold": c,
                          "outcome": "madrs", "change": "absolute", "covariates": "none",
-                         "n": 2 * N_PER_ARM, "beta_interaction": beta, "se_interaction": se,
+                         "global_covariate": False, "n": 2 * N_PER_ARM,
+                         "beta_interaction": beta, "se_interaction": se,
                          "p_interaction": float(2 * (1 - _phi(abs(beta / se)))),
                          "slope_ketamine": beta / 2, "slope_saline": -beta / 2})
     return pd.DataFrame(rows)

@@ -375,6 +375,9 @@ def test_one_choice_label_for_every_spelling_of_off():
     assert choice_label("probability_threshold", 0.25) == "atlas probability ≥ 0.25"
     assert choice_label("covariates", ("age", "sex")) == "covariates: age+sex"
     assert choice_label("covariates", "none") == "covariates: none"
+    for yes in (True, "True", np.True_):
+        assert choice_label("global_covariate", yes) == "global covariate: yes"
+    assert choice_label("global_covariate", "False") == "global covariate: no"
 
 
 def test_scatter_figure_updates_its_artists_in_place(memory_results):

@@ -381,7 +381,8 @@ def test_robustness_filters_select_specifications(memory_results):
     assert w.table["csf_md_threshold"].isna().sum() == 1
     w.controls["fit_method"].value = "all"
     assert len(w.table) == 4
-    assert len(offsets(w, "matrix_selected")) == 4 * 6  # one mark per choice of each spec
+    assert w.controls["global_covariate"].value is False  # a boolean choice, configured: off
+    assert len(offsets(w, "matrix_selected")) == 4 * 7  # one mark per choice of each spec
     w.controls["csf_md_threshold"].value = float("inf")
     assert len(w.table) == 2 and w.table["csf_md_threshold"].isna().all()
     w.controls["estimate"].value = "beta"

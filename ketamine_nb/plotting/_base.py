@@ -97,10 +97,14 @@ def choice_value(value):
     """One robustness-choice value, comparable whether it came from memory or a TSV.
 
     ``None``, ``""``, ``"none"``, ``"n/a"``, NaN and ``inf`` (a guard that is
-    off) become ``None``; numbers become floats; anything else a string.
+    off) become ``None``; booleans (also ``"True"``/``"False"``) stay booleans;
+    numbers become floats; anything else a string.
     """
     if value is None or (isinstance(value, str) and value in ("", "none", "n/a")):
         return None
+    if isinstance(value, bool | np.bool_) or (isinstance(value, str)
+                                              and value in ("True", "False")):
+        return value in (True, "True")
     if isinstance(value, tuple):
         return "+".join(value) if value else None
     try:
@@ -134,7 +138,10 @@ def choice_label(choice: str, value) -> str:
         return f"atlas probability ≥ {value:g}"
     names = {"fit_method": "fit", "outcome": "outcome", "change": "score change",
              "covariates": "covariates"}
-    return f"{names.get(choice, choice)}: {'none' if value is None else value}"
+    name = names.get(choice, choice.replace("_", " "))
+    if isinstance(value, bool):
+        return f"{name}: {'yes' if value else 'no'}"
+    return f"{name}: {'none' if value is None else value}"
 
 
 def _fmt_p(p) -> str:

@@ -35,19 +35,17 @@ class RobustnessExplorer(Explorer):
         self.grid = grid
         regions = [r for r in results.regions if r in set(grid["region"].astype(str))] or \
             [str(r) for r in pd.unique(grid["region"])]
-        cfg = results.config or {}
-        configured = {"fit_method": "configured",
-                      "probability_threshold": cfg.get("probability_threshold", 0.25),
-                      "csf_md_threshold": cfg.get("csf_md_threshold", 1.1e-3),
-                      "outcome": "madrs", "change": "absolute", "covariates": "none"}
         levels = spec_levels(grid)
+        self.choices = [c for c in CHOICES if c in grid]
+        configured = _configured(results.config or {})
         controls = {"region": dropdown("Region", regions, region or regions[0])}
-        for choice in CHOICES:
+        for choice in self.choices:
             values = [_edge(choice, v) for c, v in levels if c == choice]
             opts = [("all", "all")] + [(choice_label(choice, v), v) for v in values]
-            want = configured[choice]
+            want = configured.get(choice, "all")
             start = next((v for v in values if _equal(v, want)), "all")
-            controls[choice] = dropdown(_TITLES[choice], opts, start)
+            controls[choice] = dropdown(
+                _TITLES.get(choice, choice.replace("_", " ").capitalize()), opts, start)
         controls["estimate"] = dropdown("Estimate", [("t = β / SE", "t"),
                                                      ("β ± 1.96 SE", "beta")], "t")
         handle = SpecCurveFigure(levels, figure=plain_figure(10.0, 3.2 + 0.2 * len(levels)))
@@ -56,11 +54,11 @@ class RobustnessExplorer(Explorer):
 
     def draw(self, values):
         """Sort the region's specifications; mark those matching the dropdowns."""
-        chosen = {c: values[c] for c in CHOICES}
+        chosen = {c: values[c] for c in self.choices}
         self.handle.update(self.grid, values["region"], estimate=values["estimate"],
                            selected=chosen)
         t = self.handle.shown
-        cols = ["spec", "rank", "region", *CHOICES, "n", "beta_interaction",
+        cols = ["spec", "rank", "region", *self.choices, "n", "beta_interaction",
                 "se_interaction", "t_interaction", "p_interaction", "slope_ketamine",
                 "slope_saline"]
         sel = t[t["selected"]]
@@ -78,6 +76,18 @@ class RobustnessExplorer(Explorer):
             "covariates": ("covariates", str), "n": ("n", "d"),
             "β": ("beta_interaction", ".3f"), "SE": ("se_interaction", ".3f"),
             "t": ("t_interaction", ".2f"), "p": ("p_interaction", fmt_p)}) + more
+
+
+def _configured(config: dict) -> dict:
+    """Return the configured analysis as choices of the grid (the explorer's start)."""
+    from ..robustness import DEFAULT_GRID
+
+    out = {c: v[0] for c, v in DEFAULT_GRID.items() if len(v) and not isinstance(v[0], tuple)}
+    out.update({"fit_method": "configured",
+                "probability_threshold": config.get("probability_threshold", 0.25),
+                "csf_md_threshold": config.get("csf_md_threshold", 1.1e-3),
+                "outcome": "madrs", "change": "absolute", "covariates": "none"})
+    return out
 
 
 def _edge(choice, value):
