@@ -16,7 +16,6 @@ from ketamine_nb.robustness import (
 )
 from ketamine_nb.stats import MIN_PER_ARM, StatsConfig, region_stats, stats_input
 
-
 #: The new choices at their plain values (no global covariate, no QC exclusion,
 #: the ROI orientation, least squares).
 PLAIN = {"global_covariate": (False,), "exclude_flagged": (False,),
@@ -163,3 +162,139 @@ def test_robustness_summary_counts_known_specifications():
     assert s.loc["A", "share_positive"] == pytest.approx(2 / 3)
     assert s.loc["A", "share_significant"] == pytest.approx(2 / 3)
     assert s.loc["B", "share_significant"] == pytest.approx(0.5)
+
+
+# --- issue 15: missing covariates, global covariate, QC exclusion, orientation, Huber -----
+
+
+def _region_table(voxels, scores, region="A"):
+    """The exact regional ΔMD of the strict specification (probability 0.5, CSF guard)."""
+    v = voxels[(voxels.probability >= 0.5) & (voxels.md <= 1.1e-3)
+               & (voxels.region == region)]
+    m = v.groupby(["participant_id", "session"], observed=True)["md"].mean().unstack()
+    return pd.DataFrame({"participant_id": m.index.astype(str), "region": region,
+                         "md_pre": m["pre"].to_numpy(), "md_post": m["post"].to_numpy(),
+                         "delta_md": (m["post"] - m["pre"]).to_numpy()}).merge(
+        scores[["participant_id", "arm"]], on="participant_id")
+
+
+def test_a_missing_covariate_drops_the_row_as_region_stats_does(rng):
+    voxels, scores, _ = _cohort_voxels(rng)
+    scores.loc[3, "sex"] = np.nan
+    g = robustness_grid(voxels, scores, grid=dict(ONE_SPEC, covariates=((), ("age", "sex"))))
+    a = g[g.region == "A"].set_index("covariates")
+    assert a.loc["none", "n"] == len(scores) and a.loc["age+sex", "n"] == len(scores) - 1
+    cfg = StatsConfig(outcomes=("madrs",), covariates=("age", "sex"), n_permutations=None,
+                      n_bootstrap=0, statistic="t")
+    rows, dropped = stats_input(_region_table(voxels, scores), scores, config=cfg)
+    ref = region_stats(rows, config=cfg).iloc[0]
+    assert dropped["n_dropped"].tolist() == [1]
+    assert a.loc["age+sex", "beta_interaction"] == pytest.approx(ref["beta_interaction"],
+                                                                 rel=1e-6)
+    assert a.loc["age+sex", "p_interaction"] == pytest.approx(ref["p_interaction"], rel=1e-5)
+
+
+def _with_global(voxels, drift):
+    """Add a global_gm region whose ΔMD is ``drift`` (10⁻⁶ mm²/s) per participant."""
+    from ketamine_nb.regions import GLOBAL_GM
+
+    pids = list(voxels["participant_id"].cat.categories)
+    rows = [pd.DataFrame({"participant_id": pid, "session": ses, "region": GLOBAL_GM,
+                          "probability": [0.9] * 4,
+                          "md": 0.8e-3 + (drift[i] * 1e-6 if ses == "post" else 0.0),
+                          "md_ols": 0.0, "fa": 0.1})
+            for i, pid in enumerate(pids) for ses in ("pre", "post")]
+    v = pd.concat([voxels.astype({c: str for c in ("participant_id", "session", "region")}),
+                   *rows], ignore_index=True)
+    v["md_ols"] = v["md"] * 1.01
+    for c in ("participant_id", "session", "region"):
+        v[c] = v[c].astype("category")
+    return v
+
+
+def test_global_covariate_choice_equals_region_stats_with_the_global_row(rng):
+    from ketamine_nb.regions import GLOBAL_GM
+
+    voxels, scores, d_e6 = _cohort_voxels(rng)
+    drift = rng.normal(0, 4, len(scores))
+    v = _with_global(voxels, drift)
+    g = robustness_grid(v, scores, grid=dict(ONE_SPEC, global_covariate=(False, True)))
+    assert GLOBAL_GM not in set(g["region"]) and set(g["region"]) == {"A", "B"}
+    on = g[(g.region == "A") & g.global_covariate].iloc[0]
+    table = _region_table(voxels, scores)
+    glob = table.assign(region=GLOBAL_GM, md_post=table["md_pre"] + drift * 1e-6,
+                        delta_md=drift * 1e-6)
+    cfg = StatsConfig(outcomes=("madrs",), global_covariate=True, n_permutations=None,
+                      n_bootstrap=0, statistic="t")
+    rows, _ = stats_input(pd.concat([table, glob]), scores, config=cfg)
+    ref = region_stats(rows, config=cfg).iloc[0]
+    assert on["beta_interaction"] == pytest.approx(ref["beta_interaction"], rel=1e-6)
+    assert on["p_interaction"] == pytest.approx(ref["p_interaction"], rel=1e-5)
+    off = g[(g.region == "A") & ~g.global_covariate].iloc[0]
+    assert off["beta_interaction"] != pytest.approx(on["beta_interaction"], rel=1e-9)
+    # Asked for explicitly without a global region: an error; by default: a warning.
+    with pytest.raises(InputError, match="global_covariate"):
+        robustness_grid(voxels, scores, grid=dict(ONE_SPEC, global_covariate=(True,)))
+
+
+def test_qc_exclusion_drops_flagged_sessions_everywhere_and_flagged_regions_there(rng):
+    voxels, scores, _ = _cohort_voxels(rng)
+    pids = scores["participant_id"].tolist()
+    qc = pd.DataFrame([{"participant_id": p, "session": s, "region": r, "qc_flags": "",
+                        "flag": ""} for p in pids for s in ("pre", "post") for r in "AB"])
+    qc.loc[(qc.participant_id == pids[0]) & (qc.session == "post"), "qc_flags"] = "high_motion"
+    qc.loc[(qc.participant_id == pids[1]) & (qc.region == "A"), "flag"] = "coverage_fov 0.6"
+    g = robustness_grid(voxels, scores, qc=qc,
+                        grid=dict(ONE_SPEC, exclude_flagged=(False, True)))
+    n = g.set_index(["region", "exclude_flagged"])["n"]
+    assert n[("A", False)] == n[("B", False)] == len(pids)
+    assert n[("A", True)] == len(pids) - 2 and n[("B", True)] == len(pids) - 1
+    with pytest.raises(InputError, match="exclude_flagged"):
+        robustness_grid(voxels, scores, grid=dict(ONE_SPEC, exclude_flagged=(True,)))
+
+
+def test_reversed_orientation_is_the_voxelwise_model(rng):
+    import statsmodels.formula.api as smf
+
+    voxels, scores, d_e6 = _cohort_voxels(rng)
+    g = robustness_grid(voxels, scores, grid=dict(ONE_SPEC, orientation=("score ~ md",
+                                                                        "md ~ score")))
+    rev = g[(g.region == "A") & (g.orientation == "md ~ score")].iloc[0]
+    roi = g[(g.region == "A") & (g.orientation == "score ~ md")].iloc[0]
+    df = scores.assign(x=d_e6, y=scores["madrs_post"] - scores["madrs_pre"],
+                       k=(scores["arm"] == "ketamine").astype(float))
+    fit = smf.ols("x ~ y * k + madrs_pre", data=df).fit()
+    assert rev["beta_interaction"] == pytest.approx(fit.params["y:k"], rel=1e-6)
+    assert rev["p_interaction"] == pytest.approx(fit.pvalues["y:k"], rel=1e-5)
+    # The planted relation (treated arm: Δscore = 2 ΔMD + noise of SD 2, ΔMD of SD 10)
+    # read the other way round: ΔMD per point = 2 * 100 / (4 * 100 + 4), about 0.495.
+    assert roi["slope_ketamine"] == pytest.approx(2.0, abs=0.1)
+    assert rev["slope_ketamine"] == pytest.approx(2 * 100 / 404, abs=0.03)
+
+
+def test_huber_equals_statsmodels_rlm_and_resists_an_outlier(rng):
+    import statsmodels.api as sm
+
+    n = 60
+    x, k = rng.normal(0, 10, n), np.r_[np.ones(40), np.zeros(20)]
+    pre = rng.normal(30, 5, n)
+    y = 1.0 * x * k + rng.normal(0, 1, n)
+    x[0], y[0] = 30.0, -200.0                            # one wild treated participant
+    hub = ols_interaction(x, k, y, pre, estimator="Huber")
+    X = np.column_stack([np.ones(n), k, x, x * k, pre])
+    ref = sm.RLM(y, X, M=sm.robust.norms.HuberT()).fit()
+    assert hub["beta_interaction"] == pytest.approx(ref.params[3], rel=1e-9)
+    assert hub["p_interaction"] == pytest.approx(ref.pvalues[3], rel=1e-9)
+    ols = ols_interaction(x, k, y, pre)
+    assert abs(hub["beta_interaction"] - 1.0) < 0.1 < abs(ols["beta_interaction"] - 1.0)
+    with pytest.raises(InputError, match="estimator"):
+        ols_interaction(x, k, y, pre, estimator="LAD")
+
+
+def test_grid_reads_the_control_arm(rng):
+    voxels, scores, _ = _cohort_voxels(rng)
+    scores["arm"] = scores["arm"].replace({"saline": "midazolam"})
+    g = robustness_grid(voxels, scores, grid=ONE_SPEC)
+    a = g[g.region == "A"].iloc[0]
+    assert a["slope_ketamine"] == pytest.approx(2.0, abs=0.1)
+    assert a["slope_midazolam"] == pytest.approx(0.0, abs=0.1)
