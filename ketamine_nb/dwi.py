@@ -35,6 +35,7 @@ __all__ = [
     "mean_b0",
     "qc_session",
     "read_gradients",
+    "read_mrtrix_gradients",
 ]
 
 #: b-values at or below this (s/mm²) count as b = 0: the "b0" of real
@@ -106,6 +107,46 @@ def read_gradients(bval_path, bvec_path):
         raise InputError(f"{bvec_path}: has {bvecs.shape[0]} rows of {bvecs.shape[1]} values; "
                          "FSL b-vectors are three rows (x, y, z) with one column per volume")
     return bvals.astype(float), bvecs.astype(float)
+
+
+def read_mrtrix_gradients(path, affine):
+    """Read an MRtrix gradient table (QSIPrep's ``.b``) as FSL-style b-values and b-vectors.
+
+    MRtrix writes one row ``x y z b`` per volume, the direction in the
+    scanner's (world, RAS) frame; FSL b-vectors are in the image's voxel
+    axes, with x flipped when the affine's determinant is positive. The
+    directions are brought into that frame with the image's affine.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The ``.b`` file.
+    affine : numpy.ndarray, shape (4, 4)
+        The DWI's affine.
+
+    Returns
+    -------
+    bvals : numpy.ndarray, shape (N,)
+    bvecs : numpy.ndarray, shape (N, 3)
+        FSL layout (voxel frame).
+    """
+    path = Path(path)
+    try:
+        rows = [r.split() for r in path.read_text().splitlines()
+                if r.strip() and not r.lstrip().startswith("#")]
+        table = np.array(rows, dtype=float)
+    except (ValueError, UnicodeDecodeError, OSError):
+        raise InputError(f"{path}: not an MRtrix gradient table; write one row 'x y z b' per "
+                         "volume") from None
+    if table.ndim != 2 or table.shape[1] != 4:
+        raise InputError(f"{path}: an MRtrix gradient table has four numbers per row "
+                         "(x y z b); rewrite it (mrinfo -export_grad_mrtrix)")
+    A = np.asarray(affine, float)[:3, :3]
+    D = A / np.linalg.norm(A, axis=0)
+    F = np.diag([-1.0, 1, 1]) if np.linalg.det(D) > 0 else np.eye(3)
+    with np.errstate(invalid="ignore"):
+        bvecs = (F @ D.T @ table[:, :3].T).T
+    return table[:, 3].copy(), bvecs
 
 
 def check_gradients(bvals, bvecs, n_volumes: int, *, source: str = "gradients",
@@ -269,7 +310,9 @@ def load_dwi(dwi_path, bval_path=None, bvec_path=None, *, b0_threshold: float = 
     dwi_path : str or pathlib.Path
         4D NIfTI (``.nii`` or ``.nii.gz``).
     bval_path, bvec_path : str or pathlib.Path, optional
-        Gradient files; default: the DWI's name with ``.bval``/``.bvec``.
+        Gradient files; default: the DWI's name with ``.bval``/``.bvec``, or
+        with ``.b`` (MRtrix table, as QSIPrep writes) when those do not
+        exist. Give the same ``.b`` file as both to read an MRtrix table.
     b0_threshold : float, default=50.0
         b-values at or below this are b = 0 (s/mm²); see :data:`B0_THRESHOLD`.
     max_bval : float or None, default=1500.0
@@ -299,6 +342,9 @@ def load_dwi(dwi_path, bval_path=None, bvec_path=None, *, b0_threshold: float = 
     stem = dwi_path.name.removesuffix(".gz").removesuffix(".nii")
     bval_path = Path(bval_path) if bval_path else dwi_path.with_name(stem + ".bval")
     bvec_path = Path(bvec_path) if bvec_path else dwi_path.with_name(stem + ".bvec")
+    mrtrix = dwi_path.with_name(stem + ".b")
+    if not (bval_path.is_file() or bvec_path.is_file()) and mrtrix.is_file():
+        bval_path = bvec_path = mrtrix                          # QSIPrep's .b table only
     if not dwi_path.is_file():
         raise InputError(f"{dwi_path}: file not found; check the path")
     if dwi_path.stat().st_size == 0:
@@ -326,7 +372,10 @@ def load_dwi(dwi_path, bval_path=None, bvec_path=None, *, b0_threshold: float = 
         n = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise InputError(f"{dwi_path}: {n} voxels are NaN or infinite; fix the conversion "
                          "(e.g. rerun dcm2niix) before processing")
-    bvals, bvecs = read_gradients(bval_path, bvec_path)
+    if bval_path.suffix == ".b" and bval_path == bvec_path:
+        bvals, bvecs = read_mrtrix_gradients(bval_path, img.affine)
+    else:
+        bvals, bvecs = read_gradients(bval_path, bvec_path)
     bvals, bvecs, keep, notes = _checked_gradients(
         bvals, bvecs, data.shape[3], source=f"{bval_path.name}/{bvec_path.name}",
         b0_threshold=b0_threshold, max_bval=max_bval)

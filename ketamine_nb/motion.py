@@ -561,6 +561,9 @@ def realign_series(dwi_img, gtab, *, model: str = "rigid", reference="b0", mask=
         the centre of the brain), ``fd`` (mm), ``displacement`` (RMS
         displacement from the reference over a 50 mm sphere, mm),
         ``resampled``, ``outlier``, ``reason`` and ``excluded`` (bool/str).
+        ``motion_table.attrs["transforms"]`` holds each volume's 4 x 4 world
+        transform (a point of the reference, mm, to the same point in the
+        volume, mm) and ``attrs["centre_mm"]`` the centre of the rotations.
     """
     import nibabel as nib
     import pandas as pd
@@ -681,6 +684,9 @@ def realign_series(dwi_img, gtab, *, model: str = "rigid", reference="b0", mask=
     table["excluded"] = excluded
     table = table[["volume", "bval", "is_b0", "tx", "ty", "tz", "rx", "ry", "rz", "fd",
                    "displacement", "resampled", "outlier", "reason", "excluded"]]
+    # Each volume's world transform (reference mm -> volume mm) and the centre of rotation.
+    table.attrs["transforms"] = [np.round(T, 10).tolist() for T in transforms]
+    table.attrs["centre_mm"] = np.round(centre, 6).tolist()
     keep = ~excluded
     if not keep.all():
         out = np.asfortranarray(out[..., keep])

@@ -13,7 +13,20 @@ session, a DWI folder for someone missing from ``participants.tsv``, a score
 row for an unknown participant, a series without its ``.bval``. Each such
 problem is one line in :attr:`Study.problems` and a :class:`StudyWarning`;
 the loader keeps going. A dataset that cannot be used at all raises
-:class:`ketamine_nb._utils.InputError`.
+:class:`ketamine_nb.exceptions.InputError`.
+
+Preprocessed input. A BIDS-Derivatives dataset (``DatasetType:
+"derivative"`` or ``GeneratedBy`` in ``dataset_description.json``), such as
+a QSIPrep output folder, is read the same way: its preprocessed series
+``sub-*/ses-*/dwi/*_space-T1w_desc-preproc_dwi.nii.gz`` (or ``space-ACPC``)
+with the ``.bval``/``.bvec`` written beside it (or only QSIPrep's MRtrix
+``.b`` table), sessions from the file names. With ``preprocessed=True``
+(the default ``"auto"`` for a derivatives dataset) every row of
+:attr:`Study.sessions` has ``preprocessed`` set, and the pipeline skips its
+own realignment (the data are already motion and eddy-current corrected,
+with topup-grade distortion correction where the acquisition allowed it).
+Participants and scores come from the folder itself or, with ``raw_dir=``,
+from the raw BIDS dataset it was made from.
 """
 
 from __future__ import annotations
@@ -106,7 +119,9 @@ class Study:
         ``participant_id``, ``session`` (the label, e.g. ``"pre"`` or
         ``"24h"``), ``timepoint`` (``"pre"`` or ``"post"`` whatever the
         labels), ``dwi``, ``bval``, ``bvec`` (``pathlib.Path``) and
-        ``sidecar`` (``pathlib.Path`` or ``None``). Participants with one
+        ``sidecar`` (``pathlib.Path`` or ``None``) and ``preprocessed``
+        (bool: realignment already done). For QSIPrep's ``.b`` table,
+        ``bval`` and ``bvec`` are both that file. Participants with one
         usable session keep that row; see :meth:`complete_participants`.
     scores : pandas.DataFrame
         One row per participant: ``participant_id``, ``arm``, ``age`` and
@@ -123,6 +138,12 @@ class Study:
     acq, run : str or None
         The ``acq-``/``run-`` selection used where a session had several
         DWI series.
+    preprocessed : bool
+        The series are preprocessed (a BIDS-Derivatives dataset such as
+        QSIPrep's): the pipeline does not realign them again.
+    raw_dir : pathlib.Path or None
+        The raw BIDS dataset that gave the participants and scores, when
+        they did not come from ``bids_dir``.
     """
 
     bids_dir: Path
@@ -135,6 +156,8 @@ class Study:
     outcomes: tuple[str, ...] = DEFAULT_OUTCOMES
     acq: str | None = None
     run: str | None = None
+    preprocessed: bool = False
+    raw_dir: Path | None = None
 
     def __repr__(self) -> str:
         arms = self.participants["arm"].value_counts()
@@ -198,7 +221,8 @@ class Study:
 
 def load_study(bids_dir, *, pre: str = "pre", post: str = "post", acq: str | None = None,
                run: str | int | None = None,
-               outcomes: tuple[str, ...] | list[str] = DEFAULT_OUTCOMES) -> Study:
+               outcomes: tuple[str, ...] | list[str] = DEFAULT_OUTCOMES,
+               preprocessed: bool | str = "auto", raw_dir=None) -> Study:
     """Load a BIDS DWI dataset with a pre/post design and two arms.
 
     Reads (and never writes):
@@ -243,6 +267,16 @@ def load_study(bids_dir, *, pre: str = "pre", post: str = "post", acq: str | Non
         (``1`` matches ``run-01``).
     outcomes : sequence of str, default=DEFAULT_OUTCOMES
         Score columns to collect (``("madrs_total", "qids_total")``).
+    preprocessed : {"auto", True, False}, default="auto"
+        Whether the series are already preprocessed (motion, eddy currents):
+        ``"auto"`` is True for a BIDS-Derivatives dataset (``DatasetType``
+        ``"derivative"`` or a ``GeneratedBy`` entry in
+        ``dataset_description.json``). Where a session holds several series,
+        a preprocessed study prefers ``desc-preproc`` and then the ``T1w``
+        and ``ACPC`` spaces.
+    raw_dir : str or pathlib.Path, optional
+        Raw BIDS dataset to read ``participants.tsv`` and the scores from
+        (a QSIPrep folder has neither); default: ``bids_dir`` itself.
 
     Returns
     -------
@@ -282,9 +316,16 @@ def load_study(bids_dir, *, pre: str = "pre", post: str = "post", acq: str | Non
     run = None if run is None else _entity_value(run, "run")
     outcomes = _outcome_names(outcomes)
 
-    root = _check_root(bids_dir)
+    root = _check_root(bids_dir, need_participants=raw_dir is None)
+    derivative = _is_derivative(root)
+    if isinstance(preprocessed, str) and preprocessed == "auto":
+        preprocessed = derivative
+    elif not isinstance(preprocessed, bool | np.bool_):
+        raise InputError(f"preprocessed={preprocessed!r}: use 'auto', True or False")
+    preprocessed = bool(preprocessed)
+    meta_root = root if raw_dir is None else _check_root(raw_dir)
     problems: list[str] = []
-    participants = _read_participants(root / "participants.tsv")
+    participants = _read_participants(meta_root / "participants.tsv")
     known = list(participants["participant_id"])
     known_set = set(known)
 
@@ -318,12 +359,14 @@ def load_study(bids_dir, *, pre: str = "pre", post: str = "post", acq: str | Non
             series = sessions.get(label)
             if not series:
                 continue
+            if preprocessed:
+                series = _prefer_preprocessed(series)
             files = _usable_series(root, pid, label, series, acq, run, problems)
             if files is not None:
                 usable.append(label)
                 rows.append({"participant_id": pid, "session": label, "timepoint": timepoint,
                              "dwi": files.dwi, "bval": files.bval, "bvec": files.bvec,
-                             "sidecar": files.sidecar})
+                             "sidecar": files.sidecar, "preprocessed": preprocessed})
         fixes = []
         for lab in (pre, post):
             if lab in usable:
@@ -341,15 +384,17 @@ def load_study(bids_dir, *, pre: str = "pre", post: str = "post", acq: str | Non
             problems.append(f"{pid}: usable DWI for ses-{usable[0]} only, none for ses-{miss}; "
                             f"left out of complete_participants(); {fix}")
     sessions_df = pd.DataFrame(rows, columns=["participant_id", "session", "timepoint", "dwi",
-                                              "bval", "bvec", "sidecar"])
+                                              "bval", "bvec", "sidecar", "preprocessed"])
+    sessions_df["preprocessed"] = sessions_df["preprocessed"].astype(bool)
 
-    scores = _collect_scores(root, participants, tree, pre, post, outcomes, problems)
+    scores = _collect_scores(meta_root, participants, tree, pre, post, outcomes, problems)
 
     for msg in problems:
         warnings.warn(msg, StudyWarning, stacklevel=2)
     return Study(bids_dir=root, pre=pre, post=post, participants=participants,
                  sessions=sessions_df, scores=scores, problems=problems, outcomes=outcomes,
-                 acq=acq, run=run)
+                 acq=acq, run=run, preprocessed=preprocessed,
+                 raw_dir=None if raw_dir is None else meta_root)
 
 
 # --------------------------------------------------------------------------
@@ -387,7 +432,31 @@ def _short_name(outcome: str) -> str:
     return outcome.removesuffix("_total") or outcome
 
 
-def _check_root(bids_dir) -> Path:
+def _is_derivative(root: Path) -> bool:
+    """Tell a BIDS-Derivatives dataset (``DatasetType`` or ``GeneratedBy``) from raw data."""
+    desc = json.loads((root / "dataset_description.json").read_text(encoding="utf-8-sig"))
+    if not isinstance(desc, dict):
+        return False
+    return (str(desc.get("DatasetType", "")).lower() == "derivative"
+            or bool(desc.get("GeneratedBy")) or bool(desc.get("PipelineDescription")))
+
+
+#: Spaces a preprocessed series may be in, preferred first (QSIPrep wrote
+#: ``space-T1w`` before version 0.18 and ``space-ACPC`` since).
+_PREPROCESSED_SPACES = ("T1w", "ACPC")
+
+
+def _prefer_preprocessed(series: list) -> list:
+    """Among a session's series, the ``desc-preproc`` ones, then the preferred space."""
+    chosen = [s for s in series if s.get("desc") == "preproc"] or series
+    for space in _PREPROCESSED_SPACES:
+        in_space = [s for s in chosen if s.get("space") == space]
+        if in_space:
+            return in_space
+    return chosen
+
+
+def _check_root(bids_dir, need_participants: bool = True) -> Path:
     root = Path(bids_dir).expanduser().absolute()
     if not root.exists():
         raise InputError(f"{root}: folder not found; check the path, or make the simulated "
@@ -404,8 +473,12 @@ def _check_root(bids_dir) -> Path:
         json.loads(desc.read_text(encoding="utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{desc}: not valid JSON ({_first_line(exc)}); fix the file") from None
-    if not (root / "participants.tsv").is_file():
-        raise InputError(f"{root / 'participants.tsv'}: not found; add it with the columns "
+    if need_participants and not (root / "participants.tsv").is_file():
+        hint = ""
+        if _is_derivative(root):
+            hint = ("; this is a derivatives folder (e.g. QSIPrep's): pass the raw BIDS dataset "
+                    "with the participants and scores as raw_dir= (--raw-dir), or")
+        raise InputError(f"{root / 'participants.tsv'}: not found{hint}; add it with the columns "
                          "participant_id and arm (ketamine or saline), one row per participant")
     return root
 
@@ -697,7 +770,13 @@ def _usable_series(root, pid, label, series, acq, run, problems) -> SessionFiles
     chosen = series[0] if len(series) == 1 else _select(root, pid, label, series, acq, run)
     rel = chosen.path.relative_to(root)
     found = {}
+    mrtrix = chosen.path.parent / f"{chosen.stem}.b"
+    if mrtrix.is_file() and _companion(root, chosen, ".bval") is None:
+        # QSIPrep's MRtrix table (x y z b per volume, scanner frame) only.
+        found[".bval"] = found[".bvec"] = mrtrix
     for ext, what in ((".bval", "b-values (one row)"), (".bvec", "b-vectors (three rows)")):
+        if ext in found:
+            continue
         path = _companion(root, chosen, ext)
         if path is None:
             problems.append(f"{rel}: no {ext} file ({chosen.stem}{ext} or an inherited one); "
@@ -773,6 +852,25 @@ def _companion(root: Path, series: _Series, ext: str) -> Path | None:
 def _check_gradients(dwi: Path, bval: Path, bvec: Path) -> str | None:
     """Problem text if the gradient files do not fit the image, else ``None``."""
     import nibabel as nib
+
+    if bval.suffix == ".b":  # MRtrix: one row "x y z b" per volume
+        try:
+            rows = [r.split() for r in bval.read_text().splitlines()
+                    if r.strip() and not r.lstrip().startswith("#")]
+            table = np.array(rows, dtype=float)
+        except (ValueError, UnicodeDecodeError):
+            return f"{bval.name} is not an MRtrix gradient table (x y z b per row)"
+        if table.ndim != 2 or table.shape[1] != 4:
+            return f"{bval.name} is not an MRtrix gradient table (four numbers per row)"
+        try:
+            shape = nib.load(str(dwi)).shape
+        except Exception as exc:  # nibabel raises many types for a damaged file
+            return (f"cannot read the NIfTI header ({_first_line(exc)}); the file is truncated "
+                    "or not a NIfTI image: copy or convert it again")
+        if len(shape) != 4 or shape[3] != table.shape[0]:
+            return (f"{shape[3] if len(shape) == 4 else 1} volumes but {table.shape[0]} rows in "
+                    f"{bval.name}; give one gradient per volume")
+        return None
 
     try:
         bvals = np.array(bval.read_text().split(), dtype=float)

@@ -144,7 +144,9 @@ def test_layout_a_per_subject_sessions_tsv(tmp_path):
 
     s = study.sessions
     assert list(s.columns) == ["participant_id", "session", "timepoint", "dwi", "bval", "bvec",
-                               "sidecar"]
+                               "sidecar", "preprocessed"]
+    assert s["preprocessed"].dtype == bool and not s["preprocessed"].any()
+    assert study.preprocessed is False and study.raw_dir is None
     assert list(zip(s["participant_id"], s["session"], strict=True)) == [
         ("sub-01", "pre"), ("sub-01", "post"), ("sub-02", "pre"), ("sub-02", "post"),
         ("sub-03", "pre"), ("sub-03", "post")]
