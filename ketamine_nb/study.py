@@ -272,8 +272,8 @@ def load_study(bids_dir, *, pre: str = "pre", post: str = "post", acq: str | Non
         ``"auto"`` is True for a BIDS-Derivatives dataset (``DatasetType``
         ``"derivative"`` or a ``GeneratedBy`` entry in
         ``dataset_description.json``). Where a session holds several series,
-        a preprocessed study prefers ``desc-preproc`` and then the ``T1w``
-        and ``ACPC`` spaces.
+        a preprocessed or derivatives study prefers ``desc-preproc`` and then
+        the ``T1w`` and ``ACPC`` spaces.
     raw_dir : str or pathlib.Path, optional
         Raw BIDS dataset to read ``participants.tsv`` and the scores from
         (a QSIPrep folder has neither); default: ``bids_dir`` itself.
@@ -359,7 +359,7 @@ def load_study(bids_dir, *, pre: str = "pre", post: str = "post", acq: str | Non
             series = sessions.get(label)
             if not series:
                 continue
-            if preprocessed:
+            if preprocessed or derivative:
                 series = _prefer_preprocessed(series)
             files = _usable_series(root, pid, label, series, acq, run, problems)
             if files is not None:
