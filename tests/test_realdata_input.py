@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ketamine_nb.dwi import brain_mask, load_dwi
-from ketamine_nb.exceptions import InputError
+from ketamine_nb.exceptions import InputError, StudyWarning
 from ketamine_nb.study import load_study
 from ketamine_nb.tensor import fit_dti
 
@@ -136,7 +136,8 @@ def _qsiprep_tree(tmp_path, *, b_table_for=("sub-02", "post")):
     for pid, score in (("sub-01", (30, 12)), ("sub-02", (28, 25))):
         (raw / pid).mkdir()
         (raw / pid / f"{pid}_sessions.tsv").write_text(
-            f"session_id\tmadrs_total\nses-pre\t{score[0]}\nses-post\t{score[1]}\n")
+            f"session_id\tmadrs_total\tqids_total\nses-pre\t{score[0]}\t{score[0] // 2}\n"
+            f"ses-post\t{score[1]}\t{score[1] // 2}\n")
         for ses in ("pre", "post"):
             folder = deriv / pid / f"ses-{ses}" / "dwi"
             folder.mkdir(parents=True)
@@ -190,7 +191,8 @@ def test_derivatives_flag_can_be_overridden_and_needs_participants(tmp_path):
         load_study(deriv)
     with pytest.raises(InputError, match="preprocessed"):
         load_study(deriv, raw_dir=raw, preprocessed="yes")
-    # A raw dataset declared preprocessed (e.g. corrected elsewhere) is flagged as such.
+    # With its own participants.tsv, a derivatives folder needs no raw_dir.
     (deriv / "participants.tsv").write_bytes((raw / "participants.tsv").read_bytes())
-    study = load_study(deriv)
+    with pytest.warns(StudyWarning, match="no such column"):  # scores are in raw/ only
+        study = load_study(deriv)
     assert study.preprocessed and study.raw_dir is None
