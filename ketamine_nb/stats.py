@@ -444,14 +444,31 @@ def _design_matrices(df: pd.DataFrame, formula: str):
     return y.iloc[:, 0].to_numpy(float), X
 
 
+def _ols(X, y, names):
+    """Least squares with classical (equal-variance) SE, t and p, as statsmodels' OLS."""
+    from scipy.stats import t as t_dist
+
+    n = len(y)
+    pinv = np.linalg.pinv(X)
+    beta = pinv @ y
+    e = y - X @ beta
+    df = n - np.linalg.matrix_rank(X)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se = np.sqrt(np.diag(pinv @ pinv.T) * (e @ e) / df)
+        t = beta / se
+    yc = y - y.mean()
+    return {"beta": beta, "se": se, "t": t, "p": 2 * t_dist.sf(np.abs(t), df), "df": float(df),
+            "r2": 1 - (e @ e) / (yc @ yc), "names": names}
+
+
 def _permutations(n, groups, n_permutations, rng):
     """Row orders: free (``groups`` None) or within each group; B x n."""
     if groups is None:
-        return np.argsort(rng.random((n_permutations, n)), axis=1)
+        return rng.permuted(np.broadcast_to(np.arange(n), (n_permutations, n)), axis=1)
     out = np.empty((n_permutations, n), dtype=np.intp)
     for g in np.unique(groups):
         idx = np.flatnonzero(groups == g)
-        out[:, idx] = idx[np.argsort(rng.random((n_permutations, len(idx))), axis=1)]
+        out[:, idx] = rng.permuted(np.broadcast_to(idx, (n_permutations, len(idx))), axis=1)
     return out
 
 
@@ -722,7 +739,7 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
         ``p_perm_interaction``; ``q_fdr`` (or ``q_holm``) with ``q_source``
         and ``family``; ``study_direction`` and ``verdict``.
     """
-    import statsmodels.formula.api as smf
+    from scipy.stats import t as t_dist
 
     config = config or StatsConfig()
     if rows.empty:
@@ -737,6 +754,14 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
     corr_by = {(r.region, r.outcome, r.arm): r._asdict() for r in corr.itertuples(index=False)}
     rng = np.random.default_rng(config.random_state)
     arms = (treated, control)
+    # One design for every row (patsy once): the same columns in every region x outcome.
+    rows = rows.reset_index(drop=True)
+    y_frame, X_frame = _design_matrices(rows, formula)
+    y_all = np.full(len(rows), np.nan)
+    y_all[X_frame.index] = y_frame
+    X_all = np.full((len(rows), X_frame.shape[1]), np.nan)
+    X_all[X_frame.index] = X_frame.to_numpy(float)
+    X_cols = list(X_frame.columns)
     out = []
     for (region, outcome), g in rows.groupby(["region", "outcome"], sort=False):
         rec = {"region": region, "outcome": outcome, "formula": formula,
@@ -759,16 +784,14 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
             rec["verdict"], rec["study_direction"] = _verdict(region, outcome, {})
             out.append(rec)
             continue
-        fit = smf.ols(formula, data=g).fit()
-        y, X = _design_matrices(g, formula)
-        names = list(X.columns)
-        Xn = X.to_numpy(float)
-        groups = np.unique(g.loc[X.index, "arm"].astype(str), return_inverse=True)[1]
+        idx = g.index
+        y, Xn = y_all[idx], X_all[idx]
+        names = list(X_cols)
+        fit = _ols(Xn, y, names)
+        groups = np.unique(g["arm"].astype(str), return_inverse=True)[1]
         j_md, j_int = names.index("delta_md_e6"), names.index(inter)
         contrasts = {control: np.eye(len(names))[j_md],
                      treated: np.eye(len(names))[j_md] + np.eye(len(names))[j_int]}
-        from scipy.stats import t as t_dist
-
         for arm, cvec in contrasts.items():
             est, se, df, p = _contrast_test(Xn, y, cvec, groups, config.statistic)
             half = t_dist.ppf(0.975, df) * se
@@ -777,10 +800,10 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
         est, se, df, p = _contrast_test(Xn, y, np.eye(len(names))[j_int], groups,
                                         config.statistic)
         half = t_dist.ppf(0.975, df) * se
-        rec.update(beta_interaction=fit.params[inter], interaction_ci_low=est - half,
-                   interaction_ci_high=est + half, se_interaction=fit.bse[inter],
-                   t_interaction=fit.tvalues[inter], p_interaction=fit.pvalues[inter],
-                   df_resid=fit.df_resid, r2=fit.rsquared)
+        rec.update(beta_interaction=fit["beta"][j_int], interaction_ci_low=est - half,
+                   interaction_ci_high=est + half, se_interaction=fit["se"][j_int],
+                   t_interaction=fit["t"][j_int], p_interaction=fit["p"][j_int],
+                   df_resid=fit["df"], r2=fit["r2"])
         w = _contrast_test(Xn, y, np.eye(len(names))[j_int], groups, "aspin_welch")
         rec.update(v_interaction=w[0] / w[1], df_welch=w[2], p_welch_interaction=w[3])
         rec["p_perm_interaction"] = (
