@@ -44,6 +44,7 @@ _LAZY = {
     "outcome_explorer": "widgets",
     "robustness_explorer": "widgets",
     "slice_viewer": "widgets",
+    "brain_viewer": "widgets",
     "write_report": "report",
 }
 

@@ -35,6 +35,8 @@ __all__ = [
     "atlas_labels",
     "load_region_maps",
     "load_region_table",
+    "region_at",
+    "regions_on_grid",
 ]
 
 #: The seven regions of Kopelman et al. (2023), in the order used in tables.
@@ -344,3 +346,64 @@ def load_region_maps(regions=None, *, table=None, data_dir=None) -> RegionMaps:
         table = table.iloc[idx].reset_index(drop=True)
         names = regions
     return RegionMaps(img=img, names=names, table=table)
+
+
+def regions_on_grid(maps: RegionMaps, target, *,
+                    probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD):
+    """Bring region probability maps onto an image's grid, with a label map.
+
+    Parameters
+    ----------
+    maps : RegionMaps
+        From :func:`load_region_maps` (MNI space).
+    target : nibabel.Nifti1Image
+        An image on the grid wanted (e.g. the 3 mm template grid of the
+        ``md_mni`` maps); only its shape and affine are used.
+    probability_threshold : float, default=DEFAULT_PROBABILITY_THRESHOLD
+        A voxel gets a label when its most probable region reaches this
+        atlas probability (0-1).
+
+    Returns
+    -------
+    probability : nibabel.Nifti1Image
+        4D float32 on the target grid: volume ``k`` is the probability (0-1)
+        of region ``maps.names[k]`` (linear interpolation).
+    labels : nibabel.Nifti1Image
+        3D uint8 on the target grid: ``1 + k`` for the most probable region
+        ``k`` where its probability reaches the threshold, 0 elsewhere (see
+        :func:`region_at`).
+    """
+    import nibabel as nib
+    from nilearn.image import resample_img
+
+    shape, affine = tuple(target.shape[:3]), target.affine
+    img = resample_img(maps.img, target_affine=affine, target_shape=shape,
+                       interpolation="linear", force_resample=True, copy_header=True)
+    prob = np.clip(np.asarray(img.dataobj, np.float32), 0.0, 1.0)
+    if prob.ndim == 3:
+        prob = prob[..., None]
+    best = prob.argmax(axis=-1)
+    labels = np.where(prob.max(axis=-1) >= probability_threshold, best + 1, 0)
+    return (nib.Nifti1Image(prob, affine),
+            nib.Nifti1Image(labels.astype(np.uint8), affine))
+
+
+def region_at(labels, names, xyz_mm) -> str | None:
+    """Name of the region at a position of a label map (None outside every region).
+
+    Parameters
+    ----------
+    labels : nibabel.Nifti1Image
+        A label map (``1 + k`` for region ``names[k]``, 0 for none), e.g. from
+        :func:`regions_on_grid`.
+    names : sequence of str
+        Region names, in label order.
+    xyz_mm : sequence of float
+        World position (mm), the nearest voxel is read.
+    """
+    ijk = np.rint(np.linalg.solve(labels.affine, [*map(float, xyz_mm[:3]), 1.0]))[:3]
+    ijk = ijk.astype(int)
+    if np.any(ijk < 0) or np.any(ijk >= np.asarray(labels.shape[:3])):
+        return None
+    k = int(np.asarray(labels.dataobj)[tuple(ijk)])
+    return str(names[k - 1]) if 0 < k <= len(names) else None

@@ -5,10 +5,12 @@ from .outcome import outcome_explorer
 from .robustness import robustness_explorer
 from .roi import roi_explorer
 from .slices import slice_viewer
+from .viewer import brain_viewer
 
 __all__ = [
     "Explorer",
     "RegionState",
+    "brain_viewer",
     "outcome_explorer",
     "robustness_explorer",
     "roi_explorer",
