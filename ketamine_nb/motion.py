@@ -426,16 +426,17 @@ def _estimate(data, affine, zooms, groups, ref_index, mask, model, bvals, g_worl
     """
     coarse = _Level(data, affine, mask, tuple(max(1, int(round(_COARSE_MM / z)))
                                               for z in zooms), 1)
-    fine = _Level(data, affine, mask, (1, 1, 1), _FINE_STEP, _FINE_SIGMA)
-    c = fine.world.mean(axis=1)
-    yc, yf = coarse.centred(c), fine.centred(c)
+    idx3 = np.array(np.nonzero(mask))
+    c = (affine[:3, :3] @ idx3 + affine[:3, 3:4]).mean(axis=1)   # centre of the brain, mm
+    inv_affine = np.linalg.inv(affine)
+    yc = coarse.centred(c)
     n_vol = data.shape[3]
     W = [np.eye(4) for _ in range(n_vol)]
     anchors = {key: (ref_index if ref_index in idx else idx[0]) for key, idx in groups.items()}
     corners = _bounding_corners(mask, affine) - c[:, None]
 
     def unmoved(idx):
-        return {v for v in idx if _max_shift(W[v], corners, fine.inv) <= RESAMPLE_MIN_VOXELS}
+        return {v for v in idx if _max_shift(W[v], corners, inv_affine) <= RESAMPLE_MIN_VOXELS}
 
     C = np.eye(4)
     C[:3, 3] = c
@@ -463,7 +464,7 @@ def _estimate(data, affine, zooms, groups, ref_index, mask, model, bvals, g_worl
                       _FINE_ITERATIONS)
     fast = relative(W)
     world_corners = corners + c[:, None]
-    if all(_max_shift(T, world_corners, fine.inv) <= RESAMPLE_MIN_VOXELS for T in fast):
+    if all(_max_shift(T, world_corners, inv_affine) <= RESAMPLE_MIN_VOXELS for T in fast):
         # No volume moved enough to be resampled: the coarse estimates are the answer.
         return fast, c
 
@@ -474,6 +475,9 @@ def _estimate(data, affine, zooms, groups, ref_index, mask, model, bvals, g_worl
                 W[v] = np.eye(4)
             tmpl = coarse.template(coarse.mean_of(idx, W, c), c, model)
             _gauss_newton(coarse.vols, idx, tmpl, W, yc, c, coarse.inv, model, _ITERATIONS)
+
+    fine = _Level(data, affine, mask, (1, 1, 1), _FINE_STEP, _FINE_SIGMA)
+    yf = fine.centred(c)
 
     # Fine level. The mean DW image of each shell is linked to the mean b0
     # (a shift common to all DW volumes is invisible to the steps above),
@@ -552,7 +556,9 @@ def realign_series(dwi_img, gtab, *, model: str = "rigid", reference="b0", mask=
     -------
     realigned_img : nibabel.Nifti1Image
         float32 series in the reference's position, same grid and affine
-        (outlier volumes removed if ``exclude_volumes``).
+        (outlier volumes removed if ``exclude_volumes``). When nothing was
+        resampled or removed, its array is the input's float32 data (not a
+        copy).
     rotated_gtab : dipy.core.gradients.GradientTable
         b-vectors rotated with the head (inverse of each volume's rotation).
     motion_table : pandas.DataFrame
@@ -618,7 +624,7 @@ def realign_series(dwi_img, gtab, *, model: str = "rigid", reference="b0", mask=
     inv_aff = np.linalg.inv(affine)
     corners = _bounding_corners(m, affine)
     grid = None
-    out = data.copy(order="F") if not data.flags.f_contiguous else data.copy()
+    out = data                                                 # copied before a change
     bvecs = np.array(gtab.bvecs, float)
     resampled = np.zeros(data.shape[3], bool)
     rows = []
@@ -635,6 +641,8 @@ def realign_series(dwi_img, gtab, *, model: str = "rigid", reference="b0", mask=
             vol = data[..., v]
             if order > 1:
                 vol = ndi.spline_filter(vol, order=order)
+            if out is data:
+                out = np.array(data, order="F", copy=True)
             out[..., v] = ndi.map_coordinates(vol, coords, order=order, mode="nearest",
                                               prefilter=False).reshape(data.shape[:3])
             resampled[v] = True
