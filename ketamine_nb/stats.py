@@ -510,7 +510,7 @@ def _contrast_test(X, y, c, groups, statistic):
     return est, se, df, p_val
 
 
-def _fl_counts(X, Y, j, groups, n_permutations, rng, statistic):
+def _fl_counts(X, Y, j, groups, n_permutations, rng, statistic, order=None):
     """Freedman-Lane for a stack of outcomes sharing one design; returns p per row of Y.
 
     ``Y`` is D x n. The reduced model (without column ``j``) is fitted, its
@@ -518,30 +518,43 @@ def _fl_counts(X, Y, j, groups, n_permutations, rng, statistic):
     its fitted values. As the reduced fit lies in the full model's column space,
     the full model's residuals of a permuted outcome are ``(I - H) P r`` and its
     coefficient is ``pinv(X)[j] (fitted + P r)``: no refit is needed, every
-    permutation of every outcome is one matrix product.
+    permutation of every outcome is one matrix product. ``order`` (B x n row
+    orders) reuses a set of permutations, as PALM uses one set for all tests.
     """
     n, p = X.shape
     Y = np.atleast_2d(np.asarray(Y, float))
     Xr = np.delete(X, j, axis=1)
     fitted = Y @ (Xr @ np.linalg.pinv(Xr)).T
     resid = Y - fitted
-    order = _permutations(n, None if statistic == "t" else groups, n_permutations, rng)
+    if order is None:
+        order = _permutations(n, None if statistic == "t" else groups, n_permutations, rng)
     perms = np.vstack([np.arange(n), order])            # row 0: the data as observed
     Rp = resid[:, perms]                                 # D x (B+1) x n
     pinv = np.linalg.pinv(X)
     psi = Rp @ pinv[j] + (fitted @ pinv[j])[:, None]
     Q = np.linalg.qr(X)[0]
+    A = Rp @ Q                                           # D x (B+1) x p
     if statistic == "t":
-        rss = (Rp ** 2).sum(-1) - ((Rp @ Q) ** 2).sum(-1)
+        # |(I - H) P r|^2 = |r|^2 - |Q' P r|^2 (a permutation keeps |r|^2).
+        rss = (resid ** 2).sum(-1)[:, None] - (A ** 2).sum(-1)
         c = np.linalg.pinv(X.T @ X)[j, j]
         with np.errstate(divide="ignore", invalid="ignore"):
             stat = psi / np.sqrt(np.maximum(rss, 0) / (n - p) * c)
     else:
-        E = Rp - (Rp @ Q) @ Q.T
         codes = np.unique(groups, return_inverse=True)[1]
         onehot = np.eye(codes.max() + 1)[codes]
         trR = np.diag(np.eye(n) - X @ pinv) @ onehot
-        W = _group_weights(E, onehot, trR)                                # D x B x G
+        # Per group g, with e = P r - Q A: |e_g|^2 = |r_g|^2 - 2 A.(Q_g' P r_g) + A Q_g'Q_g A
+        # (within-group permutations keep |r_g|^2): no n-long residual per permutation.
+        ss = np.empty(A.shape[:2] + (onehot.shape[1],))
+        for g in range(onehot.shape[1]):
+            idx = np.flatnonzero(codes == g)
+            Qg = Q[idx]
+            ss[..., g] = ((resid[:, idx] ** 2).sum(-1)[:, None]
+                          - 2 * (A * (Rp[..., idx] @ Qg)).sum(-1)
+                          + ((A @ (Qg.T @ Qg)) * A).sum(-1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            W = trR / np.maximum(ss, 0)                                   # D x B x G
         XtWX = np.einsum("dbg,gpq->dbpq", W, np.einsum("ng,np,nq->gpq", onehot, X, X))
         unit = np.zeros(p)
         unit[j] = 1.0
@@ -762,6 +775,7 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
     X_all = np.full((len(rows), X_frame.shape[1]), np.nan)
     X_all[X_frame.index] = X_frame.to_numpy(float)
     X_cols = list(X_frame.columns)
+    orders = {}
     out = []
     for (region, outcome), g in rows.groupby(["region", "outcome"], sort=False):
         rec = {"region": region, "outcome": outcome, "formula": formula,
@@ -806,10 +820,18 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
                    df_resid=fit["df"], r2=fit["r2"])
         w = _contrast_test(Xn, y, np.eye(len(names))[j_int], groups, "aspin_welch")
         rec.update(v_interaction=w[0] / w[1], df_welch=w[2], p_welch_interaction=w[3])
-        rec["p_perm_interaction"] = (
-            float(_fl_counts(Xn, y, j_int, groups, int(config.n_permutations), rng,
-                             config.statistic)[0])
-            if config.n_permutations else np.nan)
+        if config.n_permutations:
+            # One set of permutations for every row with the same arms, in order
+            # (as PALM shares one set across tests): drawn once, reused.
+            key = groups.tobytes()
+            if key not in orders:
+                orders[key] = _permutations(len(y), None if config.statistic == "t"
+                                            else groups, int(config.n_permutations), rng)
+            rec["p_perm_interaction"] = float(_fl_counts(
+                Xn, y, j_int, groups, int(config.n_permutations), rng, config.statistic,
+                order=orders[key])[0])
+        else:
+            rec["p_perm_interaction"] = np.nan
         values = {"interaction": (rec["beta_interaction"], rec["interaction_ci_low"],
                                   rec["interaction_ci_high"])}
         for role, arm in (("slope_treated", treated), ("slope_control", control)):
