@@ -41,15 +41,24 @@ paper left open is made here, once, and can be changed (:class:`StatsConfig`):
   (regions x outcomes; the global reference excluded). The q values come
   from the permutation p (``q_from="permutation"``, the default; from the
   parametric Welch or t p without permutations or with
-  ``q_from="parametric"``), Benjamini-Hochberg (Holm as an option), since
-  the paper's correction is unknown. Per-arm slopes, correlations and
+  ``q_from="parametric"``; one set of permutations serves every row with the
+  same arms, as in PALM), Benjamini-Hochberg (Holm as an option), since the
+  paper's correction is unknown. Per-arm slopes, correlations and
   partial correlations are descriptive and uncorrected; ``stats_roi.json``
   (:func:`column_descriptions`) says so column by column.
+* **Descriptive columns.** Per arm: Pearson r (Fisher and bootstrap CIs),
+  Spearman rho, and the partial r adjusted for the baseline score (as the
+  model is); none of them is corrected or used for inference.
+* **Reliability.** The control arm's ΔMD spread is the error of a difference
+  score; the reliable-change index is centred on the control arm's mean
+  change (:func:`reliable_change`).
 * **Comparison with the paper.** :data:`EXPECTED_PATTERN` is what the
   abstract reports per region and outcome (which quantity, which sign); a
   row is ``consistent`` when every reported quantity has the reported sign
   and its 95 % interval excludes 0, ``contradicts`` when one has the other
-  sign with an interval excluding 0, else ``inconclusive``. Right BA10 is
+  sign with an interval excluding 0, else ``inconclusive`` (95 % intervals
+  of the configured statistic, uncorrected: a verdict is a reading aid, the
+  q values are the inference). Right BA10 is
   judged on the per-arm slopes (the paper found the relation in both arms),
   the hippocampi on MADRS only.
 """
