@@ -2,11 +2,12 @@
 
 The results are the in-memory builder's (``tests/_builders.py``: known ΔMD and
 scores per region) plus template-space MD maps written to a temporary folder
-with a planted, spatially constant change per participant:
-``ΔMD = -(20 + n)·10⁻⁶ mm²/s`` for ketamine participants and ``+(5 + n)·10⁻⁶``
-for saline ones (``n``: the participant's index), inside the template's brain.
-So the mean ΔMD map of an arm is a known number in every brain voxel, and the
-t map of the Δscore × arm interaction equals one OLS fitted here by statsmodels.
+with a planted change per participant ``n`` and voxel: ``ΔMD = d·w + e·(1 − w)``
+(10⁻⁶ mm²/s) inside the template's brain, where ``w`` runs from 0 (back) to 1
+(front), ``d = -(20 + n)`` for ketamine participants and ``+(5 + n)`` for
+saline ones, and ``e = 10·sin(n)``. So the mean ΔMD map of an arm is known at
+every voxel, and the t map of the Δscore × arm interaction equals, voxel by
+voxel, an OLS fitted here by statsmodels.
 """
 
 from __future__ import annotations
@@ -27,9 +28,15 @@ pytest.importorskip("ipyniivue")
 MD_PRE = 0.8e-3  # mm²/s
 
 
-def planted_delta(n: int, arm: str) -> float:
-    """The planted ΔMD of participant ``n`` (10⁻⁶ mm²/s)."""
-    return -(20.0 + n) if arm == "ketamine" else 5.0 + n
+def planted_delta(n: int, arm: str, w=1.0):
+    """The planted ΔMD of participant ``n`` where the front weight is ``w`` (10⁻⁶ mm²/s)."""
+    d = -(20.0 + n) if arm == "ketamine" else 5.0 + n
+    return d * w + 10.0 * np.sin(n) * (1 - w)
+
+
+def front_weight(shape) -> np.ndarray:
+    """``w``: 0 at the back of the grid, 1 at the front (along the second axis, y)."""
+    return np.broadcast_to(np.linspace(0.0, 1.0, shape[1])[None, :, None], shape)
 
 
 def brain_mask():
@@ -51,9 +58,10 @@ def make_viewer_results(out_dir, *, random_state: int = 0):
 
     res = dataclasses.replace(make_results(random_state=random_state), out_dir=Path(out_dir))
     tpl, brain = brain_mask()
+    w = front_weight(brain.shape)
     parts = res.participants
     for n, (pid, arm) in enumerate(zip(parts["participant_id"], parts["arm"], strict=True)):
-        d = planted_delta(n, arm) * 1e-6
+        d = planted_delta(n, arm, w) * 1e-6
         for ses, md in (("pre", MD_PRE), ("post", MD_PRE + d)):
             path = session_paths(out_dir, pid, ses)["md_mni"]
             if not path.exists():
@@ -116,14 +124,16 @@ def header(vol):
 @pytest.mark.parametrize("arm", ["ketamine", "saline", "both"])
 def test_mean_delta_md_map_is_the_planted_mean_of_the_arm(vresults, viewer, arm):
     parts = vresults.participants
-    expected = np.mean([planted_delta(n, a) for n, a in enumerate(parts["arm"])
-                        if arm in ("both", a)])
+    _, brain = brain_mask()
+    w = front_weight(brain.shape)
+    expected = np.mean([planted_delta(n, a, w) for n, a in enumerate(parts["arm"])
+                        if arm in ("both", a)], axis=0)
     viewer.controls["map"].value = "mean_delta_md"
     viewer.controls["arm"].value = arm
     got = decode(viewer.map_volume)
-    _, brain = brain_mask()
     slope = float(header(viewer.map_volume).get_slope_inter()[0] or 1.0)
-    assert np.allclose(got[brain], expected, atol=slope)
+    assert np.allclose(got[brain], expected[brain], atol=slope)
+    assert np.ptp(got[brain]) > 1.0  # the map varies: the check is not one number
     assert np.allclose(got[~brain], 0, atol=slope)
     assert viewer.shown.unit == "10⁻⁶ mm²/s"
 
@@ -137,8 +147,8 @@ def test_participant_md_is_the_written_map_in_display_units(vresults, viewer):
     viewer.controls["session"].value = "post"
     got = decode(viewer.map_volume)
     _, brain = brain_mask()
-    expected = (MD_PRE + planted_delta(n, arm) * 1e-6) * 1e3  # 10⁻³ mm²/s
-    assert np.allclose(got[brain], expected, atol=1e-4)
+    expected = (MD_PRE + planted_delta(n, arm, front_weight(brain.shape)) * 1e-6) * 1e3
+    assert np.allclose(got[brain], expected[brain], atol=1e-4)  # 10⁻³ mm²/s
     assert not viewer.controls["participant"].disabled
 
 
@@ -146,17 +156,24 @@ def test_t_map_is_the_ols_t_of_the_interaction(vresults, viewer):
     import pandas as pd
     import statsmodels.formula.api as smf
 
-    s = vresults.scores.copy()
-    s["d_md"] = [planted_delta(n, a) for n, a in enumerate(s["arm"])]
-    s["d_score"] = s["madrs_post"] - s["madrs_pre"]
-    s["ket"] = (s["arm"] == "ketamine").astype(float)
-    fit = smf.ols("d_md ~ d_score * ket + madrs_pre", data=pd.DataFrame(s)).fit()
-    t_expected = fit.tvalues["d_score:ket"]
     viewer.controls["outcome"].value = "madrs"
     viewer.controls["map"].value = "t"
     got = decode(viewer.map_volume)
     _, brain = brain_mask()
-    assert np.allclose(got[brain], t_expected, rtol=1e-3, atol=1e-3)
+    s = pd.DataFrame(vresults.scores).copy()
+    s["d_score"] = s["madrs_post"] - s["madrs_pre"]
+    s["ket"] = (s["arm"] == "ketamine").astype(float)
+    ijk = np.argwhere(brain)
+    picks = [ijk[np.argmin(ijk[:, 1])], ijk[len(ijk) // 2], ijk[np.argmax(ijk[:, 1])]]
+    ts = []
+    for i, j, k in picks:
+        w = j / (brain.shape[1] - 1)
+        s["d_md"] = [planted_delta(n, a, w) for n, a in enumerate(s["arm"])]
+        t_expected = smf.ols("d_md ~ d_score * ket + madrs_pre", data=s).fit().tvalues[
+            "d_score:ket"]
+        assert got[i, j, k] == pytest.approx(t_expected, rel=1e-3, abs=1e-3)
+        ts.append(t_expected)
+    assert np.ptp(ts) > 0.5  # different voxels, different t
     assert viewer.shown.overlay and viewer.nv.volumes[0] is viewer._template_volume()
 
 
@@ -175,9 +192,12 @@ def test_payloads_are_small_compact_and_on_the_3mm_grid(viewer):
 # -- controls -> traitlets ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [0.5, 3.25, 7.0])
-def test_threshold_sets_cal_min_and_sends_nothing_else(viewer, sent, value):
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
+def test_threshold_sets_cal_min_and_sends_nothing_else(viewer, sent, fraction):
     viewer.controls["map"].value = "mean_delta_md"
+    t = viewer.controls["threshold"]
+    value = round(fraction * t.max, 2)
+    assert value != t.value
     n_payloads, ids = len(viewer.payload_bytes), [v.id for v in viewer.nv.volumes]
     sent.clear()
     viewer.controls["threshold"].value = value
@@ -223,6 +243,23 @@ def test_picking_a_region_changes_the_table_to_its_stats_row_and_the_frame(vresu
         assert viewer.highlight_volume.frame_4d == viewer.data.regions.index(region)
         assert not [s for s in sent if s[0] == "Volume" and s[1] != ["frame_4d"]]
         assert not [s for s in sent if s[2] > 0]  # no volume resent
+
+
+def test_picking_a_region_moves_the_crosshair_into_it_but_a_click_does_not(viewer):
+    from ketamine_nb.regions import load_region_maps
+
+    for region in ("amygdala_L", "BA10_R"):
+        viewer.controls["region"].value = region
+        frac = np.asarray(viewer.nv.scene.crosshair_pos)
+        ijk = frac * np.asarray(viewer.data.grid.shape[:3]) - 0.5
+        mm = (viewer.data.affine @ [*ijk, 1])[:3]
+        atlas = load_region_maps([region]).get(region)  # 1 mm, independent of the 3 mm grid
+        a_ijk = np.rint(np.linalg.solve(atlas.affine, [*mm, 1])[:3]).astype(int)
+        assert np.asarray(atlas.dataobj)[tuple(a_ijk)] >= 0.25
+    before = list(viewer.nv.scene.crosshair_pos)
+    _click(viewer, _peak_mm("BA10_L"))
+    assert viewer.controls["region"].value == "BA10_L"
+    assert list(viewer.nv.scene.crosshair_pos) == before
 
 
 def test_the_scatter_shows_the_region_rows_per_arm(vresults, viewer):

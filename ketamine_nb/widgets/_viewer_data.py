@@ -156,6 +156,7 @@ class ViewerData:
             maps, self.grid, probability_threshold=float(
                 results.config.get("probability_threshold") or 0.25))
         self._maps: OrderedDict = OrderedDict()
+        self._centres: dict = {}
 
     @property
     def affine(self) -> np.ndarray:
@@ -266,6 +267,28 @@ class ViewerData:
         if np.any(ijk < 0) or np.any(ijk >= np.asarray(self.grid.shape[:3])):
             return None
         return tuple(int(v) for v in ijk)
+
+    def centre_frac(self, region: str) -> list:
+        """Where to put the crosshair for a region (NiiVue's fractions of the grid).
+
+        The region's voxel (labelled as it) nearest its probability-weighted
+        centre (:func:`ketamine_nb.plotting.slices.region_centre`), so that the
+        crosshair lands inside the region even when the region is curved.
+        """
+        from ..plotting.slices import region_centre
+
+        if region not in self._centres:
+            k = self.regions.index(region)
+            prob = np.asarray(self.probability.dataobj[..., k], np.float32)
+            inside = np.argwhere(np.asarray(self.labels.dataobj) == k + 1)
+            if not len(inside):
+                inside = np.argwhere(prob > 0)
+            if not len(inside):
+                inside = np.array([np.asarray(prob.shape) // 2])
+            c = region_centre(inside, prob[tuple(inside.T)] + 1e-6)
+            best = inside[np.argmin(((inside - c) ** 2).sum(axis=1))]
+            self._centres[region] = [float(v) for v in (best + 0.5) / np.asarray(prob.shape)]
+        return self._centres[region]
 
     def describe_position(self, xyz_mm, shown: ViewerMap) -> dict:
         """Position, region and value of the shown map at a world position."""

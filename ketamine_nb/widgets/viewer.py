@@ -135,6 +135,8 @@ class BrainViewer(Explorer):
         self.location: dict = {}
         self.hover_region: str | None = None
         self.fallback = None
+        self._shown_region = None
+        self._clicked = False
         self.info = widgets.HTML("<span style='font-size:12px;color:#555'>Click in the view: "
                                  "position, region and value appear here.</span>")
         self.info.add_class("ketamine-nb-viewer-info")
@@ -300,6 +302,9 @@ class BrainViewer(Explorer):
             self.nv.volumes = layers
         region = values["region"]
         self._highlight.frame_4d = self.data.regions.index(region)
+        if region != self._shown_region and not self._clicked:
+            self.nv.scene.crosshair_pos = self.data.centre_frac(region)  # go to the region
+        self._shown_region = region
         self.set_display()
         rows, row = self.region_model(region, values["outcome"])
         arms = list(ARM_COLORS) if values["arm"] == "both" else [values["arm"]]
@@ -366,7 +371,11 @@ class BrainViewer(Explorer):
                            f"<b>{html.escape(reg)}</b> · {html.escape(info['map'])}: "
                            f"{where}</span>")
         if info["region"] and info["region"] != self.controls["region"].value:
-            self.controls["region"].value = info["region"]
+            self._clicked = True  # the view is already there: do not move the crosshair
+            try:
+                self.controls["region"].value = info["region"]
+            finally:
+                self._clicked = False
 
     def _on_hover(self, data):
         values = data.get("idxValues", data.get("idx_values", [])) if isinstance(
@@ -547,7 +556,8 @@ def _standalone_html(viewer: BrainViewer, *, title=None) -> str:
         viewer.controls["region"].value = reg
         panels[reg] = {"png": base64.b64encode(viewer.png()).decode("ascii"),
                        "table": viewer.table_view.value,
-                       "frame": viewer.data.regions.index(reg)}
+                       "frame": viewer.data.regions.index(reg),
+                       "frac": viewer.data.centre_frac(reg)}
     viewer.controls["region"].value = region0
     t = viewer.controls["threshold"]
     page_title = title or f"Brain viewer: {viewer.shown.name}"
@@ -621,6 +631,8 @@ const sel = document.getElementById("region");
 function showRegion(r) {{
   const p = CFG.panels[r];
   WM.models[CFG.highlight_id].update("frame_4d", p.frame);
+  nv.update("scene", Object.assign({{}}, nv.get("scene"), {{ crosshairPos: p.frac }}));
+  for (const f of (nv.h["msg:custom"] || [])) f({{ type: "draw_scene", data: [] }}, []);
   document.getElementById("scatter").src = "data:image/png;base64," + p.png;
   document.getElementById("table").innerHTML = p.table; }}
 sel.addEventListener("change", () => showRegion(sel.value));
