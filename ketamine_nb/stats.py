@@ -52,6 +52,11 @@ paper left open is made here, once, and can be changed (:class:`StatsConfig`):
 * **Reliability.** The control arm's ΔMD spread is the error of a difference
   score; the reliable-change index is centred on the control arm's mean
   change (:func:`reliable_change`).
+* **Sensitivity.** Huber regression, the exclusion of sessions and regions
+  the pipeline's QC flagged, the global covariate and the voxelwise model's
+  orientation (``ΔMD ~ Δscore × arm``) are choices of the robustness grid
+  (:mod:`ketamine_nb.robustness`), beside the tensor fit, atlas threshold and
+  CSF guard.
 * **Comparison with the paper.** :data:`EXPECTED_PATTERN` is what the
   abstract reports per region and outcome (which quantity, which sign); a
   row is ``consistent`` when every reported quantity has the reported sign
@@ -101,6 +106,7 @@ __all__ = [
     "freedman_lane",
     "model_formula",
     "multiple_comparisons",
+    "partial_correlation",
     "region_stats",
     "reliable_change",
     "stats_input",
