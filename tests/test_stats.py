@@ -270,3 +270,235 @@ def test_reliable_change_is_centred_on_the_control_mean_change():
     assert summary["mean_delta_reference"].iloc[0] == pytest.approx(5e-6)
     np.testing.assert_allclose(per["rci"], base / sd)   # the shift is gone
     assert per.loc[per.arm == "ketamine", "reliable"].tolist() == [True, False, True, False]
+
+
+# --- issue 15: q from the permutation p, the family, the sidecar -------------------------
+
+
+def _two_region_rows(rng, noise=6.0):
+    deltas, scores = _tables(rng, slope_ket=0.4, slope_sal=0.0, noise=noise)
+    deltas = pd.concat([deltas, deltas.assign(region="vACC",
+                                              delta_md=rng.normal(0, 1e-5, len(deltas)))])
+    return stats_input(deltas, scores)[0]
+
+
+def test_q_values_correct_the_permutation_p_by_default_and_say_so(rng):
+    from ketamine_nb.stats import column_descriptions
+
+    rows = _two_region_rows(rng)
+    t = region_stats(rows, config=StatsConfig(n_permutations=499, n_bootstrap=0))
+    assert len(t) == 4
+    np.testing.assert_allclose(t["q_fdr"], adjust_pvalues(t["p_perm_interaction"]))
+    assert (t["q_source"] == "p_perm_interaction").all()
+    assert "4 tests" in t["family"].iloc[0]
+    par = region_stats(rows, config=StatsConfig(n_permutations=499, n_bootstrap=0,
+                                                q_from="parametric"))
+    np.testing.assert_allclose(par["q_fdr"], adjust_pvalues(par["p_welch_interaction"]))
+    # Without permutations the q values fall back to the parametric p, and say so.
+    off = region_stats(rows, config=StatsConfig(n_permutations=None, n_bootstrap=0,
+                                                statistic="t"))
+    np.testing.assert_allclose(off["q_fdr"], adjust_pvalues(off["p_interaction"]))
+    assert (off["q_source"] == "p_interaction").all() and off["p_perm_interaction"].isna().all()
+    cols = column_descriptions(t, StatsConfig())
+    assert set(cols) == set(t.columns)
+    assert cols["q_fdr"]["Inference"].startswith("corrected: interaction")
+    assert cols["p_perm_interaction"]["Inference"] == "uncorrected test"
+    for c in ("r_ketamine", "r_partial_saline", "slope_ketamine", "p_slope_saline"):
+        assert cols[c]["Inference"].startswith("descriptive"), c
+
+
+def test_welch_columns_follow_an_independent_fit_and_the_interval_is_v_based(rng):
+    rows = _two_region_rows(rng)
+    t = region_stats(rows, config=StatsConfig(n_permutations=None, n_bootstrap=0)).iloc[0]
+    g = rows[(rows.region == t["region"]) & (rows.outcome == t["outcome"])]
+    x, k = g["delta_md_e6"].to_numpy(), (g["arm"] == "ketamine").to_numpy(float)
+    X = np.column_stack([np.ones_like(x), k, x, x * k, g["score_pre"]])
+    y = g["delta_score"].to_numpy()
+    beta = np.linalg.lstsq(X, y, rcond=None)[0]
+    e = y - X @ beta
+    H = X @ np.linalg.pinv(X)
+    w = np.empty(len(y))
+    for a in (0, 1):    # Winkler's W: tr(R_g) / residual sum of squares of group g
+        m = k == a
+        w[m] = (1 - np.diag(H))[m].sum() / (e[m] @ e[m])
+    se = np.sqrt(np.linalg.inv((X * w[:, None]).T @ X)[3, 3])
+    assert t["v_interaction"] == pytest.approx(beta[3] / se, rel=1e-8)
+    half = t["interaction_ci_high"] - t["beta_interaction"]
+    assert half == pytest.approx(sps.t.ppf(0.975, t["df_welch"]) * se, rel=1e-8)
+
+
+# --- the global covariate -------------------------------------------------------------------
+
+
+def test_global_covariate_removes_a_shared_drift_and_is_not_a_region(rng):
+    """Δscore follows a drift shared by every region (both arms); the region's own ΔMD
+    is unrelated: without the covariate both per-arm slopes look real, with it they vanish.
+    """
+    from ketamine_nb.regions import GLOBAL_GM
+
+    n_k, n_s = 60, 30
+    n = n_k + n_s
+    pids = [f"sub-{i:03d}" for i in range(n)]
+    arm = np.array(["ketamine"] * n_k + ["saline"] * n_s)
+    drift = rng.normal(0, 5, n)                     # 10⁻⁶ mm²/s, everywhere
+    own = rng.normal(0, 5, n)
+    pre = rng.integers(20, 40, n).astype(float)
+    delta = -1.0 * drift + rng.normal(0, 0.5, n)
+    scores = pd.DataFrame({"participant_id": pids, "arm": arm, "madrs_pre": pre,
+                           "madrs_post": pre + delta})
+    deltas = pd.concat([
+        pd.DataFrame({"participant_id": pids, "arm": arm, "region": "vACC",
+                      "md_pre": 0.8e-3, "md_post": 0.8e-3 + (drift + own) * 1e-6,
+                      "delta_md": (drift + own) * 1e-6}),
+        pd.DataFrame({"participant_id": pids, "arm": arm, "region": GLOBAL_GM,
+                      "md_pre": 0.8e-3, "md_post": 0.8e-3 + drift * 1e-6,
+                      "delta_md": drift * 1e-6})])
+    kw = {"n_permutations": None, "n_bootstrap": 0}
+    plain = region_stats(stats_input(deltas, scores)[0], config=StatsConfig(**kw))
+    assert plain["region"].tolist() == ["vACC"]            # the global row is no region
+    for arm in ("ketamine", "saline"):                     # the drift passes for an effect
+        assert plain[f"slope_{arm}_ci_high"].iloc[0] < 0
+    cfg = StatsConfig(global_covariate=True, **kw)
+    rows, _ = stats_input(deltas, scores, config=cfg)
+    assert "delta_md_global" in rows
+    adj = region_stats(rows, config=cfg).iloc[0]
+    assert adj["formula"].endswith("+ delta_md_global")
+    for arm in ("ketamine", "saline"):
+        assert adj[f"slope_{arm}_ci_low"] < 0 < adj[f"slope_{arm}_ci_high"]
+        assert abs(adj[f"slope_{arm}"]) < 0.1 * abs(plain[f"slope_{arm}"].iloc[0])
+    with pytest.raises(InputError, match="global_gm"):
+        stats_input(deltas[deltas.region != GLOBAL_GM], scores, config=cfg)
+
+
+# --- the reported pattern and the verdicts -----------------------------------------------
+
+
+def _pattern_rows(rng, slopes, region, outcome="madrs", noise=0.5, n_k=40, n_s=20):
+    n = n_k + n_s
+    pids = [f"sub-{i:03d}" for i in range(n)]
+    arm = np.array(["ketamine"] * n_k + ["saline"] * n_s)
+    x = rng.normal(0, 10, n)
+    pre = rng.integers(20, 40, n).astype(float)
+    y = np.where(arm == "ketamine", slopes[0], slopes[1]) * x + noise * rng.normal(size=n)
+    return pd.DataFrame({"participant_id": pids, "arm": arm, "region": region,
+                         "outcome": outcome, "delta_md": x * 1e-6, "delta_md_e6": x,
+                         "score_pre": pre, "score_post": pre + y, "delta_score": y})
+
+
+@pytest.mark.parametrize(("region", "outcome", "slopes", "verdict"), [
+    ("BA10_R", "madrs", (0.5, 0.5), "consistent"),        # both arms, no interaction
+    ("BA10_R", "madrs", (0.5, 0.0), "inconclusive"),      # the control slope is missing
+    ("BA10_R", "qids", (-0.5, -0.5), "contradicts"),
+    ("BA10_L", "madrs", (0.5, 0.0), "consistent"),        # carried by the treated arm
+    ("BA10_L", "qids", (0.0, 0.5), "contradicts"),
+    ("hippocampus_L", "madrs", (-0.5, 0.0), "consistent"),
+    ("hippocampus_L", "madrs", (0.5, 0.0), "contradicts"),
+    ("hippocampus_L", "qids", (0.5, 0.0), "not reported"),  # reported for MADRS only
+    ("vACC", "madrs", (0.5, 0.0), "not reported"),
+])
+def test_verdicts_against_the_reported_pattern(rng, region, outcome, slopes, verdict):
+    rows = _pattern_rows(rng, slopes, region, outcome)
+    t = region_stats(rows, config=StatsConfig(n_permutations=None, n_bootstrap=0)).iloc[0]
+    assert t["verdict"] == verdict
+    assert "matches_study" not in t
+
+
+def test_a_null_row_is_inconclusive_not_a_match(rng):
+    rows = _pattern_rows(rng, (0.0, 0.0), "amygdala_L", noise=5.0)
+    t = region_stats(rows, config=StatsConfig(n_permutations=None, n_bootstrap=0)).iloc[0]
+    assert t["interaction_ci_low"] < 0 < t["interaction_ci_high"]
+    assert t["verdict"] == "inconclusive"
+
+
+def test_expected_pattern_is_the_one_table_of_the_paper():
+    from ketamine_nb.stats import EXPECTED_PATTERN
+
+    hip = [p for p in EXPECTED_PATTERN if p[0].startswith("hippocampus")]
+    assert {p[1] for p in hip} == {"madrs"} and {p[3] for p in hip} == {-1}
+    ba10r = {(p[1], p[2]) for p in EXPECTED_PATTERN if p[0] == "BA10_R"}
+    assert ba10r == {(o, t) for o in ("madrs", "qids")
+                     for t in ("slope_treated", "slope_control")}
+    assert not any(p[0] == "vACC" for p in EXPECTED_PATTERN)
+
+
+# --- partial correlations ---------------------------------------------------------------
+
+
+def test_partial_correlation_removes_the_baseline_and_equals_the_formula(rng):
+    from ketamine_nb.stats import partial_correlation
+
+    n = 200
+    z = rng.normal(size=n)
+    x, y = z + 0.3 * rng.normal(size=n), z + 0.3 * rng.normal(size=n)
+    r, p = partial_correlation(x, y, z)
+    rxy, rxz, ryz = (np.corrcoef(a, b)[0, 1] for a, b in ((x, y), (x, z), (y, z)))
+    assert r == pytest.approx((rxy - rxz * ryz) / np.sqrt((1 - rxz ** 2) * (1 - ryz ** 2)),
+                              rel=1e-10)
+    assert rxy > 0.8 and abs(r) < 0.2                    # the raw r was all baseline
+    t = r * np.sqrt((n - 3) / (1 - r * r))
+    assert p == pytest.approx(2 * sps.t.sf(abs(t), n - 3), rel=1e-10)
+
+
+def test_region_stats_reports_partial_beside_raw_correlations(rng):
+    rows = _pattern_rows(rng, (0.5, 0.0), "BA10_L", noise=3.0)
+    rows["delta_md_e6"] += 0.5 * (rows["score_pre"] - 30)    # ΔMD also tracks baseline
+    t = region_stats(rows, config=StatsConfig(n_permutations=None, n_bootstrap=0)).iloc[0]
+    from ketamine_nb.stats import partial_correlation
+
+    g = rows[rows.arm == "ketamine"]
+    assert t["r_partial_ketamine"] == pytest.approx(
+        partial_correlation(g.delta_md_e6, g.delta_score, g.score_pre)[0], rel=1e-10)
+    assert t["r_ketamine"] != pytest.approx(t["r_partial_ketamine"], abs=1e-3)
+
+
+# --- the design from the data ---------------------------------------------------------------
+
+
+def test_control_arm_is_read_or_given_and_two_arms_are_required(rng):
+    from ketamine_nb.stats import design_arms
+
+    assert design_arms(["ketamine", "saline", "ketamine"]) == ("saline", "ketamine")
+    assert design_arms(["esketamine", "Midazolam"]) == ("Midazolam", "esketamine")
+    assert design_arms(["a", "b"], control="b") == ("b", "a")
+    with pytest.raises(InputError, match="exactly two arms"):
+        design_arms(["ketamine", "saline", "midazolam"])
+    with pytest.raises(InputError, match="--control"):
+        design_arms(["drug_a", "drug_b"])
+    with pytest.raises(InputError, match="not in the data"):
+        design_arms(["ketamine", "saline"], control="midazolam")
+    rows = _pattern_rows(rng, (0.5, 0.0), "BA10_L")
+    rows["arm"] = rows["arm"].replace({"saline": "midazolam"})
+    t = region_stats(rows, config=StatsConfig(n_permutations=99, n_bootstrap=0)).iloc[0]
+    assert t["control_arm"] == "midazolam" and t["treated_arm"] == "ketamine"
+    assert t["n_midazolam"] == 20 and t["slope_midazolam"] == pytest.approx(0, abs=0.05)
+    assert "Treatment('midazolam')" in t["formula"]
+    flipped = region_stats(rows, config=StatsConfig(n_permutations=None, n_bootstrap=0,
+                                                    control="ketamine")).iloc[0]
+    assert flipped["beta_interaction"] == pytest.approx(-t["beta_interaction"], rel=1e-9)
+
+
+def test_any_outcome_with_published_rules_and_a_note_without_one():
+    from ketamine_nb.exceptions import StudyWarning
+    from ketamine_nb.stats import OUTCOMES, clinical_summary, detect_outcomes
+
+    scores = pd.DataFrame({"participant_id": ["a", "b", "c"], "arm": "ketamine",
+                           "hamd_pre": [20, 20, 20], "hamd_post": [7, 8, 12],
+                           "bdi_pre": [30, 30, 30], "bdi_post": [13, 14, 20],
+                           "mood_pre": [5, 5, 5], "mood_post": [2, 3, 4]})
+    assert detect_outcomes(scores) == ("hamd", "bdi", "mood")
+    with pytest.warns(StudyWarning, match="'mood' has no response/remission rule"):
+        c = clinical_change(scores).set_index(["outcome", "participant_id"])
+    assert c.loc[("hamd", "a"), "remitter"] == 1 and c.loc[("hamd", "b"), "remitter"] == 0
+    assert c.loc[("bdi", "a"), "remitter"] == 1 and c.loc[("bdi", "b"), "remitter"] == 0
+    assert c.loc[("hamd", "b"), "responder"] == 1 and c.loc[("hamd", "c"), "responder"] == 0
+    assert c.loc[("mood", "a"), "delta_score"] == -3 and np.isnan(c.loc[("mood", "a"),
+                                                                        "responder"])
+    assert all("source" in OUTCOMES[o] for o in ("madrs", "qids", "hamd", "bdi"))
+    with pytest.warns(StudyWarning):
+        s = clinical_summary(scores).set_index("outcome")
+    assert np.isnan(s.loc["mood", "remitters_percent"])
+    assert s.loc["hamd", "remitters_percent"] == pytest.approx(100 / 3)
+    # A user-added rule is used.
+    rules = dict(OUTCOMES, mood={"response": 0.5, "remission": 2})
+    c = clinical_change(scores, ("mood",), rules=rules)
+    assert c["remitter"].tolist() == [1, 0, 0]
