@@ -502,3 +502,35 @@ def test_any_outcome_with_published_rules_and_a_note_without_one():
     rules = dict(OUTCOMES, mood={"response": 0.5, "remission": 2})
     c = clinical_change(scores, ("mood",), rules=rules)
     assert c["remitter"].tolist() == [1, 0, 0]
+
+
+def test_cli_stats_reads_the_design_and_writes_the_column_sidecar(tmp_path, rng):
+    import json
+
+    from ketamine_nb.regions import GLOBAL_GM
+
+    deltas, scores = _tables(rng, noise=3.0)
+    deltas["arm"] = deltas["arm"].replace({"saline": "midazolam"})
+    scores["arm"] = scores["arm"].replace({"saline": "midazolam"})
+    scores = scores.rename(columns={"madrs_pre": "hamd_pre", "madrs_post": "hamd_post"})
+    glob = deltas.assign(region=GLOBAL_GM, delta_md=rng.normal(0, 2e-6, len(deltas)))
+    pd.concat([deltas, glob]).to_csv(tmp_path / "roi_deltas.tsv", sep="\t", index=False)
+    scores.to_csv(tmp_path / "scores.tsv", sep="\t", index=False)
+    proc = subprocess.run([sys.executable, "-m", "ketamine_nb.cli", "stats", str(tmp_path),
+                           "--permutations", "99", "--bootstrap", "0", "--global-covariate",
+                           "--control", "midazolam"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "n_midazolam" in proc.stdout and "verdict" in proc.stdout
+    assert "matches_study" not in proc.stdout
+    table = pd.read_csv(tmp_path / "stats_roi.tsv", sep="\t")
+    assert sorted(table["outcome"]) == ["hamd", "qids"]          # read from the columns
+    assert set(table["region"]) == {"BA10_L"}                    # global_gm is no region
+    assert table["formula"].str.contains("delta_md_global").all()
+    cols = json.loads((tmp_path / "stats_roi.json").read_text())
+    assert set(cols) == set(table.columns)
+    assert "2 tests" in cols["q_fdr"]["Inference"]
+    bad = subprocess.run([sys.executable, "-m", "ketamine_nb.cli", "stats", str(tmp_path),
+                          "--control", "placebo", "--permutations", "0"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "control arm 'placebo'" in bad.stderr
+    assert "Traceback" not in bad.stderr
