@@ -10,22 +10,31 @@ from a picture:
   MNI152 2009 tissue maps nilearn ships; cerebrospinal fluid (CSF) fills the
   rest of the intracranial volume (ventricles and sulci). Partial volume is
   real: the 1 mm maps are averaged into the 2 mm working grid and sampled at
-  the 3 mm voxel centres of each session.
+  the 3 mm voxel centres of each session. With the realism switches on
+  (:data:`REALISTIC`), each participant has an own brain: the template
+  scaled and sheared, warped smoothly by a few millimetres and with
+  ventricles enlarged with age (:func:`participant_anatomy`).
 * **Signal.** Per voxel, a sum of three compartments,
   ``S = B * S0 * sum_k f_k s_k exp(-b g^T D_k g)``, with an anisotropic WM
   tensor along a smooth orientation field, a nearly isotropic GM tensor and
   free water for CSF, a relative proton-density/T2 weight ``s_k`` per
   tissue, and a smooth receive-bias field ``B`` per session.
 * **Noise.** Rician (magnitude of complex Gaussian noise) at a b0 SNR of 25
-  in grey matter, then rounded to int16.
+  in grey matter, then rounded to int16; optionally non-central chi
+  (several receive channels) with a spatially varying SD.
 * **Head position.** Each session has its own rigid head position in the
   scanner (a few degrees and millimetres from MNI), so the pipeline has to
-  register every session; the true transforms are kept.
+  register every session; the true transforms are kept. Optionally the head
+  also moves within the series, with the gradients fixed in the scanner,
+  and each volume carries eddy-current and EPI susceptibility displacement
+  along the phase-encoding axis and a slow signal drift (per-volume truth in
+  ``*_motion.tsv``).
 * **Biology (planted).** Every subject has a global MD offset; every session
-  a small global scanner fluctuation; in each study region a pre->post MD
-  change ``delta = slope[region, arm] * delta_MADRS + noise`` scales the GM
-  and WM diffusivities inside that region. The slopes follow the reported
-  pattern (see :data:`DEFAULT_PATTERN`).
+  a small global scanner fluctuation; around each study region a pre->post
+  MD change ``delta = slope[region, arm] * delta_MADRS + noise`` scales the
+  GM and WM diffusivities, carried by a smooth field of its own (not the
+  atlas label the pipeline measures with). The slopes follow the reported
+  pattern (see :data:`DEFAULT_PATTERN`); :data:`PRESETS` set their size.
 
 The truth goes to ``derivatives/simulation/``, which the pipeline never reads.
 """
@@ -973,6 +982,8 @@ def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
     bvals, bvecs = acquisition_scheme(params)
     n_vol = bvals.size
     vox_axes = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    # Smooth receive bias: random low-order coefficients (drawn first).
+    bias_coef = rng.uniform(-1, 1, 6) * params.bias_amplitude / 2
     # Per-volume artefacts, drawn from their own stream so that switching
     # them off leaves every other value of the session unchanged.
     art_rng = np.random.default_rng(rng.integers(2**63)) if (
@@ -1036,7 +1047,7 @@ def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
 
     # Smooth receive bias: a random low-order field over the field of view.
     xyz = (affine[:3, :3] @ ijk[:, idx] + affine[:3, 3:4]) / 100.0
-    a = rng.uniform(-1, 1, 6) * params.bias_amplitude / 2
+    a = bias_coef
     bias = 1 + a[0] * xyz[0] + a[1] * xyz[1] + a[2] * xyz[2] + a[3] * xyz[0] * xyz[1] \
         + a[4] * xyz[1] * xyz[2] + a[5] * (xyz[2] ** 2 - 0.3)
     s0_units = params.snr * params.noise_sigma / params.s0_gm
@@ -1562,10 +1573,15 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
     QIDS-SR totals per session), ``sessions.json``,
     ``sub-*/ses-{pre,post}/dwi/sub-*_ses-*_dwi.{nii.gz,bval,bvec,json}`` and,
     never read by the pipeline, ``derivatives/simulation/`` with
-    ``ground_truth_roi.tsv`` (MD in mm²/s: ``md_pre``/``md_post`` the
-    noise-free apparent MD of the region, see :func:`region_apparent_md`;
-    ``tissue_md_*`` the CSF-free tissue MD), ``planted_effects.tsv``,
-    ``head_motion.tsv`` and ``simulation_parameters.json``.
+    ``ground_truth_roi.tsv`` (MD in mm²/s: ``md_pre``/``md_post`` what a
+    perfect measurement with the pipeline's default regions would see, see
+    :func:`region_apparent_md`; ``tissue_md_*`` the CSF-free tissue MD of
+    each region's planting field), ``planted_effects.tsv``,
+    ``head_motion.tsv`` (each session's head position),
+    ``sub-*_ses-*_motion.tsv`` (one row per volume: motion, eddy currents,
+    drift), ``anatomy.tsv`` (each participant's size and ventricles),
+    ``sub-*_head_to_mni_displacement.nii.gz`` (with own anatomy: the map
+    from the head frame to MNI) and ``simulation_parameters.json``.
     """
     from tqdm.auto import tqdm
 
@@ -1673,7 +1689,7 @@ depression randomised 2:1 to one IV infusion of ketamine or saline, diffusion
 MRI before (ses-pre) and 24 h after (ses-post), MADRS and QIDS-SR at both.
 
 These are NOT real participants. Every image is computed from MNI152 tissue
-maps, a tensor model and Rician noise; the relation between the change in
+maps, a tensor model and magnitude noise; the relation between the change in
 mean diffusivity and the change in depression scores was planted (seed {seed}).
 The ground truth is in derivatives/simulation/.
 

@@ -29,7 +29,8 @@ def test_fast_interaction_test_equals_region_stats():
     d = simulate_tables(SimulationParams(n_subjects=40), seed=3)
     rows, _ = stats_input(d["ground_truth"], d["scores"])
     fast = interaction_pvalues(rows).set_index(["region", "outcome"])
-    ref = region_stats(rows, config=StatsConfig(n_permutations=0, n_bootstrap=0)).set_index(
+    ref = region_stats(rows, config=StatsConfig(statistic="t", n_permutations=0,
+                                                n_bootstrap=0)).set_index(
         ["region", "outcome"])
     for col in ("beta_interaction", "p_interaction", "r_ketamine", "r_saline"):
         np.testing.assert_allclose(fast[col], ref.loc[fast.index, col], rtol=1e-6)

@@ -390,3 +390,197 @@ def test_cli_simulate_writes_a_cohort_and_rejects_bad_input(tmp_path):
     again = subprocess.run([*exe, "simulate", str(tmp_path / "c"), "--subjects", "3"],
                            capture_output=True, text=True)
     assert again.returncode == 2 and "not empty" in again.stderr and "--overwrite" in again.stderr
+
+
+# --------------------------------------------------------------------------
+# Scanner artefacts (each switchable; off by default)
+
+
+def _weighted_moments(vol, affine):
+    ijk = np.array(np.nonzero(vol > 0))
+    w = vol[vol > 0]
+    xyz = affine[:3, :3] @ ijk + affine[:3, 3:4]
+    c = (xyz * w).sum(1) / w.sum()
+    d = xyz - c[:, None]
+    return c, (d * w) @ d.T / w.sum()
+
+
+def test_a_rotation_of_known_angle_moves_the_volume_by_it():
+    """Volume 11 (a b0) turned by 4 degrees about z and shifted 2 mm: its moments follow."""
+    from ketamine_nb.simulate import BRAIN_CENTRE, _rotation, acquisition_scheme
+
+    params = SimulationParams()
+    n = acquisition_scheme(params)[0].size
+    rot, tr = np.zeros((n, 3)), np.zeros((n, 3))
+    rot[11:, 2], tr[11:, 0] = 4.0, 2.0
+    img, bvals, _, truth = simulate_session(params, noise=False, return_truth=True,
+                                            motion=(rot, tr))
+    assert bvals[0] == bvals[11] == 0
+    data = np.asarray(img.dataobj)
+    c0, m0 = _weighted_moments(data[..., 0], img.affine)
+    c1, m1 = _weighted_moments(data[..., 11], img.affine)
+    R = _rotation([0, 0, 4.0])
+    centre = np.asarray(BRAIN_CENTRE)
+    np.testing.assert_allclose(c1, R @ (c0 - centre) + centre + [2.0, 0, 0], atol=0.3)
+    # the angle of the brain's principal axes in the xy plane turns by 4 degrees
+    def angle(m):
+        return np.degrees(0.5 * np.arctan2(2 * m[0, 1], m[0, 0] - m[1, 1]))
+
+    assert angle(m1) - angle(m0) == pytest.approx(4.0, abs=0.3)
+    np.testing.assert_allclose(np.linalg.eigvalsh(m1), np.linalg.eigvalsh(m0), rtol=0.01)
+    vols = truth["volumes"]
+    assert vols["rot_z_deg"].tolist() == rot[:, 2].tolist()
+    assert vols["framewise_displacement_mm"].iloc[11] == pytest.approx(
+        2.0 + np.deg2rad(4.0) * 50)
+    assert (vols["framewise_displacement_mm"].drop(index=11) == 0).all()
+
+
+def test_gradients_stay_in_the_scanner_when_the_head_turns():
+    """A 90-degree turn about z swaps what x and y gradients see in the tissue."""
+    from ketamine_nb.simulate import acquisition_scheme
+
+    params = SimulationParams()
+    n = acquisition_scheme(params)[0].size
+    rot = np.zeros((n, 3))
+    rot[:, 2] = 90.0
+    _, bvals, bvecs, still = simulate_session(params, noise=False, return_truth=True)
+    turned_img, _, _, _ = simulate_session(params, noise=False, return_truth=True,
+                                           motion=(rot, np.zeros((n, 3))))
+    still_img, _, _ = simulate_session(params, noise=False)
+    # In a turned head, the signal seen with gradient g is what the still head
+    # gives with g turned back: the per-volume means change with the direction.
+    a = np.asarray(still_img.dataobj)[..., bvals > 0].reshape(-1, int((bvals > 0).sum()))
+    b = np.asarray(turned_img.dataobj)[..., bvals > 0].reshape(a.shape)
+    assert not np.allclose(a.mean(0) / a.mean(), b.mean(0) / b.mean(), rtol=1e-3)
+
+
+def test_eddy_displacement_follows_the_gradient_along_phase_encoding():
+    from ketamine_nb.simulate import _native_grid
+
+    params = SimulationParams(eddy_mm=4.0)
+    img, bvals, bvecs, truth = simulate_session(params, noise=False, return_truth=True)
+    ref, _, _ = simulate_session(SimulationParams(), noise=False)
+    vols = truth["volumes"]
+    g_scanner = bvecs * [-1, 1, 1]  # LAS voxel frame to scanner frame
+    np.testing.assert_allclose(vols[["eddy_x_per_mm", "eddy_y_per_mm", "eddy_z_per_mm"]],
+                               4.0 * g_scanner * bvals[:, None] / 1000 / 100, atol=1e-12)
+    assert (vols.loc[bvals == 0, "eddy_shift_mm"] == 0).all()
+    shape, aff = _native_grid(3.0)
+    iso = aff[:3, :3] @ ((np.array(shape) - 1) / 2) + aff[:3, 3]
+    data, clean = np.asarray(img.dataobj), np.asarray(ref.dataobj)
+    v = int(np.argmax(np.abs(vols["eddy_shift_mm"]) * (bvals > 0)))
+    c_ref, _ = _weighted_moments(clean[..., v], aff)
+    c_eddy, _ = _weighted_moments(data[..., v], aff)
+    lin = vols.loc[v, ["eddy_x_per_mm", "eddy_y_per_mm", "eddy_z_per_mm"]].to_numpy(float)
+    expected = lin @ (c_ref - iso) + vols.loc[v, "eddy_shift_mm"]
+    # phase encoding j-: the image moves along -y by the displacement
+    assert c_eddy[1] - c_ref[1] == pytest.approx(-expected, abs=0.1 + 0.1 * abs(expected))
+    np.testing.assert_allclose(c_eddy[[0, 2]], c_ref[[0, 2]], atol=0.1)
+
+
+def test_susceptibility_displaces_the_orbitofrontal_cortex_not_the_occipital_lobe():
+    from ketamine_nb.simulate import susceptibility_field
+
+    params = SimulationParams(susceptibility_hz=40.0)
+    assert susceptibility_field(params, np.array([[0.0], [40.0], [-22.0]]))[0] == \
+        pytest.approx(40.0, rel=0.01)
+    assert susceptibility_field(params, np.array([[0.0], [-80.0], [10.0]]))[0] < 0.1
+    from scipy.ndimage import shift as nd_shift
+
+    img, _, _ = simulate_session(params, noise=False)
+    ref, _, _ = simulate_session(SimulationParams(), noise=False)
+    aff = img.affine
+    b0, b0_ref = np.asarray(img.dataobj)[..., 0], np.asarray(ref.dataobj)[..., 0]
+    ijk = np.indices(b0.shape).reshape(3, -1)
+    xyz = (aff[:3, :3] @ ijk + aff[:3, 3:4]).T.reshape(*b0.shape, 3)
+    windows = {"front": (np.abs(xyz[..., 0]) < 15) & (xyz[..., 1] > 25) & (xyz[..., 1] < 55)
+               & (xyz[..., 2] > -30) & (xyz[..., 2] < -14),
+               "back": (xyz[..., 1] < -60) & (xyz[..., 2] > 0)}
+    steps = np.arange(-8, 8.01, 0.25)  # mm along y (the voxel axis j)
+    found = {}
+    for name, win in windows.items():
+        err = [((b0 - nd_shift(b0_ref, (0, s / 3.0, 0), order=1))[win] ** 2).sum()
+               for s in steps]
+        found[name] = steps[int(np.argmin(err))]
+    # j-: the orbitofrontal cortex moves towards -y, by at most 40 Hz * 0.045 s * 3 mm
+    assert -5.4 <= found["front"] <= -1.5, found
+    assert abs(found["back"]) <= 0.25, found
+
+
+def test_multi_coil_noise_level_is_estimated_back():
+    """Background of a root-sum-of-squares image: E[M^2] = 2 L sigma^2 (non-central chi)."""
+    params = SimulationParams(n_coils=4)
+    img, bvals, _, truth = simulate_session(params, rng=np.random.default_rng(3),
+                                            return_truth=True)
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    background = truth["fractions"].get_fdata().sum(-1) == 0
+    m2 = (data[background] ** 2).mean()
+    assert np.sqrt(m2 / (2 * 4)) == pytest.approx(2.0, rel=0.03)
+    # ... while a single coil gives the Rician (Rayleigh) background
+    assert data[background].mean() > 1.5 * 2.0 * np.sqrt(np.pi / 2)
+    # a spatially varying sigma: its map is known and estimated back locally
+    params = SimulationParams(noise_sigma_variation=0.3)
+    img, _, _, truth = simulate_session(params, rng=np.random.default_rng(4),
+                                        return_truth=True)
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    sigma = truth["noise_sigma"].get_fdata()
+    assert sigma.max() - sigma.min() > 0.3 * 2.0
+    assert 0.7 * 2.0 - 1e-5 <= sigma.min() and sigma.max() <= 1.3 * 2.0 + 1e-5
+    background = truth["fractions"].get_fdata().sum(-1) == 0
+    est = np.sqrt((data ** 2).mean(-1) / 2)  # Rayleigh: E[M^2] = 2 sigma^2
+    rel = est[background] / sigma[background]
+    assert np.median(rel) == pytest.approx(1.0, abs=0.03)
+    s_bg, e_bg = sigma[background], est[background]
+    edges = np.quantile(s_bg, np.linspace(0, 1, 6))
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):  # every fifth of the sigma range
+        sel = (s_bg >= lo) & (s_bg <= hi)
+        assert np.sqrt((e_bg[sel] ** 2).mean()) / np.sqrt((s_bg[sel] ** 2).mean()) == \
+            pytest.approx(1.0, abs=0.03)
+
+
+def test_drift_slab_and_second_shell():
+    params = SimulationParams(signal_drift=0.05, fov_slab=(-10.0, 60.0), second_shell=2000.0)
+    img, bvals, bvecs, truth = simulate_session(params, noise=False, return_truth=True)
+    assert set(bvals) == {0.0, 1000.0, 2000.0}
+    assert (bvals == 2000).sum() == (bvals == 1000).sum() == 30
+    np.testing.assert_allclose(bvecs[bvals == 2000], bvecs[bvals == 1000])
+    scale = truth["volumes"]["signal_scale"].to_numpy()
+    assert scale[0] == 1.0 and scale[-1] == pytest.approx(0.95)
+    data = np.asarray(img.dataobj)
+    b0 = np.flatnonzero(bvals == 0)
+    assert data[..., b0[-1]].sum() / data[..., b0[0]].sum() == pytest.approx(
+        scale[b0[-1]], rel=1e-4)
+    z = img.affine[2, 2] * np.arange(img.shape[2]) + img.affine[2, 3]
+    assert z.min() >= -10 - 3 and z.max() <= 60 + 3 and img.shape[2] <= 25
+    with pytest.raises(InputError, match="fov_slab"):
+        SimulationParams(fov_slab=(0.0, 5.0))
+
+
+@pytest.mark.slow
+def test_realistic_cohort_writes_motion_tables_and_stays_valid_bids(tmp_path):
+    from ketamine_nb.simulate import REALISTIC
+
+    params = SimulationParams.preset("paper", realistic=True, n_subjects=3)
+    out = simulate_cohort(tmp_path / "r", params=params, seed=1, progress=False, n_jobs=2)
+    sim = out / "derivatives" / "simulation"
+    for pid in ("sub-001", "sub-002", "sub-003"):
+        for ses in ("pre", "post"):
+            mot = pd.read_csv(sim / f"{pid}_ses-{ses}_motion.tsv", sep="\t")
+            assert len(mot) == 33 and mot["volume"].tolist() == list(range(33))
+            assert mot[["trans_x_mm", "trans_y_mm", "trans_z_mm"]].abs().to_numpy().max() > 0
+            side = json.loads((out / pid / f"ses-{ses}" / "dwi"
+                               / f"{pid}_ses-{ses}_dwi.json").read_text())
+            assert side["PhaseEncodingDirection"] == "j-"
+            assert side["TotalReadoutTime"] == 0.045
+        disp = nib.load(sim / f"{pid}_head_to_mni_displacement.nii.gz")
+        assert disp.shape[-1] == 3 and np.abs(disp.get_fdata()).max() > 1.0
+    anat = pd.read_csv(sim / "anatomy.tsv", sep="\t")
+    assert len(anat) == 3 and (anat["warp_rms_mm"] > 0.5).all()
+    saved = json.loads((sim / "simulation_parameters.json").read_text())
+    assert saved["motion_rms"] == REALISTIC["motion_rms"] and saved["effect_slope"] == 0.0006
+    exe = shutil.which("bids-validator-deno") or str(
+        __import__("pathlib").Path(sys.executable).with_name("bids-validator-deno"))
+    proc = subprocess.run([exe, str(out), "--format", "json"], capture_output=True, text=True,
+                          timeout=300)
+    report = json.loads(proc.stdout)
+    assert [i for i in report["issues"]["issues"] if i["severity"] == "error"] == []
