@@ -53,6 +53,7 @@ __all__ = [
     "DROPOUT_Z",
     "FD_RADIUS_MM",
     "FD_THRESHOLD_MM",
+    "MAX_EXCLUDED_FRACTION",
     "MOTION_MODELS",
     "RESAMPLE_MIN_VOXELS",
     "drop_volumes",
@@ -92,6 +93,14 @@ FD_THRESHOLD_MM = 2.0
 #: one shell legitimately differ by a few per cent). Same rule as
 #: :func:`ketamine_nb.dwi.qc_session`, applied after realignment.
 DROPOUT_Z = 4.0
+
+#: At most this share of a series' volumes is left out. When more are
+#: outliers, the session as a whole is in doubt (and on a partial field of
+#: view, such as a 64 mm slab, the motion estimates themselves are less
+#: certain): nothing is left out, and :func:`motion_qc` flags
+#: ``"outliers_kept"`` for a reviewer to decide, rather than fitting the
+#: tensor on what remains.
+MAX_EXCLUDED_FRACTION = 0.2
 
 #: Volumes whose estimated transform moves every corner of the brain's
 #: bounding box by less than this fraction of a voxel are not resampled.
@@ -543,7 +552,9 @@ def realign_series(dwi_img, gtab, *, model: str = "rigid", reference="b0", mask=
         :func:`ketamine_nb.dwi.brain_mask`.
     exclude_volumes : bool, default=True
         Leave outlier volumes out of the returned image and gradient table
-        (never the reference, never fewer than six non-collinear directions).
+        (never the reference, never fewer than six non-collinear directions,
+        never more than :data:`MAX_EXCLUDED_FRACTION` of the volumes: then
+        none, and the QC flags it).
     fd_threshold : float, default=FD_THRESHOLD_MM
         FD (mm) above which a volume is an outlier; ``None`` for no FD rule.
     dropout_z : float, default=DROPOUT_Z
@@ -685,8 +696,9 @@ def realign_series(dwi_img, gtab, *, model: str = "rigid", reference="b0", mask=
     excluded[ref_index] = False
     if exclude_volumes and excluded.any():
         keep_dw = ~gtab.b0s_mask & ~excluded
-        if np.count_nonzero(keep_dw) < 6 or np.linalg.matrix_rank(bvecs[keep_dw], tol=1e-3) < 3:
-            excluded[:] = False   # too many: keep them all (motion_qc flags it)
+        if (np.count_nonzero(keep_dw) < 6 or np.linalg.matrix_rank(bvecs[keep_dw], tol=1e-3) < 3
+                or excluded.sum() > MAX_EXCLUDED_FRACTION * len(excluded)):
+            excluded[:] = False   # too many: keep them all (motion_qc flags the session)
     else:
         excluded[:] = False
     table["excluded"] = excluded
@@ -750,9 +762,9 @@ def motion_qc(motion_table, *, fd_threshold: float = FD_THRESHOLD_MM) -> dict:
         volume), ``fd_threshold``, ``n_resampled``, ``outlier_volumes``,
         ``excluded_volumes`` (lists of indices), ``outlier_reasons`` (index ->
         reason) and ``flags``: ``"motion_outliers"`` when a volume is an
-        outlier, ``"outliers_kept"`` when outliers could not be left out
-        (too few directions would remain), ``"high_motion"`` when the mean FD
-        exceeds half the threshold.
+        outlier, ``"outliers_kept"`` when outliers were not left out (too
+        many of them, or too few directions would remain), ``"high_motion"``
+        when the mean FD exceeds half the threshold.
     """
     t = motion_table
     outl = t.loc[t["outlier"], "volume"].astype(int).tolist()

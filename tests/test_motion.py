@@ -10,6 +10,7 @@ from dipy.core.gradients import gradient_table
 from ketamine_nb.exceptions import InputError
 from ketamine_nb.motion import (
     FD_THRESHOLD_MM,
+    MAX_EXCLUDED_FRACTION,
     MOTION_MODELS,
     _params,
     _rotation,
@@ -186,3 +187,19 @@ def test_drop_volumes_and_bad_arguments(series):
         realign_series(img, gtab, model="nonlinear")
     with pytest.raises(InputError, match="reference"):
         realign_series(img, gtab, reference="first")
+
+
+def test_too_many_outliers_are_kept_and_flagged(series):
+    images, bvals, bvecs, affine = series
+    gtab = gradient_table(bvals, bvecs=bvecs)
+    data = _noisy(images[0], np.random.default_rng(4))
+    dw = np.flatnonzero(~gtab.b0s_mask)
+    n_max = int(MAX_EXCLUDED_FRACTION * len(bvals))             # 6 of 33
+    data[..., dw[:n_max]] *= 0.6
+    _, new_gtab, table = realign_series(nib.Nifti1Image(data, affine), gtab)
+    assert table["excluded"].sum() == n_max and len(new_gtab.bvals) == len(bvals) - n_max
+    data[..., dw[n_max]] *= 0.6                                 # one more: the session is in doubt
+    _, new_gtab, table = realign_series(nib.Nifti1Image(data, affine), gtab)
+    assert table["outlier"].sum() == n_max + 1 and not table["excluded"].any()
+    assert len(new_gtab.bvals) == len(bvals)
+    assert {"motion_outliers", "outliers_kept"} <= set(motion_qc(table)["flags"])
