@@ -320,6 +320,7 @@ def test_hover_reports_the_region_under_the_cursor(viewer):
     viewer.nv._handle_custom_msg({"event": "hover_idx_change", "data": {"idxValues": [
         {"id": viewer.labels_volume.id, "idx": k}]}}, [])
     assert viewer.hover_region == "BA10_R"
+    assert "BA10_R" in viewer.hover_info.value
 
 
 def test_one_region_state_links_the_viewer_and_the_outcome_explorer(vresults, vdata):

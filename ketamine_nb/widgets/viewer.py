@@ -140,6 +140,8 @@ class BrainViewer(Explorer):
         self.info = widgets.HTML("<span style='font-size:12px;color:#555'>Click in the view: "
                                  "position, region and value appear here.</span>")
         self.info.add_class("ketamine-nb-viewer-info")
+        self.hover_info = widgets.HTML()
+        self.hover_info.add_class("ketamine-nb-viewer-hover")
         self.view_box = widgets.VBox([self.nv], layout=widgets.Layout(width="58%"))
         self.view_box.add_class("ketamine-nb-viewer-view")
         self.nv.on_location_change(self._on_location)
@@ -159,7 +161,8 @@ class BrainViewer(Explorer):
             self.probe.observe(self._on_probe, names="webgl")
             extra = [self.probe]
         self.children = [head, grid, self.message,
-                         widgets.HBox([self.view_box, stats]), self.info, *extra]
+                         widgets.HBox([self.view_box, stats]), self.info, self.hover_info,
+                         *extra]
         if webgl is False:
             self.use_fallback()
 
@@ -198,6 +201,7 @@ class BrainViewer(Explorer):
                          colormap="warm" if m.overlay else "gray",
                          colormap_negative="winter" if m.overlay else "",
                          cal_min=m.threshold, cal_max=m.cal_max,
+                         colorbar_visible=m.key[0] != "template",  # a.u.: no scale
                          opacity=0.9 if m.overlay else 1.0)
             self._volumes[m.key] = vol
             while len(self._volumes) > MAP_CACHE_SIZE:
@@ -383,9 +387,13 @@ class BrainViewer(Explorer):
         for v in values:
             if v.get("id") == self._labels.id:
                 k = v.get("idx")
-                self.hover_region = (self.data.regions[k - 1]
-                                     if isinstance(k, int) and 0 < k <= len(self.data.regions)
-                                     else None)
+                region = (self.data.regions[k - 1]
+                          if isinstance(k, int) and 0 < k <= len(self.data.regions) else None)
+                if region != self.hover_region:  # a message only when it changes
+                    self.hover_region = region
+                    self.hover_info.value = (
+                        f"<span style='font-size:12px;color:#555'>Under the cursor: "
+                        f"<b>{html.escape(region or 'no study region')}</b></span>")
 
     def _on_probe(self, change):
         if change["new"] is False and self.fallback is None:
