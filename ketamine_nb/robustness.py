@@ -127,6 +127,36 @@ def ols_interaction(x, k, y, pre, covariates=None, *, estimator: str = "OLS"):
             "slope_treated": beta[2] + beta[3], "slope_control": beta[2], "n": n}
 
 
+def _ols_batch(P, k, Y, pre, cov, OK):
+    """:func:`ols_interaction` (least squares) for R regions at once; rows outside OK drop.
+
+    ``P`` and ``Y`` are R x n (predictor and outcome per region), ``OK`` R x n.
+    """
+    from scipy.stats import t as t_dist
+
+    R, n = P.shape
+    c = cov.shape[1] if cov.size else 0
+    X = np.empty((R, n, 5 + c))
+    X[..., 0], X[..., 1], X[..., 2], X[..., 3], X[..., 4] = 1.0, k, P, P * k, pre
+    if c:
+        X[..., 5:] = cov
+    X = np.where(OK[..., None], X, 0.0)
+    y = np.where(OK, Y, 0.0)
+    Xt = X.transpose(0, 2, 1)
+    inv = np.linalg.pinv(Xt @ X)
+    beta = (inv @ (Xt @ y[..., None]))[..., 0]
+    res = y - (X @ beta[..., None])[..., 0]
+    dof = OK.sum(1) - X.shape[2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = np.sqrt((res ** 2).sum(1) / dof * inv[:, 3, 3])
+        t = np.where(se > 0, beta[:, 3] / se, np.nan)
+    p = np.where(np.isfinite(t), 2 * t_dist.sf(np.abs(t), np.maximum(dof, 1)), np.nan)
+    return [{"beta_interaction": beta[r, 3], "se_interaction": se[r], "p_interaction": p[r],
+             "slope_treated": beta[r, 2] + beta[r, 3], "slope_control": beta[r, 2],
+             "n": int(OK[r].sum())} if dof[r] > 0 else {**_EMPTY, "n": int(OK[r].sum())}
+            for r in range(R)]
+
+
 def _covariate_matrix(s: pd.DataFrame, covs) -> np.ndarray:
     """Numeric columns as they are; a text column as 0/1 dummies; missing stays NaN."""
     cols = []
@@ -305,17 +335,23 @@ def robustness_grid(voxels: pd.DataFrame, scores: pd.DataFrame, *, pre: str = "p
             spec_id += 1
             base_ok = (np.isfinite(y) & np.isfinite(spre) & in_arms
                        & np.all(np.isfinite(cov), axis=1))
+            oks = base_ok[None, :] & np.isfinite(dmd.T)
+            if excl:
+                oks &= ~flagged.T
+            if orient == ORIENTATIONS[0]:
+                preds, outs = dmd.T, np.broadcast_to(y, oks.shape)
+            else:
+                preds, outs = np.broadcast_to(y, oks.shape), dmd.T
+            batch = (_ols_batch(preds, k, outs, spre, cov, oks) if est == "OLS" else None)
             for r, region in enumerate(regions):
-                x = dmd[:, r]
-                ok = base_ok & np.isfinite(x)
-                if excl:
-                    ok &= ~flagged[:, r]
+                ok = oks[r]
                 n_t, n_c = int(k[ok].sum()), int((1 - k[ok]).sum())
                 if min(n_t, n_c) < MIN_PER_ARM:   # as region_stats: too few to fit
                     res = {**_EMPTY, "n": int(ok.sum())}
+                elif batch is not None:
+                    res = batch[r]
                 else:
-                    pred, out = (x, y) if orient == ORIENTATIONS[0] else (y, x)
-                    res = ols_interaction(pred[ok], k[ok], out[ok], spre[ok],
+                    res = ols_interaction(preds[r][ok], k[ok], outs[r][ok], spre[ok],
                                           cov[ok] if cov.size else None, estimator=est)
                 res[f"slope_{treated}"] = res.pop("slope_treated")
                 res[f"slope_{control}"] = res.pop("slope_control")
