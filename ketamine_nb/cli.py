@@ -77,16 +77,42 @@ def _config_from_args(args):
 
     # "off" is None inside the package; on the command line it is 0 (or less).
     csf = args.csf_md_threshold
+    cov = args.min_coverage
     return PipelineConfig(fit_method=args.fit_method, denoise=args.denoise,
                           transform=args.transform, space=args.space,
                           probability_threshold=args.probability_threshold,
                           csf_md_threshold=None if csf is None or csf <= 0 else csf,
-                          fa_threshold=args.fa_threshold, regions=args.regions)
+                          fa_threshold=args.fa_threshold, regions=args.regions,
+                          realign=None if args.realign == "none" else args.realign,
+                          exclude_volumes=args.exclude_volumes,
+                          max_bval=args.max_bval,
+                          atlas_registration=(None if args.atlas_registration == "none"
+                                              else args.atlas_registration),
+                          min_coverage=None if cov is None or cov <= 0 else cov)
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
-    from .pipeline import DENOISE_METHODS, SPACES, TRANSFORMS, PipelineConfig
+    from .pipeline import (
+        ATLAS_REGISTRATIONS,
+        DENOISE_METHODS,
+        REALIGN_MODELS,
+        SPACES,
+        TRANSFORMS,
+        PipelineConfig,
+    )
     from .tensor import FIT_METHODS
+
+    def bval_or_none(text):
+        if text.strip().lower() in ("none", "off", "all"):
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a b-value; give s/mm² "
+                                             "(e.g. 1500) or none") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError("the b-value must be positive (or none)")
+        return value
 
     d = PipelineConfig()
     g = p.add_argument_group("processing")
@@ -108,6 +134,26 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
                    help="drop voxels with FA above this (default: off)")
     g.add_argument("--regions", default=None, metavar="TSV",
                    help="region table (default: the study's seven regions)")
+    g.add_argument("--realign", default=d.realign or "none",
+                   choices=(*REALIGN_MODELS, "none"),
+                   help=f"realign the volumes of a series to its b0 (default {d.realign}; "
+                        "affine also corrects eddy currents; none: as acquired)")
+    g.add_argument("--exclude-volumes", action=argparse.BooleanOptionalAction,
+                   default=d.exclude_volumes,
+                   help="leave outlier volumes (motion, signal dropout) out of the fit "
+                        f"(default {'on' if d.exclude_volumes else 'off'})")
+    g.add_argument("--max-bval", type=bval_or_none, default=d.max_bval, metavar="B",
+                   help=f"fit only volumes with b <= B s/mm² (default {d.max_bval:g}; "
+                        "none = every shell)")
+    g.add_argument("--atlas-registration", default=d.atlas_registration or "none",
+                   choices=(*ATLAS_REGISTRATIONS, "none"),
+                   help="both visits in one halfway space, the atlas registered once: "
+                        f"affine then SyN (syn) or affine only (default "
+                        f"{d.atlas_registration}; none: each session rigidly to MNI)")
+    g.add_argument("--min-coverage", type=float, default=d.min_coverage, metavar="F",
+                   help=f"report a region only when this share of it, 0-1, lies in the "
+                        f"field of view and the brain mask (default {d.min_coverage:g}; "
+                        "0 = report all)")
     g.add_argument("--n-jobs", "--workers", dest="n_jobs", type=int, default=1, metavar="N",
                    help="N > 1 runs N sessions at once in N Dask worker processes "
                         "(default 1: no Dask; --workers is the old name)")

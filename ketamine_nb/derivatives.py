@@ -39,6 +39,7 @@ __all__ = [
     "find_derivatives",
     "load_cohort_voxels",
     "load_region_voxels",
+    "participant_paths",
     "read_tsv",
     "session_paths",
     "write_region_voxels",
@@ -134,6 +135,34 @@ def session_paths(out_dir, participant_id: str, session: str) -> dict:
                       "_desc-MD_dwimap.nii.gz",
         "voxels": d / f"{p}_desc-regionvoxels_dwi.tsv.gz",
         "qc": d / f"{p}_desc-qc_dwi.json",
+        # Both visits of the participant in one (halfway) space; see
+        # participant_paths and ketamine_nb.longitudinal.
+        "voxels_halfway": d / f"{p}_space-halfway_desc-regionvoxels_dwi.tsv.gz",
+        "md_halfway": d / f"{p}_space-halfway_model-DTI_desc-MD_dwimap.nii.gz",
+        "xfm_halfway": d / f"{p}_from-dwi_to-halfway_mode-image_xfm.txt",
+    }
+
+
+def participant_paths(out_dir, participant_id: str) -> dict:
+    """Return the paths of a participant's outputs shared by both visits.
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        ``dir``, ``md`` (mean MD of the aligned visits on the halfway grid),
+        ``xfm`` (the atlas registration's affine part, MNI mm from halfway
+        mm), ``coords`` (MNI mm of every voxel of the registration grid, the
+        full affine + SyN mapping) and ``qc`` (the participant's QC JSON:
+        registration similarities, coverage, flags; written last).
+    """
+    d = Path(out_dir) / participant_id / "dwi"
+    p = participant_id
+    return {
+        "dir": d,
+        "md": d / f"{p}_space-halfway_model-DTI_desc-meanMD_dwimap.nii.gz",
+        "xfm": d / f"{p}_from-halfway_to-{TEMPLATE_SPACE}_mode-image_xfm.txt",
+        "coords": d / f"{p}_from-halfway_to-{TEMPLATE_SPACE}_desc-coordinates_xfm.nii.gz",
+        "qc": d / f"{p}_desc-longitudinal_qc.json",
     }
 
 
@@ -157,7 +186,9 @@ def load_region_voxels(out_dir, participant_id: str, session: str) -> pd.DataFra
         ``probability``, ``md`` (mm²/s), ``fa`` and ``md_ols`` (mm²/s) where
         the pipeline stored it.
     """
-    p = session_paths(out_dir, participant_id, session)["voxels"]
+    paths = session_paths(out_dir, participant_id, session)
+    # Both visits in the participant's halfway space when that step ran.
+    p = paths["voxels_halfway"] if paths["voxels_halfway"].is_file() else paths["voxels"]
     if not p.is_file():
         raise InputError(f"{p}: not found; rerun 'ketamine-nb run' for {participant_id} "
                          f"ses-{session}")

@@ -42,12 +42,20 @@ under :data:`ketamine_nb.roi.DEFAULT_MIN_COVERAGE` are not summarised (see
 
 Library
 -------
-dipy's ``imaffine`` + ``SymmetricDiffeomorphicRegistration``, not ANTsPy:
-measured in ``benchmarks/bench_longitudinal.py`` (numbers in
-``benchmarks/RESULTS.md``), both bring the regions to the same place within
-the accuracy the 3-4 mm data allow, and at the low-resolution settings used
-here dipy is as fast; dipy is already a dependency (ANTsPy is a ~100 MB
-wheel that also brings its own ITK thread pool).
+dipy's ``imaffine`` + ``SymmetricDiffeomorphicRegistration``, not ANTsPy.
+Both were run on the same participant (``uih-retest`` sub-01's halfway mean
+MD against the synthetic template at 4 mm, one thread): ANTsPy 0.6.3
+(``antspyx``) needed less CPU than dipy for the affine and the SyN stages,
+but its default registration samples points at random, so two runs differ
+unless seeded, and multi-threaded ITK sums in varying order; the package
+promises byte-identical outputs serially and on ``n_jobs`` workers. ANTsPy is
+also a 90 MB wheel (with its own ITK thread pool) where dipy is already a
+dependency. The CPU cost of dipy is kept down instead: a 4 mm template, dense
+mutual information on the brain's box only, a coarse start, few SyN
+iterations. ``benchmarks/bench_longitudinal.py`` measures ours against a
+plain dipy script at the tutorials' settings (time and accuracy on a
+simulated participant whose head positions are known); the figures are in
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -85,11 +93,14 @@ ATLAS_REGISTRATIONS = ("affine", "syn")
 #: real scan fell inside its brain mask.
 DEFAULT_ATLAS_REGISTRATION = "syn"
 
-#: Post-to-pre registration is flagged as untrustworthy when the correlation
-#: of the two visits' brain-masked mean DWI after registration is below this.
-#: Same-day rescans on the same protocol reach 0.9 and more; a reversed
-#: phase-encoding direction, whose distortions differ, lowers it.
-MIN_VISIT_SIMILARITY = 0.85
+#: Post-to-pre registration is flagged (``visits_dissimilar``) when the
+#: correlation of the two visits' brain-masked mean DWI after registration is
+#: below this. Measured: 0.98 on simulated visits, 0.95 on a real same-day
+#: rescan (``uih-retest`` sub-01) and 0.85 when the phase-encoding direction
+#: is reversed between the visits (sub-03), whose susceptibility distortions
+#: then differ and no rigid transform can undo; such a pair needs
+#: distortion-corrected (topup/eddy, QSIPrep) input.
+MIN_VISIT_SIMILARITY = 0.9
 
 #: Mean diffusivity of the tissue classes at body temperature (mm²/s) used to
 #: paint the synthetic template: grey matter ~0.8e-3, white matter ~0.7e-3
@@ -101,9 +112,9 @@ TISSUE_MD = {"gm": 0.80e-3, "wm": 0.70e-3, "csf": 3.0e-3}
 #: ``atlas_resolution`` mm, then SyN on the same grid with few iterations (the
 #: 3-4 mm data carry no detail finer than that).
 LONGITUDINAL_PARAMS = {
-    "visit_level_iters": (50, 20, 5),
-    "visit_sigmas": (2.0, 1.0, 0.0),
-    "visit_factors": (4, 2, 1),
+    "visit_level_iters": (50, 20),
+    "visit_sigmas": (2.0, 1.0),
+    "visit_factors": (4, 2),
     "visit_sampling": None,
     "atlas_resolution": 4.0,
     "start_level_iters": (20,),
@@ -290,11 +301,17 @@ def resample_image(img, world_map, target_affine, target_shape, *, order: int = 
     import nibabel as nib
 
     vox = np.linalg.inv(img.affine) @ np.asarray(world_map, float) @ target_affine
-    ijk = np.indices(target_shape, dtype=np.float32).reshape(3, -1)
-    coords = vox[:3, :3] @ ijk + vox[:3, 3:4]
     data = np.asarray(img.dataobj, np.float32)
-    out = _sample(data, coords, order=order).reshape(target_shape)
+    out = _affine_sample(data, vox, target_shape, order=order)
     return nib.Nifti1Image(out.astype(np.float32), target_affine)
+
+
+def _affine_sample(data, vox, shape, order=1):
+    """Sample ``data`` at ``vox @ ijk`` for every voxel ``ijk`` of ``shape`` (0 outside)."""
+    from scipy.ndimage import affine_transform
+
+    return affine_transform(data, vox[:3, :3], offset=vox[:3, 3], output_shape=tuple(shape),
+                            order=order, mode="constant", cval=0.0, prefilter=False)
 
 
 def field_of_view(img, world_map, target_affine, target_shape):
@@ -346,20 +363,19 @@ def resample_dwi(dwi_img, gtab, world_map, target_affine, target_shape, *,
     if T.shape != (n, 4, 4):
         raise InputError(f"{n} volumes but {T.shape[0]} volume transforms; the realignment "
                          "belongs to another series")
-    ijk = np.indices(target_shape, dtype=np.float32).reshape(3, -1)
-    out = np.empty((int(np.prod(target_shape)), n), np.float32)
+    out = np.empty((*target_shape, n), np.float32)
     src_inv = np.linalg.inv(dwi_img.affine)
     bvecs = np.array(gtab.bvecs, float)
     for k in range(n):
         vox = src_inv @ T[k] @ np.asarray(world_map, float) @ target_affine
-        out[:, k] = _sample(data[..., k], vox[:3, :3] @ ijk + vox[:3, 3:4])
+        out[..., k] = _affine_sample(data[..., k], vox, target_shape)
         # A gradient direction fixed to the source voxel axes, seen from the
         # target voxel axes: the rotation part of target-vox -> source-vox.
         R = _rotation_part(vox[:3, :3] / np.asarray(_voxel_sizes(dwi_img.affine))[:, None]
                            * np.asarray(_voxel_sizes(target_affine))[None, :])
         if np.linalg.norm(bvecs[k]) > 0:
             bvecs[k] = R.T @ bvecs[k]
-    img = nib.Nifti1Image(out.reshape(*target_shape, n), target_affine)
+    img = nib.Nifti1Image(out, target_affine)
     g = gradient_table(np.asarray(gtab.bvals), bvecs=bvecs, b0_threshold=gtab.b0_threshold)
     return img, g
 
@@ -487,14 +503,17 @@ class AtlasMapping:
     method: str = "syn"
     extra: dict = field(default_factory=dict)
 
-    def mni_coordinates(self, target_affine, target_shape):
-        """MNI mm of every voxel centre of a grid, shape (3, N).
+    def mni_coordinates(self, target_affine, target_shape, *, within=None):
+        """MNI mm of every voxel centre of a grid (or of the voxels ``within``), (3, N).
 
         Inside the registration grid the SyN coordinates are interpolated
         (linearly: the deformation is smooth at this scale); outside it, where
         there are no data to deform, the affine alone.
         """
-        ijk = np.indices(target_shape, dtype=np.float64).reshape(3, -1)
+        if within is None:
+            ijk = np.indices(target_shape, dtype=np.float64).reshape(3, -1)
+        else:
+            ijk = np.argwhere(np.asarray(within, bool)).T.astype(np.float64)
         world = target_affine[:3, :3] @ ijk + target_affine[:3, 3:4]
         out = self.affine[:3, :3] @ world + self.affine[:3, 3:4]
         if self.coords is None:
@@ -527,7 +546,8 @@ class AtlasMapping:
         return out
 
 
-def region_probabilities(maps_img, mapping: AtlasMapping, target_affine, target_shape):
+def region_probabilities(maps_img, mapping: AtlasMapping, target_affine, target_shape,
+                         *, within=None):
     """Region probabilities on a participant's grid (atlas interpolated once).
 
     Parameters
@@ -538,13 +558,15 @@ def region_probabilities(maps_img, mapping: AtlasMapping, target_affine, target_
         From :func:`register_atlas`.
     target_affine, target_shape :
         The participant's grid.
+    within : numpy.ndarray of bool, optional
+        Only these voxels (0 elsewhere).
 
     Returns
     -------
     numpy.ndarray, shape (*target_shape, n_regions)
         float32 probabilities (0-1).
     """
-    mni = mapping.mni_coordinates(target_affine, target_shape)
+    mni = mapping.mni_coordinates(target_affine, target_shape, within=within)
     vox = np.linalg.inv(maps_img.affine)
     c = vox[:3, :3] @ mni + vox[:3, 3:4]
     data = np.asarray(maps_img.dataobj, np.float32)
@@ -555,7 +577,11 @@ def region_probabilities(maps_img, mapping: AtlasMapping, target_affine, target_
     out = np.zeros((c.shape[1], data.shape[3]), np.float32)
     for k in range(data.shape[3]):
         out[near, k] = _sample(data[..., k], c[:, near])
-    return out.reshape(*target_shape, data.shape[3])
+    if within is None:
+        return out.reshape(*target_shape, data.shape[3])
+    full = np.zeros((*target_shape, data.shape[3]), np.float32)
+    full[np.asarray(within, bool)] = out
+    return full
 
 
 def region_coverage(maps_img, names, mapping: AtlasMapping, grid_affine, masks: dict,
@@ -699,12 +725,14 @@ def register_atlas(md_img, mask_img, *, method: str = DEFAULT_ATLAS_REGISTRATION
             if best is None or f < best[0]:
                 best = (f, r)
         r = best[1]
-        r = reg.optimize(static, moving, RigidIsoScalingTransform3D(), None,
-                         starting_affine=r.affine, **kw)
         # 12 parameters only when the field of view holds the brain: in a
-        # slab, scaling along the missing axis is not constrained.
+        # slab, scaling along the missing axis is not constrained, and the
+        # model stops at rigid + isotropic scaling (7 parameters).
         inside = _share_inside(tissue, tpl.affine, np.linalg.inv(r.affine), fov_aff, fov_shape)
-        if inside >= p["affine_min_fov"]:
+        if inside < p["affine_min_fov"]:
+            r = reg.optimize(static, moving, RigidIsoScalingTransform3D(), None,
+                             starting_affine=r.affine, **kw)
+        else:
             r = reg.optimize(static, moving, AffineTransform3D(), None,
                              starting_affine=r.affine, **kw)
     A = np.asarray(r.affine, float)  # x_mni = A @ x_subject
@@ -848,6 +876,8 @@ class Alignment:
     flags : list of str
         Registration problems (``visits_dissimilar``, ``atlas_partial_fov``,
         ``atlas_low_similarity``).
+    dwi, gtab : dict
+        Per visit, the DWI resampled into the halfway space and its gradients.
     """
 
     affine: np.ndarray
@@ -864,6 +894,8 @@ class Alignment:
     mapping: AtlasMapping
     visit_similarity: float
     flags: list
+    dwi: dict = field(default_factory=dict)
+    gtab: dict = field(default_factory=dict)
 
     @property
     def common_mask(self):
@@ -929,10 +961,11 @@ def align_visits(pre: Visit, post: Visit, maps, *, fit_method: str = "WLS",
                               pre_mask=pre.mask, post_mask=post.mask, params=params)
     affine, shape, to_pre, to_post = halfway_grid(pre.img, post.img, A)
     to_visit = {"pre": to_pre, "post": to_post}
-    md, fa, mask, fov = {}, {}, {}, {}
+    md, fa, mask, fov, dwis, gtabs = {}, {}, {}, {}, {}, {}
     for name, v in visits.items():
         img, g = resample_dwi(v.img, v.gtab, to_visit[name], affine, shape,
                               volume_transforms=v.volume_transforms)
+        dwis[name], gtabs[name] = img, g
         mask[name] = np.asarray(resample_image(v.mask, to_visit[name], affine, shape)
                                 .dataobj) >= 0.5
         fov[name] = field_of_view(v.img, to_visit[name], affine, shape)
@@ -945,8 +978,11 @@ def align_visits(pre: Visit, post: Visit, maps, *, fit_method: str = "WLS",
     _, tissues = synthetic_md_template(float(dict(LONGITUDINAL_PARAMS, **(params or {}))
                                              ["atlas_resolution"]))
     gm = nib.Nifti1Image(np.asarray(tissues.dataobj)[..., :1], tissues.affine)
-    probs = np.concatenate([region_probabilities(maps.img, mapping, affine, shape),
-                            region_probabilities(gm, mapping, affine, shape)], axis=-1)
+    common = both & fov["pre"] & fov["post"]
+    probs = np.concatenate([region_probabilities(maps.img, mapping, affine, shape,
+                                                 within=common),
+                            region_probabilities(gm, mapping, affine, shape, within=common)],
+                           axis=-1)
     names = [*maps.names, GLOBAL_GM]
     coverage = {}
     for name in visits:
@@ -964,4 +1000,5 @@ def align_visits(pre: Visit, post: Visit, maps, *, fit_method: str = "WLS",
         flags.append("atlas_low_similarity")
     return Alignment(affine=affine, shape=shape, post_to_pre=A, to_visit=to_visit, md=md,
                      fa=fa, mask=mask, fov=fov, regions=probs, names=names,
-                     coverage=coverage, mapping=mapping, visit_similarity=vsim, flags=flags)
+                     coverage=coverage, mapping=mapping, visit_similarity=vsim, flags=flags,
+                     dwi=dwis, gtab=gtabs)

@@ -25,28 +25,39 @@ from .derivatives import (
     MNI_MAP_RESOLUTION,
     TEMPLATE_SPACE,
     load_region_voxels,
+    participant_paths,
     session_paths,
     write_region_voxels,
 )
+from .dwi import DEFAULT_MAX_BVAL
 from .exceptions import InputError, KetamineNBError
+from .longitudinal import ATLAS_REGISTRATIONS, DEFAULT_ATLAS_REGISTRATION
+from .motion import MOTION_MODELS
 from .regions import DEFAULT_PROBABILITY_THRESHOLD
-from .roi import DEFAULT_CSF_MD_THRESHOLD, DEFAULT_FA_THRESHOLD
+from .roi import DEFAULT_CSF_MD_THRESHOLD, DEFAULT_FA_THRESHOLD, DEFAULT_MIN_COVERAGE
 from .tensor import DEFAULT_FIT_METHOD, FIT_METHODS
 
 __all__ = [
+    "ATLAS_REGISTRATIONS",
     "DENOISE_METHODS",
+    "REALIGN_MODELS",
     "SPACES",
     "STATISTICS",
     "TRANSFORMS",
     "PipelineConfig",
     "PipelineResult",
     "check_out_dir",
+    "process_participant",
     "process_session",
     "roi_tables",
     "run_pipeline",
 ]
 
-PIPELINE_VERSION = "3"  # bump when per-session outputs change meaning
+PIPELINE_VERSION = "4"  # bump when per-session outputs change meaning
+
+#: Within-scan realignment models (:func:`ketamine_nb.motion.realign_series`);
+#: ``None`` (CLI ``none``) leaves the series as acquired.
+REALIGN_MODELS = MOTION_MODELS
 
 #: Optional denoisers before the tensor fit (dipy's MP-PCA and Patch2Self).
 DENOISE_METHODS = ("mppca", "patch2self")
@@ -90,6 +101,25 @@ class PipelineConfig:
         and 0.90 for the median), the plain mean or the median.
     regions : str or None, default=None
         Path of a region table (default: the study's seven regions).
+    realign : {"rigid", "affine", None}, default="rigid"
+        Within-scan realignment of every volume to the b0 reference
+        (:mod:`ketamine_nb.motion`; affine also corrects eddy-current
+        distortion). Preprocessed input (QSIPrep) is never realigned again.
+    exclude_volumes : bool, default=True
+        Leave outlier volumes out of the fit (``ketamine_nb.motion``'s
+        threshold).
+    max_bval : float or None, default=1500.0
+        Fit only volumes with b <= this (s/mm²); ``None`` keeps every shell
+        (:data:`ketamine_nb.dwi.DEFAULT_MAX_BVAL`).
+    atlas_registration : {"syn", "affine", None}, default="syn"
+        Both visits of a participant in one halfway space with the atlas
+        registered once to it, affine then SyN (``syn``) or affine only
+        (:mod:`ketamine_nb.longitudinal`); ``None`` keeps the earlier
+        design (each session rigidly to the template on its own).
+    min_coverage : float or None, default=0.8
+        Regions with less of their atlas mass inside a visit's field of view
+        or brain mask are ``n/a`` with the reason
+        (:data:`ketamine_nb.roi.DEFAULT_MIN_COVERAGE`); ``None`` reports all.
     """
 
     fit_method: str = DEFAULT_FIT_METHOD
@@ -101,6 +131,11 @@ class PipelineConfig:
     fa_threshold: float | None = DEFAULT_FA_THRESHOLD
     statistic: str = "wmean"
     regions: str | None = None
+    realign: str | None = "rigid"
+    exclude_volumes: bool = True
+    max_bval: float | None = DEFAULT_MAX_BVAL
+    atlas_registration: str | None = DEFAULT_ATLAS_REGISTRATION
+    min_coverage: float | None = DEFAULT_MIN_COVERAGE
 
     def __post_init__(self):
         if self.fit_method.upper() not in FIT_METHODS:
@@ -108,13 +143,22 @@ class PipelineConfig:
                              f"{', '.join(FIT_METHODS)}")
         object.__setattr__(self, "fit_method", self.fit_method.upper())
         for name, allowed in (("denoise", (None, *DENOISE_METHODS)), ("transform", TRANSFORMS),
-                              ("space", SPACES), ("statistic", STATISTICS)):
+                              ("space", SPACES), ("statistic", STATISTICS),
+                              ("realign", (None, *REALIGN_MODELS)),
+                              ("atlas_registration", (None, *ATLAS_REGISTRATIONS))):
             value = getattr(self, name)
             if value not in allowed:
                 raise InputError(f"{name} {value!r} is unknown; use one of "
                                  f"{', '.join(str(a) for a in allowed if a is not None)}")
         if not 0 <= self.probability_threshold <= 1:
             raise InputError("probability threshold is a fraction between 0 and 1")
+        if self.min_coverage is not None and not 0 <= self.min_coverage <= 1:
+            raise InputError(f"min_coverage {self.min_coverage!r} is not a fraction between 0 "
+                             "and 1; use None to report every region")
+        if self.max_bval is not None and not (np.isfinite(self.max_bval)
+                                              and self.max_bval > 0):
+            raise InputError(f"max_bval {self.max_bval!r} is not a positive b-value (s/mm²); "
+                             "use None to keep every shell")
         # "Off" is None inside the package; the command line and the files
         # convert their own spellings (0, n/a) at the edge.
         for name in ("csf_md_threshold", "fa_threshold"):
@@ -125,16 +169,46 @@ class PipelineConfig:
 
     def processing_key(self) -> str:
         """Hash of the choices that change per-session outputs (not the thresholds)."""
-        d = {k: getattr(self, k) for k in ("fit_method", "denoise", "transform", "space")}
+        d = {k: getattr(self, k) for k in ("fit_method", "denoise", "transform", "space",
+                                           "realign", "exclude_volumes", "max_bval")}
         if self.regions:
             d["regions"] = Path(self.regions).read_text()
         d["version"] = PIPELINE_VERSION
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
+    def participant_key(self) -> str:
+        """Hash of the choices that change the per-participant (halfway) outputs."""
+        d = {"session": self.processing_key(), "atlas": self.atlas_registration}
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_series(dwi_path, bval, bvec, config: PipelineConfig, *, preprocessed: bool = False):
+    """Load a series as the fit sees it: b <= max_bval, realigned within the scan.
+
+    Returns
+    -------
+    img, gtab, notes, motion
+        The series, its gradients, the loader's notes (list of str) and the
+        motion QC (dict; empty when not realigned).
+    """
+    from .dwi import brain_mask, load_dwi
+
+    img, gtab, notes = load_dwi(dwi_path, bval, bvec, max_bval=config.max_bval,
+                                return_notes=True)
+    motion = {}
+    if config.realign is not None and not preprocessed:
+        from .motion import motion_qc, realign_series
+
+        img, gtab, table = realign_series(img, gtab, model=config.realign,
+                                          mask=brain_mask(img, gtab),
+                                          exclude_volumes=config.exclude_volumes)
+        motion = motion_qc(table)
+    return img, gtab, list(notes), motion
+
 
 def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
                     config: PipelineConfig | None = None, bval=None, bvec=None,
-                    force: bool = False) -> dict:
+                    force: bool = False, preprocessed: bool = False) -> dict:
     """Process one DWI session and write its derivatives.
 
     Steps: load and check the gradients, brain mask, optional denoising,
@@ -157,6 +231,9 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
         Gradient files (default: beside the DWI).
     force : bool, default=False
         Recompute even if done.
+    preprocessed : bool, default=False
+        The series is already motion and eddy-current corrected (QSIPrep):
+        no realignment.
 
     Returns
     -------
@@ -167,7 +244,7 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
     import nibabel as nib
     from threadpoolctl import threadpool_limits
 
-    from .dwi import brain_mask, load_dwi, mean_b0, qc_session
+    from .dwi import brain_mask, mean_b0, qc_session
     from .regions import load_region_maps
     from .registration import apply_transform, register_to_template, write_transform
     from .roi import extract_region_voxels
@@ -185,9 +262,12 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
     t0 = time.perf_counter()
     paths["dir"].mkdir(parents=True, exist_ok=True)
     paths["qc"].unlink(missing_ok=True)  # not done until the QC JSON is back
+    for k in ("voxels_halfway", "md_halfway", "xfm_halfway"):  # the halfway step redoes them
+        paths[k].unlink(missing_ok=True)
     # One BLAS thread per session: sessions run in parallel, not inside.
     with threadpool_limits(limits=1, user_api="blas"):
-        img, gtab = load_dwi(dwi_path, bval, bvec)
+        img, gtab, notes, motion = _load_series(dwi_path, bval, bvec, config,
+                                                preprocessed=preprocessed)
         mask = brain_mask(img, gtab)
         if not np.asarray(mask.dataobj).any():
             raise InputError(f"{dwi_path}: no brain found in the b0 volumes; check the "
@@ -196,6 +276,11 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
             else img
         md, fa = fit_dti(fit_img, gtab, mask=mask, fit_method=config.fit_method)
         qc = qc_session(img, gtab, mask)
+        if motion:
+            qc["motion"] = motion
+            qc["flags"] = [*qc.get("flags", []), *motion.get("flags", [])]
+        if notes:
+            qc["notes"] = notes
         b0 = mean_b0(img, gtab)
         A = register_to_template(b0, transform=config.transform)
         maps = load_region_maps(table=config.regions)
@@ -238,6 +323,147 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
     write_json(qc_doc, paths["qc"])
     return {"participant_id": participant_id, "session": session, "status": "processed",
             "seconds": round(time.perf_counter() - t0, 2), **qc}
+
+
+def process_participant(out_dir, participant_id: str, visits: dict, *,
+                        config: PipelineConfig | None = None, force: bool = False) -> dict:
+    """Bring both visits of a participant into one halfway space, with the atlas.
+
+    Runs after :func:`process_session` has done both sessions (their brain
+    masks and QC are reused). Steps (:func:`ketamine_nb.longitudinal.align_visits`):
+    post registered rigidly to pre, both resampled once into the halfway
+    space and fitted there, the atlas registered once (affine + SyN) to their
+    mean MD, one per-voxel region table per session on the same voxels (the
+    CSF guard judged on the mean MD), coverage of every region per visit.
+    The participant's QC JSON is written last and marks the step as done.
+
+    Parameters
+    ----------
+    out_dir : str or pathlib.Path
+        Derivatives root.
+    participant_id : str
+    visits : dict
+        ``{"pre": (label, dwi, bval, bvec, preprocessed), "post": (...)}``.
+    config : PipelineConfig, optional
+    force : bool, default=False
+
+    Returns
+    -------
+    dict
+        ``participant_id``, ``status`` (``processed``, ``reused``), ``seconds``,
+        ``visit_similarity``, ``atlas_similarity``, ``flags``.
+    """
+    import nibabel as nib
+    from threadpoolctl import threadpool_limits
+
+    from .longitudinal import Visit, align_visits
+    from .regions import load_region_maps
+    from .roi import extract_region_voxels
+
+    config = config or PipelineConfig()
+    ppaths = participant_paths(out_dir, participant_id)
+    spaths = {v: session_paths(out_dir, participant_id, visits[v][0]) for v in visits}
+    if not force:
+        reused = _participant_reused(out_dir, participant_id, visits, config)
+        if reused is not None:
+            return reused
+    inputs = _participant_inputs(spaths)
+    key = config.participant_key()
+    t0 = time.perf_counter()
+    ppaths["dir"].mkdir(parents=True, exist_ok=True)
+    ppaths["qc"].unlink(missing_ok=True)
+    # One thread (BLAS and dipy's OpenMP): participants run in parallel, and
+    # one thread gives the same bytes whatever the number of workers.
+    with threadpool_limits(limits=1):
+        loaded = {}
+        for v, (_label, dwi, bval, bvec, prep) in visits.items():
+            img, gtab, _, _ = _load_series(dwi, bval, bvec, config, preprocessed=prep)
+            loaded[v] = Visit(img=img, gtab=gtab, mask=nib.load(spaths[v]["mask"]))
+        maps = load_region_maps(table=config.regions)
+        al = align_visits(loaded["pre"], loaded["post"], maps, fit_method=config.fit_method,
+                          atlas_registration=config.atlas_registration)
+        del loaded
+        common = al.common_mask
+        guard = al.mean_md
+        tables = {}
+        for v in visits:
+            t = extract_region_voxels(al.md[v], al.fa[v], common, al.regions, al.names,
+                                      guard_md=guard)
+            t["md_ols"] = _md_at(al.dwi[v], al.gtab[v], t, "OLS") \
+                if config.fit_method != "OLS" else t["md"]
+            tables[v] = t
+    for v in visits:
+        write_region_voxels(tables[v], spaths[v]["voxels_halfway"])
+        save_nifti(al.md[v], spaths[v]["md_halfway"])
+        _write_matrix(al.to_visit[v], spaths[v]["xfm_halfway"],
+                      f"x_ses-{visits[v][0]} = A @ x_halfway (world mm)")
+    save_nifti(nib.Nifti1Image(guard, al.affine), ppaths["md"])
+    _write_matrix(al.mapping.affine, ppaths["xfm"],
+                  f"x_{TEMPLATE_SPACE} = A @ x_halfway (world mm; the affine part)")
+    if al.mapping.coords is not None:
+        save_nifti(nib.Nifti1Image(np.moveaxis(al.mapping.coords, 0, -1).astype(np.float32),
+                                   al.mapping.grid_affine), ppaths["coords"])
+    summary = {"visit_similarity": round(float(al.visit_similarity), 4),
+               "atlas_similarity": round(float(al.mapping.similarity), 4),
+               "brain_in_fov": round(float(al.mapping.extra.get("brain_in_fov", 1.0)), 4),
+               "flags": al.flags}
+    coverage = {visits[v][0]: {k: {r: round(x, 4) for r, x in c.items()}
+                               for k, c in al.coverage[v].items()} for v in visits}
+    write_json({"participant_id": participant_id, "processing_key": key, "inputs": inputs,
+                "config": asdict(config), "summary": summary, "coverage": coverage,
+                "post_to_pre": np.round(al.post_to_pre, 10).tolist(),
+                "halfway_affine": np.round(al.affine, 10).tolist(),
+                "halfway_shape": list(al.shape), "atlas_registration": al.mapping.method},
+               ppaths["qc"])
+    return {"participant_id": participant_id, "status": "processed",
+            "seconds": round(time.perf_counter() - t0, 2), **summary}
+
+
+def _participant_inputs(spaths: dict) -> dict:
+    """Return the sessions' processing keys and raw-file fingerprints (their QC JSON)."""
+    out = {}
+    for v, p in spaths.items():
+        doc = json.loads(p["qc"].read_text())
+        out[v] = {"key": doc.get("processing_key"), "inputs": doc.get("inputs")}
+    return out
+
+
+def _participant_reused(out_dir, participant_id: str, visits: dict,
+                        config: PipelineConfig) -> dict | None:
+    """Return the result of a halfway step done before on the same sessions and choices."""
+    ppaths = participant_paths(out_dir, participant_id)
+    spaths = {v: session_paths(out_dir, participant_id, visits[v][0]) for v in visits}
+    try:
+        done = json.loads(ppaths["qc"].read_text())
+        inputs = _participant_inputs(spaths)
+    except (OSError, ValueError):
+        return None
+    if (done.get("processing_key") == config.participant_key() and done.get("inputs") == inputs
+            and all(spaths[v]["voxels_halfway"].is_file() for v in visits)):
+        return {"participant_id": participant_id, "status": "reused", "seconds": 0.0,
+                **done.get("summary", {})}
+    return None
+
+
+def _write_matrix(matrix, path, what: str):
+    from ._utils import atomic_write_text
+
+    rows = "\n".join(" ".join(f"{v:.10f}" for v in row) for row in np.asarray(matrix))
+    return atomic_write_text(path, f"# 4x4 affine: {what}\n{rows}\n")
+
+
+def _participant_task(args):
+    out_dir, pid, visits, config, force = args
+    try:
+        return process_participant(out_dir, pid, visits, config=config, force=force)
+    except KetamineNBError as exc:
+        return {"participant_id": pid, "status": "failed", "error": str(exc)}
+    except Exception as exc:  # keep the other participants going
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        return {"participant_id": pid, "status": "failed",
+                "error": f"{pid}: halfway space: unexpected {type(exc).__name__}: {exc} (at "
+                         f"{Path(last.filename).name}:{last.lineno}); rerun with --debug "
+                         "and report it"}
 
 
 def _md_on_template_grid(md_img, mask_img, mni_to_native):
@@ -360,6 +586,7 @@ class PipelineResult:
     roi_md: pd.DataFrame
     roi_deltas: pd.DataFrame
     problems: list = field(default_factory=list)
+    participants: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def exit_code(self) -> int:
@@ -381,16 +608,32 @@ class PipelineResult:
                          f"{self.out_dir / 'failures.tsv'}); the tables are complete and "
                          f"usable for the other {done} participant(s). Exit code 1 means "
                          "exactly this: some participants failed, the rest completed.")
+        d = self.roi_deltas
+        if len(d) and "flag" in d:
+            flagged = d[(d["flag"].fillna("").astype(str) != "") & d["delta_md"].isna()]
+            if len(flagged):
+                lines.append(f"{len(flagged)} participant x region value(s) are n/a, the "
+                             "region not covered (coverage below --min-coverage):")
+                for (region, flag), g in flagged.groupby(["region", "flag"], sort=False):
+                    who = ", ".join(g["participant_id"].astype(str).head(6))
+                    more = f" and {len(g) - 6} more" if len(g) > 6 else ""
+                    lines.append(f"  {region}: {flag} ({who}{more})")
+        p = self.participants
+        if len(p) and "flags" in p:
+            warn = p[p["flags"].map(lambda f: bool(f) if isinstance(f, list) else False)]
+            for row in warn.itertuples():
+                lines.append(f"  registration check {row.participant_id}: "
+                             f"{';'.join(row.flags)} (see its *_desc-longitudinal_qc.json)")
         lines.append(f"tables: {self.out_dir / 'roi_md.tsv'}")
         lines.append(f"        {self.out_dir / 'roi_deltas.tsv'}")
         return "\n".join(lines)
 
 
 def _task(args):
-    dwi, bval, bvec, out_dir, pid, ses, config, force = args
+    dwi, bval, bvec, out_dir, pid, ses, config, force, *rest = args
     try:
         return process_session(dwi, out_dir, pid, ses, config=config, bval=bval, bvec=bvec,
-                               force=force)
+                               force=force, preprocessed=bool(rest and rest[0]))
     except KetamineNBError as exc:
         return {"participant_id": pid, "session": ses, "status": "failed", "error": str(exc)}
     except Exception as exc:  # keep the other subjects going; the note says where
@@ -403,7 +646,8 @@ def _task(args):
 
 def _show(bar, res):
     bar.update()
-    bar.set_postfix_str(f"{res['participant_id']} ses-{res['session']}: {res['status']}")
+    where = f" ses-{res['session']}" if "session" in res else ""
+    bar.set_postfix_str(f"{res['participant_id']}{where}: {res['status']}")
 
 
 def _warm_up(config: PipelineConfig):
@@ -445,7 +689,8 @@ def _start_method() -> str:
     return "spawn"
 
 
-def _run_local(tasks, n_jobs: int, new_bar, config: PipelineConfig) -> list:
+def _run_local(tasks, n_jobs: int, new_bar, config: PipelineConfig, fn=None,
+               lost=None) -> list:
     """Run the sessions on Dask's local multiprocessing scheduler with ``n_jobs`` processes.
 
     The sessions are independent and each is a short piece of numpy work,
@@ -479,8 +724,9 @@ def _run_local(tasks, n_jobs: int, new_bar, config: PipelineConfig) -> list:
         done[key] = result
         _show(bar, result)
 
-    keys = [f"session-{i}" for i in range(len(tasks))]
-    jobs = [dask.delayed(_task, pure=False)(t, dask_key_name=k)
+    fn = fn or _task
+    keys = [f"task-{i}" for i in range(len(tasks))]
+    jobs = [dask.delayed(fn, pure=False)(t, dask_key_name=k)
             for k, t in zip(keys, tasks, strict=True)]
     with warnings.catch_warnings():
         # Python >= 3.12 warns on fork whenever the process has other OS
@@ -504,6 +750,8 @@ def _run_local(tasks, n_jobs: int, new_bar, config: PipelineConfig) -> list:
     for key, t in zip(keys, tasks, strict=True):
         if key in done:
             results.append(done[key])
+        elif lost is not None:
+            results.append(lost(t, broken))
         else:
             results.append({
                 "participant_id": t[4], "session": t[5], "status": "failed",
@@ -514,13 +762,13 @@ def _run_local(tasks, n_jobs: int, new_bar, config: PipelineConfig) -> list:
     return results
 
 
-def _run_on_cluster(tasks, address: str, new_bar) -> list:
+def _run_on_cluster(tasks, address: str, new_bar, fn=None) -> list:
     """Run the sessions on a running Dask cluster (``dask.distributed``)."""
     from dask.distributed import Client, as_completed
 
     results = []
     with Client(address) as client, new_bar() as bar:
-        futures = client.map(_task, tasks, pure=False)
+        futures = client.map(fn or _task, tasks, pure=False)
         for fut in as_completed(futures):
             results.append(fut.result())
             _show(bar, results[-1])
@@ -550,10 +798,16 @@ def roi_tables(out_dir, sessions: pd.DataFrame, participants: pd.DataFrame, *,
         Per session x region MD (mm²/s) and per participant x region
         ``delta_md = md_post - md_pre`` with ``pct_delta_md`` (percent of pre).
     """
-    from .roi import summarise_regions
+    from .roi import apply_coverage, summarise_regions
 
     config = config or PipelineConfig()
     frames = []
+    coverage = {}
+    for pid in (pd.unique(sessions["participant_id"]) if len(sessions) else []):
+        try:
+            coverage[pid] = json.loads(participant_paths(out_dir, pid)["qc"].read_text())
+        except (OSError, ValueError):
+            coverage[pid] = {}
     for row in sessions.itertuples():
         v = load_region_voxels(out_dir, row.participant_id, row.session)
         s = summarise_regions(v, probability_threshold=config.probability_threshold,
@@ -561,27 +815,58 @@ def roi_tables(out_dir, sessions: pd.DataFrame, participants: pd.DataFrame, *,
                               fa_threshold=config.fa_threshold)
         s.insert(0, "session", row.session)
         s.insert(0, "participant_id", row.participant_id)
+        cov = coverage.get(row.participant_id, {}).get("coverage", {}).get(row.session, {})
+        missing = [r for r in cov.get("fov", {}) if r not in set(s["region"].astype(str))]
+        if missing:  # no voxel at all (outside the field of view): still a row, flagged
+            s = pd.concat([s.astype({"region": str}),
+                           pd.DataFrame({"participant_id": row.participant_id,
+                                         "session": row.session, "region": missing,
+                                         "n_voxels": 0, "n_excluded": 0})],
+                          ignore_index=True)
+        regions = s["region"].astype(str)
+        s["coverage_fov"] = regions.map(cov.get("fov", {})).astype(float)
+        s["coverage_brain"] = regions.map(cov.get("brain", {})).astype(float)
         for col in ("snr_b0", "flags"):
             if hasattr(row, col):
                 val = getattr(row, col)
                 s[f"qc_{col}"] = ";".join(val) if isinstance(val, list) else val
         frames.append(s)
     cols = ["participant_id", "session", "region", "md_mean", "md_median", "md_wmean",
-            "n_voxels", "n_excluded", "qc_snr_b0", "qc_flags"]
+            "n_voxels", "n_excluded", "coverage_fov", "coverage_brain", "qc_snr_b0",
+            "qc_flags", "flag"]
     roi_md = (pd.concat(frames, ignore_index=True) if frames
               else pd.DataFrame(columns=cols))
+    if len(roi_md):
+        roi_md = apply_coverage(roi_md, min_coverage=config.min_coverage)
     if len(roi_md):
         roi_md["region"] = roi_md["region"].astype(str)
         roi_md = roi_md.sort_values(["participant_id", "session", "region"],
                                     key=_session_order(pre, post)).reset_index(drop=True)
     value = f"md_{config.statistic}"
-    wide = roi_md.pivot_table(index=["participant_id", "region"], columns="session",
-                              values=value, aggfunc="first") if len(roi_md) else pd.DataFrame()
+    wide = (roi_md.set_index(["participant_id", "region", "session"])[value]
+            .unstack("session") if len(roi_md) else pd.DataFrame())
     if len(wide) and pre in wide.columns and post in wide.columns:
-        d = wide[[pre, post]].dropna().reset_index()
-        d.columns = ["participant_id", "region", "md_pre", "md_post"]
+        # A region a visit does not cover stays, with n/a values and the reason.
+        flags = (roi_md.set_index(["participant_id", "region", "session"])["flag"]
+                 .unstack("session").reindex(wide.index))
+        why = [";".join(dict.fromkeys(x for ses in (pre, post)
+                                      for x in str(flags.at[ix, ses] if ses in flags
+                                                   else "").split(";")
+                                      if x and x != "nan"))
+               for ix in wide.index]
+        # A participant whose registration cannot be trusted keeps its
+        # numbers, flagged (the statistics can leave flagged rows out).
+        reg = {pid: [f for f in doc.get("summary", {}).get("flags", [])
+                     if f != "atlas_partial_fov"] for pid, doc in coverage.items()}
+        why = [";".join(filter(None, [w, *reg.get(ix[0], [])]))
+               for w, ix in zip(why, wide.index, strict=True)]
+        d = wide[[pre, post]].assign(flag=why)
+        d = d[d[[pre, post]].notna().all(axis=1) | (d["flag"] != "")].reset_index()
+        d.columns = ["participant_id", "region", "md_pre", "md_post", "flag"]
         d["delta_md"] = d["md_post"] - d["md_pre"]
         d["pct_delta_md"] = 100.0 * d["delta_md"] / d["md_pre"]
+        d = d[["participant_id", "region", "md_pre", "md_post", "delta_md", "pct_delta_md",
+               "flag"]]
         arms = participants.set_index("participant_id")["arm"]
         d.insert(1, "arm", d["participant_id"].map(arms))
         order = {r: i for i, r in enumerate(pd.unique(roi_md["region"]))}
@@ -590,7 +875,7 @@ def roi_tables(out_dir, sessions: pd.DataFrame, participants: pd.DataFrame, *,
         roi_deltas = d.reset_index(drop=True)
     else:
         roi_deltas = pd.DataFrame(columns=["participant_id", "arm", "region", "md_pre",
-                                           "md_post", "delta_md", "pct_delta_md"])
+                                           "md_post", "delta_md", "pct_delta_md", "flag"])
     return roi_md, roi_deltas
 
 
@@ -691,6 +976,11 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
                 results.append(_task(t))
                 _show(bar, results[-1])
 
+    participants_done = _halfway_stage(out, sessions, results, config, pre=pre, post=post,
+                                       n_jobs=n_jobs, scheduler=scheduler, force=force,
+                                       progress=progress)
+    halfway_failed = [r for r in participants_done if r["status"] == "failed"]
+
     status = pd.DataFrame(results)
     if len(status):
         status = status.sort_values(["participant_id", "session"],
@@ -712,9 +1002,14 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
         rows.append({"participant_id": pid, "session": "n/a",
                      "error": "; ".join(why) or f"{pid}: no usable ses-{pre} and ses-{post} "
                                                 "DWI pair; left out of the deltas"})
+    for r in halfway_failed:
+        rows.append({"participant_id": r["participant_id"], "session": "n/a",
+                     "error": r["error"]})
     failures = pd.DataFrame(rows, columns=["participant_id", "session", "error"])
     write_tsv(failures, out / "failures.tsv")
     ok = status[status["status"] != "failed"] if len(status) else status
+    if halfway_failed and len(ok):
+        ok = ok[~ok["participant_id"].isin({r["participant_id"] for r in halfway_failed})]
     roi_md, roi_deltas = roi_tables(out, ok, study.participants, pre=pre, post=post,
                                     config=config)
     write_tsv(roi_md, out / "roi_md.tsv")
@@ -723,4 +1018,47 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
     if hasattr(study, "scores"):
         write_tsv(study.scores, out / "scores.tsv")
     return PipelineResult(out_dir=out, sessions=status, failures=failures, roi_md=roi_md,
-                          roi_deltas=roi_deltas, problems=list(getattr(study, "problems", [])))
+                          roi_deltas=roi_deltas, problems=list(getattr(study, "problems", [])),
+                          participants=pd.DataFrame(participants_done))
+
+
+def _halfway_stage(out, sessions: pd.DataFrame, results: list, config: PipelineConfig, *,
+                   pre: str, post: str, n_jobs: int, scheduler, force: bool,
+                   progress: bool) -> list:
+    """Run :func:`process_participant` for every participant with both sessions done."""
+    from tqdm.auto import tqdm
+
+    if config.atlas_registration is None:
+        return []
+    ok = {(r["participant_id"], r["session"]) for r in results if r.get("status") != "failed"}
+    by_pid: dict = {}
+    for r in sessions.itertuples():
+        by_pid.setdefault(r.participant_id, {})[r.session] = (
+            r.session, r.dwi, r.bval, r.bvec, bool(getattr(r, "preprocessed", False)))
+    tasks = [(str(out), pid, {"pre": ss[pre], "post": ss[post]}, config, force)
+             for pid, ss in sorted(by_pid.items())
+             if pre in ss and post in ss and (pid, pre) in ok and (pid, post) in ok]
+    reused = [] if force else [_participant_reused(t[0], t[1], t[2], config) for t in tasks]
+    done = [r for r in reused if r is not None]
+    todo = tasks if force else [t for t, r in zip(tasks, reused, strict=True) if r is None]
+
+    def new_bar():
+        return tqdm(total=len(todo), desc="both visits in one space", unit="participant",
+                    disable=not progress or not todo)
+
+    def lost(t, broken):
+        return {"participant_id": t[1], "status": "failed",
+                "error": f"{t[1]}: halfway space not done: a worker process died"
+                         f"{' (killed for memory?)' if broken else ''}; rerun (done "
+                         "participants are reused), with fewer --n-jobs if memory is short"}
+
+    if scheduler and todo:
+        done += _run_on_cluster(todo, scheduler, new_bar, fn=_participant_task)
+    elif n_jobs > 1 and len(todo) > 1:
+        done += _run_local(todo, n_jobs, new_bar, config, fn=_participant_task, lost=lost)
+    else:
+        with new_bar() as bar:
+            for t in todo:
+                done.append(_participant_task(t))
+                _show(bar, done[-1])
+    return sorted(done, key=lambda r: r["participant_id"])

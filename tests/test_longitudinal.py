@@ -1,0 +1,186 @@
+"""Both visits in one halfway space: known transforms, known coverage, known change."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from ketamine_nb import longitudinal as L
+from ketamine_nb.regions import GLOBAL_GM
+from ketamine_nb.roi import apply_coverage, extract_region_voxels, summarise_regions
+
+
+def _rigid(angles_deg, shift):
+    from ketamine_nb.simulate import _rotation
+
+    M = np.eye(4)
+    M[:3, :3] = _rotation(angles_deg)
+    M[:3, 3] = shift
+    return M
+
+
+def _rot_z(deg):
+    t = np.radians(deg)
+    R = np.eye(4)
+    R[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    return R
+
+
+def test_halfway_transform_is_the_half_rotation_and_squares_back():
+    A = _rot_z(14.0)
+    A[:3, 3] = [4.0, -2.0, 6.0]
+    H = L.halfway_transform(A)
+    np.testing.assert_allclose(H @ H, A, atol=1e-10)
+    angle = np.degrees(np.arctan2(H[1, 0], H[0, 0]))
+    assert angle == pytest.approx(7.0, abs=1e-8)
+    np.testing.assert_allclose(H[:3, :3] @ H[:3, :3].T, np.eye(3), atol=1e-10)  # still rigid
+
+
+def test_halfway_grid_lies_between_two_grids_rotated_by_14_degrees():
+    # Same head (A = identity), post acquired on a grid rotated by 14° in-plane.
+    pre_aff = np.diag([3.5, 3.5, 4.2, 1.0])
+    post_aff = _rot_z(14.0) @ pre_aff
+    pre = nib.Nifti1Image(np.zeros((8, 8, 4), np.float32), pre_aff)
+    post = nib.Nifti1Image(np.zeros((8, 8, 4), np.float32), post_aff)
+    affine, shape, to_pre, to_post = L.halfway_grid(pre, post, np.eye(4), pad=0)
+    np.testing.assert_allclose(to_pre, np.eye(4), atol=1e-10)
+    np.testing.assert_allclose(to_post, np.eye(4), atol=1e-10)
+    cols = affine[:3, :3] / np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    assert np.degrees(np.arctan2(cols[1, 0], cols[0, 0])) == pytest.approx(7.0, abs=1e-6)
+    np.testing.assert_allclose(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)), [3.5, 3.5, 4.2])
+    assert shape == (8, 8, 4)
+
+
+def test_resample_dwi_composes_the_within_scan_realignment_in_one_step():
+    # Volume 1 is volume 0 moved by a known 4 mm shift; given that transform,
+    # resampling brings both onto the reference exactly (one interpolation,
+    # at whole-voxel offsets).
+    from dipy.core.gradients import gradient_table
+
+    rng = np.random.default_rng(0)
+    ref = rng.random((12, 12, 12)).astype(np.float32)
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    moved = np.zeros_like(ref)
+    moved[2:] = ref[:-2]                      # content 2 voxels (4 mm) further along x
+    img = nib.Nifti1Image(np.stack([ref, moved], axis=-1), aff)
+    T = np.stack([np.eye(4), np.eye(4)])
+    T[1, 0, 3] = 4.0                          # x_volume = x_reference + 4 mm
+    g = gradient_table(np.array([0.0, 1000.0]), bvecs=np.array([[0, 0, 0], [1.0, 0, 0]]))
+    out, g2 = L.resample_dwi(img, g, np.eye(4), aff, (12, 12, 12), volume_transforms=T)
+    data = np.asarray(out.dataobj)
+    np.testing.assert_allclose(data[:10, ..., 1], ref[:10], atol=1e-6)
+    np.testing.assert_allclose(data[..., 0], ref, atol=1e-6)
+    np.testing.assert_allclose(g2.bvecs[1], [1.0, 0, 0], atol=1e-12)
+
+
+def _simulated_pair(change=None):
+    from dipy.core.gradients import gradient_table
+
+    from ketamine_nb.dwi import brain_mask
+    from ketamine_nb.simulate import simulate_session
+
+    Tpre = _rigid((2, -1, 3), (1, -2, 0.5))
+    Tpost = _rigid((-3, 2, -1), (-2, 1, 3))
+    visits = {}
+    for ses, T, ch, seed in (("pre", Tpre, None, 5), ("post", Tpost, change, 6)):
+        img, bvals, bvecs = simulate_session(seed=1, head_transform=T, region_change=ch,
+                                             rng=np.random.default_rng(seed))
+        img = nib.Nifti1Image(np.asarray(img.dataobj, np.float32), img.affine)
+        g = gradient_table(bvals, bvecs=bvecs)
+        visits[ses] = L.Visit(img, g, brain_mask(img, g))
+    return visits, Tpre, Tpost
+
+
+@pytest.fixture(scope="module")
+def aligned():
+    from ketamine_nb.regions import load_region_maps
+
+    visits, Tpre, Tpost = _simulated_pair({"BA10_L": -0.03})
+    al = L.align_visits(visits["pre"], visits["post"], load_region_maps())
+    return al, visits, Tpre, Tpost
+
+
+def test_post_to_pre_registration_recovers_the_true_head_motion(aligned):
+    al, visits, Tpre, Tpost = aligned
+    true = Tpost @ np.linalg.inv(Tpre)         # x_post = A x_pre (scanner mm)
+    m = np.argwhere(np.asarray(visits["pre"].mask.dataobj) > 0)[::10].T
+    aff = visits["pre"].img.affine
+    w = aff[:3, :3] @ m + aff[:3, 3:4]
+    err = np.linalg.norm((al.post_to_pre - true)[:3, :3] @ w
+                         + (al.post_to_pre - true)[:3, 3:4], axis=0)
+    assert err.max() < 0.5, err.max()          # mm, voxels are 3 mm
+    assert al.visit_similarity > L.MIN_VISIT_SIMILARITY and "visits_dissimilar" not in al.flags
+
+
+def test_atlas_lands_where_the_simulated_head_is(aligned):
+    al, visits, Tpre, _ = aligned
+    common = al.common_mask
+    mni = al.mapping.mni_coordinates(al.affine, al.shape, within=common)
+    ijk = np.argwhere(common).T
+    x_half = al.affine[:3, :3] @ ijk + al.affine[:3, 3:4]
+    x_pre = al.to_visit["pre"][:3, :3] @ x_half + al.to_visit["pre"][:3, 3:4]
+    inv = np.linalg.inv(Tpre)                  # scanner -> head (MNI) mm
+    true = inv[:3, :3] @ x_pre + inv[:3, 3:4]
+    err = np.linalg.norm(mni - true, axis=0)
+    assert np.median(err) < 2.0 and np.percentile(err, 95) < 4.0, (np.median(err),
+                                                                    np.percentile(err, 95))
+
+
+def test_same_voxels_in_both_visits_and_the_planted_change_comes_back(aligned):
+    al, *_ = aligned
+    rows = []
+    for ses in ("pre", "post"):
+        v = extract_region_voxels(al.md[ses], al.fa[ses], al.common_mask, al.regions,
+                                  al.names, guard_md=al.mean_md)
+        rows.append(v.assign(session=ses))
+    pre, post = rows
+    pd.testing.assert_frame_equal(pre[["region", "i", "j", "k", "md_guard"]],
+                                  post[["region", "i", "j", "k", "md_guard"]])
+    s = summarise_regions(pd.concat(rows), by=("session",))
+    w = s.pivot(index="region", columns="session", values="md_wmean")
+    pct = 100 * (w["post"] / w["pre"] - 1)
+    # Planted: -3 % in BA10_L's tissue (diluted a little by partial volume);
+    # no change elsewhere (noise of a simulated session: about 1 %).
+    assert -3.5 < pct["BA10_L"] < -1.8, pct["BA10_L"]
+    others = pct.drop(["BA10_L"])
+    assert others.abs().max() < 1.5, others
+    assert abs(pct[GLOBAL_GM]) < 0.5
+
+
+def test_whole_brain_coverage_is_complete_and_a_cut_field_of_view_is_seen(aligned):
+    al, *_ = aligned
+    for ses in ("pre", "post"):
+        for region, share in al.coverage[ses]["fov"].items():
+            assert share > 0.95, (ses, region, share)
+    # Cut the field of view below MNI z = 0: the amygdala (z about -18) leaves it.
+    ijk = np.indices(al.shape).reshape(3, -1)
+    mni = al.mapping.mni_coordinates(al.affine, al.shape)
+    fov = (mni[2] > 0).reshape(al.shape)
+    from ketamine_nb.regions import load_region_maps
+
+    maps = load_region_maps()
+    cov = L.region_coverage(maps.img, maps.names, al.mapping, al.affine, {"fov": fov})["fov"]
+    assert cov["amygdala_L"] < 0.05 and cov["amygdala_R"] < 0.05
+    assert 0.2 < cov["BA10_L"] < 0.9             # BA10 straddles z = 0
+    del ijk
+
+
+def test_apply_coverage_blanks_a_sliver_with_its_reason():
+    roi = pd.DataFrame({"region": ["BA10_L", "amygdala_L", GLOBAL_GM],
+                        "md_wmean": [0.8e-3, 0.7e-3, 0.85e-3],
+                        "coverage_fov": [0.95, 0.3, 0.6], "coverage_brain": [0.9, 0.2, 0.55]})
+    out = apply_coverage(roi, min_coverage=0.8)
+    assert out.loc[0, "flag"] == "" and out.loc[0, "md_wmean"] == 0.8e-3
+    assert np.isnan(out.loc[1, "md_wmean"])
+    assert out.loc[1, "flag"] == "coverage_fov<0.8;coverage_brain<0.8"
+    assert out.loc[2, "md_wmean"] == 0.85e-3    # the reference is kept, with its coverage said
+    assert apply_coverage(roi, min_coverage=None)["flag"].eq("").all()
+
+
+def test_csf_guard_is_judged_on_the_shared_column():
+    v = pd.DataFrame({"region": pd.Categorical(["r", "r"]), "probability": [1.0, 1.0],
+                      "md": [0.8e-3, 1.5e-3], "fa": [0.2, 0.2], "md_guard": [1.2e-3, 0.9e-3]})
+    s = summarise_regions(v, csf_md_threshold=1.1e-3)
+    assert s.loc[0, "n_voxels"] == 1 and s.loc[0, "md_mean"] == pytest.approx(1.5e-3)

@@ -1,0 +1,139 @@
+"""The pipeline on two real DTI datasets (``../shared/realdata``, read in place).
+
+Known answers: ``uih-retest`` sub-01 is one person scanned twice the same day
+(the second time on a grid rotated ~14°), so the true ΔMD is 0; sub-03 is the
+same person with the phase-encoding direction reversed; ``philips-slab``
+covers the basal ganglia to the vertex, so the amygdala, hippocampus and
+vACC are not in it.
+
+Measured here (and reported in benchmarks/RESULTS.md): the UIH slab ends at
+about MNI z = 0, so 20-25 % of each Talairach BA10 lies below it; BA10 is
+therefore under the default coverage threshold of 0.8 and is reported
+``n/a`` with that reason. Reported at a lower threshold its same-day ΔMD is
+between -3 % and -1 %, not the ±1 % hoped for (marked as an expected failure
+below, so the shortfall stays visible).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+pytestmark = pytest.mark.skipif(
+    not (REAL / "uih-retest").is_dir() or not (REAL / "philips-slab").is_dir(),
+    reason=f"real DTI data not found at {REAL} (the shared folder beside the repository; "
+           "CI has it)")
+
+
+@pytest.fixture(scope="module")
+def uih(tmp_path_factory):
+    import warnings
+
+    from ketamine_nb.pipeline import PipelineConfig, run_pipeline
+
+    out = tmp_path_factory.mktemp("uih")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sub-02 has one visit: a StudyWarning, tested below
+        res = run_pipeline(REAL / "uih-retest", out, config=PipelineConfig(), progress=False)
+    return res
+
+
+@pytest.fixture(scope="module")
+def philips(tmp_path_factory):
+    from ketamine_nb.pipeline import PipelineConfig, run_pipeline
+
+    out = tmp_path_factory.mktemp("philips")
+    # Pre and post are the same series: realignment changes nothing here.
+    return run_pipeline(REAL / "philips-slab", out, config=PipelineConfig(realign=None),
+                        progress=False)
+
+
+def _qc(res, pid):
+    from ketamine_nb.derivatives import participant_paths
+
+    return json.loads(participant_paths(res.out_dir, pid)["qc"].read_text())
+
+
+def _deltas(res, min_coverage):
+    from ketamine_nb.pipeline import PipelineConfig, roi_tables
+
+    ok = res.sessions[res.sessions["status"] != "failed"]
+    ok = ok[ok["participant_id"].isin(["sub-01", "sub-03"])]
+    participants = pd.read_csv(REAL / "uih-retest" / "participants.tsv", sep="\t")
+    _, d = roi_tables(res.out_dir, ok, participants, pre="pre", post="post",
+                      config=PipelineConfig(min_coverage=min_coverage))
+    return d.set_index(["participant_id", "region"])
+
+
+def test_uih_incomplete_participant_is_listed_and_the_others_run(uih):
+    assert "sub-02" in set(uih.failures["participant_id"])
+    assert {"sub-01", "sub-03"} <= set(uih.roi_deltas["participant_id"])
+
+
+def test_uih_ba10_coverage_is_measured_and_the_regions_below_the_slab_are_flagged(uih):
+    md = uih.roi_md.set_index(["participant_id", "session", "region"])
+    for ses in ("pre", "post"):
+        for region in ("BA10_L", "BA10_R"):
+            row = md.loc[("sub-01", ses, region)]
+            # The slab's lowest brain slice is at about MNI z = 0; 20-25 % of
+            # BA10 lies below it (not the 0.85 the issue hoped for: measured).
+            assert 0.65 < row["coverage_fov"] < 0.85, row["coverage_fov"]
+            assert row["coverage_brain"] <= row["coverage_fov"] + 1e-6
+        for region in ("amygdala_L", "amygdala_R"):
+            row = md.loc[("sub-01", ses, region)]
+            assert row["coverage_fov"] < 0.1 and np.isnan(row["md_wmean"])
+            assert "coverage_fov<0.8" in row["flag"]
+    d = uih.roi_deltas.set_index(["participant_id", "region"])
+    for region in ("BA10_L", "BA10_R", "amygdala_L", "hippocampus_L", "vACC"):
+        assert np.isnan(d.loc[("sub-01", region), "delta_md"])
+        assert d.loc[("sub-01", region), "flag"] != ""
+    assert "BA10_L" in uih.summary() and "coverage" in uih.summary()
+
+
+def test_uih_same_day_rescan_ba10_reported_at_a_lower_threshold_within_3_percent(uih):
+    d = _deltas(uih, 0.6)
+    for region in ("BA10_L", "BA10_R"):
+        pct = d.loc[("sub-01", region), "pct_delta_md"]
+        assert np.isfinite(pct) and abs(pct) <= 3.0, (region, pct)
+    # The grey-matter reference: the same tissue in both visits.
+    assert abs(d.loc[("sub-01", "global_gm"), "pct_delta_md"]) <= 0.5
+
+
+@pytest.mark.xfail(strict=True, reason="measured -1.6 % and -2.9 % for BA10 on the same-day "
+                   "rescan (the rotated grid rotates the phase-encoding axis, so the frontal "
+                   "distortion differs); the issue's 1.5 % is not reached")
+def test_uih_same_day_rescan_ba10_within_the_goal(uih):
+    d = _deltas(uih, 0.6)
+    assert all(abs(d.loc[("sub-01", r), "pct_delta_md"]) <= 1.5 for r in ("BA10_L", "BA10_R"))
+
+
+def test_uih_reversed_phase_encoding_is_warned_about(uih):
+    from ketamine_nb.longitudinal import MIN_VISIT_SIMILARITY
+
+    same = _qc(uih, "sub-01")["summary"]
+    reversed_pe = _qc(uih, "sub-03")["summary"]
+    assert same["visit_similarity"] >= MIN_VISIT_SIMILARITY
+    assert "visits_dissimilar" not in same["flags"]
+    assert reversed_pe["visit_similarity"] < MIN_VISIT_SIMILARITY
+    assert "visits_dissimilar" in reversed_pe["flags"]
+    assert "atlas_partial_fov" in same["flags"]       # an 84 mm slab
+    assert "visits_dissimilar" in uih.summary()
+
+
+def test_philips_slab_regions_it_does_not_contain_are_never_confident(philips):
+    md = philips.roi_md.set_index(["participant_id", "session", "region"])
+    d = philips.roi_deltas.set_index(["participant_id", "region"])
+    for region in ("amygdala_L", "amygdala_R", "hippocampus_L", "hippocampus_R", "vACC"):
+        for ses in ("pre", "post"):
+            row = md.loc[("sub-01", ses, region)]
+            assert row["coverage_fov"] < 0.1, (region, row["coverage_fov"])
+            assert np.isnan(row["md_wmean"]) and "coverage_fov" in row["flag"]
+        assert np.isnan(d.loc[("sub-01", region), "delta_md"])
+    assert "atlas_partial_fov" in _qc(philips, "sub-01")["summary"]["flags"]
+    # Same series twice: every covered voxel has exactly the same MD.
+    assert d.loc[("sub-01", "global_gm"), "delta_md"] == pytest.approx(0.0, abs=1e-9)
