@@ -374,14 +374,18 @@ def regions_on_grid(maps: RegionMaps, target, *,
         :func:`region_at`).
     """
     import nibabel as nib
-    from nilearn.image import resample_img
+    from scipy.ndimage import affine_transform
 
-    shape, affine = tuple(target.shape[:3]), target.affine
-    img = resample_img(maps.img, target_affine=affine, target_shape=shape,
-                       interpolation="linear", force_resample=True, copy_header=True)
-    prob = np.clip(np.asarray(img.dataobj, np.float32), 0.0, 1.0)
-    if prob.ndim == 3:
-        prob = prob[..., None]
+    shape, affine = tuple(target.shape[:3]), np.asarray(target.affine, float)
+    src = np.asarray(maps.img.dataobj, np.float32)
+    if src.ndim == 3:
+        src = src[..., None]
+    # target voxel -> source voxel (both grids' affines), linear, 0 outside the maps
+    m = np.linalg.solve(np.asarray(maps.img.affine, float), affine)
+    prob = np.stack([affine_transform(src[..., k], m[:3, :3], offset=m[:3, 3],
+                                      output_shape=shape, order=1, cval=0.0)
+                     for k in range(src.shape[-1])], axis=-1)
+    prob = np.clip(prob, 0.0, 1.0)
     best = prob.argmax(axis=-1)
     labels = np.where(prob.max(axis=-1) >= probability_threshold, best + 1, 0)
     return (nib.Nifti1Image(prob, affine),

@@ -405,3 +405,23 @@ def test_brain_viewer_is_public(vresults):
     from ketamine_nb.widgets import brain_viewer
 
     assert ketamine_nb.brain_viewer is brain_viewer
+
+
+def test_regions_on_grid_matches_nilearn_and_labels_the_most_probable(vdata):
+    from nilearn.image import resample_img
+
+    from ketamine_nb.regions import load_region_maps, region_at, regions_on_grid
+
+    maps = load_region_maps(vdata.regions)
+    prob, labels = regions_on_grid(maps, vdata.grid, probability_threshold=0.3)
+    ref = resample_img(maps.img, target_affine=vdata.grid.affine,
+                       target_shape=vdata.grid.shape[:3], interpolation="linear",
+                       force_resample=True, copy_header=True)
+    p = np.asarray(prob.dataobj)
+    assert np.allclose(p, np.asarray(ref.dataobj), atol=1e-6)
+    lab = np.asarray(labels.dataobj)
+    expected = np.where(p.max(-1) >= 0.3, p.argmax(-1) + 1, 0)
+    assert np.array_equal(lab, expected) and lab.max() == len(maps.names)
+    i, j, k = np.argwhere(lab == 2)[0]
+    assert region_at(labels, maps.names, (labels.affine @ [i, j, k, 1])[:3]) == maps.names[1]
+    assert region_at(labels, maps.names, [500.0, 0.0, 0.0]) is None
