@@ -525,6 +525,33 @@ def _contrast_test(X, y, c, groups, statistic):
     return est, se, df, p_val
 
 
+def _weighted_inverse_jj(X, onehot, W, j):
+    """``[(X' diag(w) X)^-1]_jj`` for group weights ``W`` (... x G), w_n = W of n's group.
+
+    With two groups, ``X'WX = (W1 - W2) A1 + W2 S`` (``A1 = X1'X1``, ``S = X'X``);
+    with ``S^-1/2 A1 S^-1/2 = V diag(l) V'`` and ``u = V' S^-1/2 e_j`` the element
+    is ``sum_i u_i^2 / ((W1 - W2) l_i + W2)``: one eigendecomposition for every
+    permutation instead of a solve per permutation.
+    """
+    p = X.shape[1]
+    A = np.einsum("ng,np,nq->gpq", onehot, X, X)
+    if A.shape[0] == 2:
+        S = A[0] + A[1]
+        evals, evecs = np.linalg.eigh(S)
+        if evals.min() <= 1e-12 * evals.max():      # rank-deficient design: no statistic
+            return np.full(W.shape[:-1], np.nan)
+        s_half_inv = evecs @ np.diag(1 / np.sqrt(evals)) @ evecs.T
+        lam, V = np.linalg.eigh(s_half_inv @ A[0] @ s_half_inv)
+        u2 = (V.T @ s_half_inv[:, j]) ** 2
+        w1, w2 = W[..., :1], W[..., 1:]
+        return (u2 / ((w1 - w2) * lam + w2)).sum(-1)
+    XtWX = np.einsum("...g,gpq->...pq", W, A)
+    unit = np.zeros(p)
+    unit[j] = 1.0
+    rhs = np.broadcast_to(unit, XtWX.shape[:-1])[..., None]
+    return np.linalg.solve(XtWX, rhs)[..., j, 0]
+
+
 def _fl_counts(X, Y, j, groups, n_permutations, rng, statistic, order=None):
     """Freedman-Lane for a stack of outcomes sharing one design; returns p per row of Y.
 
@@ -570,15 +597,12 @@ def _fl_counts(X, Y, j, groups, n_permutations, rng, statistic, order=None):
                           + ((A @ (Qg.T @ Qg)) * A).sum(-1))
         with np.errstate(divide="ignore", invalid="ignore"):
             W = trR / np.maximum(ss, 0)                                   # D x B x G
-        XtWX = np.einsum("dbg,gpq->dbpq", W, np.einsum("ng,np,nq->gpq", onehot, X, X))
-        unit = np.zeros(p)
-        unit[j] = 1.0
-        rhs = np.broadcast_to(unit, XtWX.shape[:-1])[..., None]
         with np.errstate(divide="ignore", invalid="ignore"):
-            stat = psi / np.sqrt(np.linalg.solve(XtWX, rhs)[..., j, 0])
+            stat = psi / np.sqrt(_weighted_inverse_jj(X, onehot, W, j))
     a = np.abs(stat)
     hits = np.count_nonzero(a[:, 1:] >= a[:, :1] - 1e-12 * np.maximum(1, a[:, :1]), axis=1)
-    return (1 + hits) / (1 + n_permutations)
+    # A degenerate design (no ΔMD spread) has no statistic, hence no p.
+    return np.where(np.isfinite(a[:, 0]), (1 + hits) / (1 + n_permutations), np.nan)
 
 
 def freedman_lane(df: pd.DataFrame, formula: str, term: str, *, n_permutations: int = 5000,

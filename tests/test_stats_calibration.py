@@ -99,3 +99,24 @@ def test_freedman_lane_on_a_table_is_the_batched_core(rng):
     # interaction planted strongly, no permutation reaches the observed v.
     y2 = y + 3 * X[:, 3]
     assert _fl_counts(X, y2, J_INTERACTION, k, 499, rng, "aspin_welch")[0] == 1 / 500
+
+
+def test_a_design_without_md_spread_has_no_permutation_p(rng):
+    """No ΔMD variance: the interaction is not estimable, p is n/a (not 1 / (B + 1))."""
+    X, k = _design(rng)
+    X[:, 2] = 0.0
+    X[:, 3] = 0.0
+    y = _null_outcomes(X, k, 2, 1, rng)
+    for statistic in ("aspin_welch", "t"):
+        assert np.isnan(_fl_counts(X, y, J_INTERACTION, k, 99, rng, statistic)[0])
+
+
+def test_two_group_shortcut_equals_a_solve_per_weight(rng):
+    from ketamine_nb.stats import _weighted_inverse_jj
+
+    X, k = _design(rng)
+    for groups in (np.eye(2)[k], np.eye(3)[rng.integers(0, 3, len(k))]):
+        W = rng.uniform(0.1, 3, (3, 4, groups.shape[1]))
+        ref = np.array([[np.linalg.inv((X * (groups @ W[a, b])[:, None]).T @ X)[3, 3]
+                         for b in range(4)] for a in range(3)])
+        np.testing.assert_allclose(_weighted_inverse_jj(X, groups, W, 3), ref, rtol=1e-9)
