@@ -515,7 +515,9 @@ def viewer_html(results, *, map: str = "mean_delta_md", region: str | None = Non
     works offline), the map and region volumes, a region menu and a
     threshold slider that act in the page, and per region the scatter
     (PNG) and the model's row. It needs no kernel; it is about 5 MB, mostly
-    NiiVue itself.
+    NiiVue itself. A report can embed it in an ``<iframe srcdoc="...">``
+    (the page escaped with ``html.escape(page, quote=True)``) and stay one
+    file.
 
     Parameters
     ----------
@@ -578,8 +580,13 @@ def _standalone_html(viewer: BrainViewer, *, title=None) -> str:
     options = "".join(f"<option value='{html.escape(r)}'{' selected' if r == region0 else ''}>"
                       f"{html.escape(r)}</option>" for r in viewer.data.regions)
     cfg = json.dumps(config, default=lambda o: list(o) if isinstance(o, tuple) else str(o))
-    return _PAGE.format(title=html.escape(page_title), options=options,
-                        unit=html.escape(viewer.shown.unit), esm=esm, config=cfg)
+    m = viewer.shown
+    caption = (f"{html.escape(m.name)} ({html.escape(m.unit)}) on the MNI152 template, 3 mm. "
+               + ("Shown where |value| reaches the threshold. " if m.overlay else "")
+               + "All study regions in faint colours, the picked one in green. Drag to rotate "
+               "the 3D view, click to move the crosshair, scroll to change the slice.")
+    return _PAGE.format(title=html.escape(page_title), options=options, caption=caption,
+                        unit=html.escape(m.unit), esm=esm, config=cfg)
 
 
 _PAGE = """<!DOCTYPE html>
@@ -592,6 +599,7 @@ body {{ font-family: sans-serif; margin: 12px; }}
 #info {{ font-size: 12px; color: #333; margin-top: 4px; }}
 </style></head><body class="ketamine-nb-viewer-page">
 <h3>{title}</h3>
+<p style="font-size:12px;color:#555">{caption}</p>
 <div><label>Region <select id="region">{options}</select></label>
 <label>Threshold ({unit}) <input id="threshold" type="range"><span id="thr-value"></span>
 </label></div>
