@@ -9,7 +9,9 @@ the notebook; the test checks that NiiVue's canvas is not blank, that it
 changes when the threshold is typed into the slider, that picking a region
 changes the viewer's table and the linked explorer's, that a click in the
 view reports the position, region and value back to the kernel, and that no
-widget failed to render. The standalone page (``viewer_html``) is opened too.
+widget failed to render. With WebGL switched off (``--disable-3d-apis``) the
+2D slice viewer takes the view's place, with one line saying why. The
+standalone page (``viewer_html``) is opened too, with the network blocked.
 Screenshots go to the test's temporary folder and to ``/tmp/viewer_shots``.
 """
 
@@ -298,6 +300,35 @@ def test_viewer_renders_thresholds_and_follows_the_region(lab, tmp_path):
             _shot(page, tmp_path, "viewer_page_after")
             assert page.get_by_text("Error displaying widget").count() == 0, where
             assert not [e for e in errors if "widget" in e.lower()], f"{errors} {where}"
+        finally:
+            browser.close()
+
+
+def test_without_webgl_the_slice_viewer_takes_over(lab, tmp_path):
+    """Chromium with WebGL switched off: the probe reports it and the 2D viewer shows."""
+    from playwright.sync_api import sync_playwright
+
+    where = f"(screenshots in {tmp_path} and {SHOTS}; JupyterLab log: {lab['log']})"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM),
+                                    args=["--no-sandbox", "--disable-dev-shm-usage",
+                                          "--disable-3d-apis", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1200})
+            page.goto(f"{lab['url']}/lab/tree/viewer.ipynb?token={lab['token']}",
+                      wait_until="domcontentloaded", timeout=PAGE_MS)
+            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=PAGE_MS)
+            try:
+                _run_all(page)
+                page.wait_for_selector(".ketamine-nb-viewer-fallback", timeout=RENDER_MS)
+                page.wait_for_selector(".ketamine-nb-viewer .ketamine-nb-slices "
+                                       ".ketamine-nb-figure img", timeout=RENDER_MS)
+            finally:
+                _shot(page, tmp_path, "viewer_no_webgl_page")
+            viewer = page.locator(".ketamine-nb-viewer").first
+            assert "WebGL2 is not available" in viewer.inner_text(), where
+            _shot(viewer, tmp_path, "viewer_no_webgl")
+            assert page.get_by_text("Error displaying widget").count() == 0, where
         finally:
             browser.close()
 
