@@ -353,6 +353,7 @@ def test_without_webgl_the_slice_viewer_is_shown_with_one_line(vresults, vdata):
     assert v.nv not in v.view_box.children
     msg, sv = v.fallback.children
     assert NO_WEBGL_MESSAGE in msg.value and isinstance(sv, SliceViewer)
+    assert not v.controls["threshold"].continuous_update
     v.controls["region"].value = "amygdala_L"
     assert v.fallback.children[1] is not sv  # follows the region
     forced = BrainViewer(vresults, data=vdata, webgl=False)

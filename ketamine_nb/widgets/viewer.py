@@ -407,6 +407,9 @@ class BrainViewer(Explorer):
         msg.add_class("ketamine-nb-viewer-fallback")
         self.fallback = widgets.VBox([msg])
         self.view_box.children = [self.fallback]
+        self.info.value = ""
+        for name in ("threshold", "opacity"):  # each change redraws a figure: on release
+            self.controls[name].continuous_update = False
         self._redraw_fallback()
 
     def _redraw_fallback(self):
