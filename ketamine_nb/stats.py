@@ -791,9 +791,16 @@ def region_stats(rows: pd.DataFrame, *, config: StatsConfig | None = None) -> pd
         ``p_perm_interaction``; ``q_fdr`` (or ``q_holm``) with ``q_source``
         and ``family``; ``study_direction`` and ``verdict``.
     """
+    from threadpoolctl import threadpool_limits
+
+    # Small matrices: BLAS threads only add overhead (and spin on a busy machine).
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _region_stats(rows, config or StatsConfig())
+
+
+def _region_stats(rows: pd.DataFrame, config: StatsConfig) -> pd.DataFrame:
     from scipy.stats import t as t_dist
 
-    config = config or StatsConfig()
     if rows.empty:
         raise InputError("no rows to model; check that the ΔMD and score tables share "
                          "participant_id values")
