@@ -118,7 +118,7 @@ _FINE_STEP = 2
 _FINE_SIGMA = 0.0
 #: Rounds of registration to the tensor-predicted signal, per level.
 _PREDICTION_ROUNDS = 2
-_COARSE_ROUNDS = 2
+_COARSE_ROUNDS = 1
 #: Iterations of the mutual-information link per level (dipy's optimizer).
 _MI_ITERATIONS = [50, 20]
 #: Stop iterating a volume when its update moves points by less than this (mm).
@@ -266,11 +266,12 @@ class _Template:
 # Registration
 
 
-def _gauss_newton(vols, idx, template, W, y, c, inv_aff, model, iterations):
+def _gauss_newton(vols, idx, template, W, y, c, inv_aff, model, iterations, on_grid=None):
     """Inverse-compositional Gauss-Newton of volumes ``idx`` to one template.
 
     ``W[v]`` maps centred template coordinates to centred coordinates of
-    volume v and is updated in place.
+    volume v and is updated in place. ``on_grid``: the points' voxel indices
+    (a tuple of arrays), read directly where ``W[v]`` is the identity.
     """
     active = list(idx)
     pts_h = np.concatenate([y, np.ones((len(y), 1))], axis=1).T   # (4, n)
@@ -279,9 +280,11 @@ def _gauss_newton(vols, idx, template, W, y, c, inv_aff, model, iterations):
             break
         still = []
         for v in active:
-            world = (W[v] @ pts_h)[:3] + c[:, None]
-            vox = inv_aff[:3, :3] @ world + inv_aff[:3, 3:4]
-            iw = _sample(vols[v], vox)
+            if on_grid is not None and np.array_equal(W[v], np.eye(4)):
+                iw = vols[v][on_grid].astype(float)
+            else:
+                world = (W[v] @ pts_h)[:3] + c[:, None]
+                iw = _sample(vols[v], inv_aff[:3, :3] @ world + inv_aff[:3, 3:4])
             tm = template[v] if isinstance(template, dict) else template
             T = tm.values
             denom = float(iw @ iw)
@@ -378,10 +381,15 @@ def _predicted_templates(level, W, c, bvals, g_world, dw, model):
     vals = np.empty((len(y), n))
     grad = np.empty((len(y), n, 3))
     rot = []
+    on_grid = tuple(level.vox)
     for v in range(n):
-        vox = level.inv[:3, :3] @ ((W[v] @ pts_h)[:3] + c[:, None]) + level.inv[:3, 3:4]
-        vals[:, v] = _sample(level.vols[v], vox)
-        gv = np.stack([_sample(g, vox) for g in level.gradients(v)], axis=1)  # voxel units
+        if np.array_equal(W[v], np.eye(4)):  # the points themselves: no interpolation
+            vals[:, v] = level.vols[v][on_grid]
+            gv = np.stack([g[on_grid] for g in level.gradients(v)], axis=1)
+        else:
+            vox = level.inv[:3, :3] @ ((W[v] @ pts_h)[:3] + c[:, None]) + level.inv[:3, 3:4]
+            vals[:, v] = _sample(level.vols[v], vox)
+            gv = np.stack([_sample(g, vox) for g in level.gradients(v)], axis=1)  # per voxel
         # Gradient of I_v(W y) in template mm: W's linear part, transposed.
         grad[:, v] = (gv @ level.inv[:3, :3]) @ W[v][:3, :3]
         rot.append(_polar_rotation(W[v][:3, :3]))
@@ -464,13 +472,13 @@ def _estimate(data, affine, zooms, groups, ref_index, mask, model, bvals, g_worl
             if others:
                 tmpl = coarse.template(coarse.vols[anchors[key]], c, model)
                 _gauss_newton(coarse.vols, others, tmpl, W, yc, c, coarse.inv, model,
-                              _ITERATIONS)
+                              _ITERATIONS, on_grid=tuple(coarse.vox))
     dw = np.ones(n_vol, bool)
     dw[groups["b0"]] = False
     for _ in range(_COARSE_ROUNDS):
         pred = _predicted_templates(coarse, W, c, bvals, g_world, dw, model)
         _gauss_newton(coarse.vols, sorted(pred), pred, W, yc, c, coarse.inv, model,
-                      _FINE_ITERATIONS)
+                      _FINE_ITERATIONS, on_grid=tuple(coarse.vox))
     fast = relative(W)
     world_corners = corners + c[:, None]
     if all(_max_shift(T, world_corners, inv_affine) <= RESAMPLE_MIN_VOXELS for T in fast):

@@ -203,3 +203,21 @@ def test_too_many_outliers_are_kept_and_flagged(series):
     assert table["outlier"].sum() == n_max + 1 and not table["excluded"].any()
     assert len(new_gtab.bvals) == len(bvals)
     assert {"motion_outliers", "outliers_kept"} <= set(motion_qc(table)["flags"])
+
+
+def test_half_millimetre_shift_of_one_volume_is_found(series):
+    """The quick check (coarse level) must not hide a small motion of one volume."""
+    from scipy.ndimage import affine_transform
+
+    images, bvals, bvecs, affine = series
+    gtab = gradient_table(bvals, bvecs=bvecs)
+    data = _noisy(images[0], np.random.default_rng(5))
+    v = int(np.flatnonzero(~gtab.b0s_mask)[8])
+    T = np.eye(4)
+    T[:3, 3] = [0.0, 0.5, 0.0]
+    M = np.linalg.inv(affine) @ np.linalg.inv(T) @ affine
+    data[..., v] = affine_transform(data[..., v], M[:3, :3], M[:3, 3], order=3, mode="nearest")
+    _, _, table = realign_series(nib.Nifti1Image(data, affine), gtab)
+    assert table.loc[v, "resampled"]
+    assert table.loc[v, "ty"] == pytest.approx(0.5, abs=0.1)
+    assert table.loc[v, "displacement"] == pytest.approx(0.5, abs=0.1)
