@@ -42,7 +42,7 @@ __all__ = [
     "DENOISE_METHODS",
     "REALIGN_MODELS",
     "SPACES",
-    "STATISTICS",
+    "REGION_SUMMARIES",
     "TRANSFORMS",
     "PipelineConfig",
     "PipelineResult",
@@ -70,7 +70,7 @@ TRANSFORMS = ("rigid", "affine")
 SPACES = ("native", "MNI")
 
 #: Regional summaries that can go into ``roi_deltas.tsv``.
-STATISTICS = ("wmean", "mean", "median")
+REGION_SUMMARIES = ("wmean", "mean", "median")
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class PipelineConfig:
                              f"{', '.join(FIT_METHODS)}")
         object.__setattr__(self, "fit_method", self.fit_method.upper())
         for name, allowed in (("denoise", (None, *DENOISE_METHODS)), ("transform", TRANSFORMS),
-                              ("space", SPACES), ("statistic", STATISTICS),
+                              ("space", SPACES), ("statistic", REGION_SUMMARIES),
                               ("realign", (None, *REALIGN_MODELS)),
                               ("atlas_registration", (None, *ATLAS_REGISTRATIONS))):
             value = getattr(self, name)

@@ -60,15 +60,25 @@ def test_one_name_per_idea_and_the_old_spellings_still_parse():
 
 
 def test_allowed_values_come_from_the_package_constants():
-    from ketamine_nb.pipeline import DENOISE_METHODS, SPACES, TRANSFORMS
-    from ketamine_nb.stats import CHANGES, CORRECTIONS, OUTCOMES
+    from ketamine_nb.pipeline import (
+        ATLAS_REGISTRATIONS,
+        DENOISE_METHODS,
+        REALIGN_MODELS,
+        SPACES,
+        TRANSFORMS,
+    )
+    from ketamine_nb.simulate import PRESETS
+    from ketamine_nb.stats import CHANGES, CORRECTIONS, Q_SOURCES, STATISTICS
     from ketamine_nb.tensor import FIT_METHODS
 
     p = build_parser()
     expected = {("run", "fit_method"): FIT_METHODS, ("run", "denoise"): DENOISE_METHODS,
                 ("run", "transform"): TRANSFORMS, ("run", "space"): SPACES,
                 ("stats", "change"): CHANGES, ("stats", "md_change"): CHANGES,
-                ("stats", "correction"): CORRECTIONS, ("stats", "outcomes"): tuple(OUTCOMES)}
+                ("stats", "correction"): CORRECTIONS, ("stats", "statistic"): STATISTICS,
+                ("stats", "q_from"): Q_SOURCES, ("simulate", "preset"): PRESETS,
+                ("run", "realign"): (*REALIGN_MODELS, "none"),
+                ("run", "atlas_registration"): (*ATLAS_REGISTRATIONS, "none")}
     for (command, dest), allowed in expected.items():
         assert tuple(_action(p, command, dest).choices) == tuple(allowed), (command, dest)
 
