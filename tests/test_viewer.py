@@ -426,3 +426,13 @@ def test_regions_on_grid_matches_nilearn_and_labels_the_most_probable(vdata):
     i, j, k = np.argwhere(lab == 2)[0]
     assert region_at(labels, maps.names, (labels.affine @ [i, j, k, 1])[:3]) == maps.names[1]
     assert region_at(labels, maps.names, [500.0, 0.0, 0.0]) is None
+
+
+def test_a_map_change_keeps_the_scatter_and_the_table(viewer, sent):
+    table, title = viewer.table, viewer.artists["title"].get_text()
+    sent.clear()
+    viewer.controls["map"].value = "template"
+    assert viewer.table is table and viewer.artists["title"].get_text() == title
+    assert not [s for s in sent if s[0] == "HTML"]  # the table is not sent again
+    viewer.controls["arm"].value = "saline"
+    assert viewer.table is not table

@@ -136,6 +136,7 @@ class BrainViewer(Explorer):
         self.hover_region: str | None = None
         self.fallback = None
         self._shown_region = None
+        self._stats_key = self._shown_stats = None
         self._clicked = False
         self.info = widgets.HTML("<span style='font-size:12px;color:#555'>Click in the view: "
                                  "position, region and value appear here.</span>")
@@ -310,11 +311,22 @@ class BrainViewer(Explorer):
             self.nv.scene.crosshair_pos = self.data.centre_frac(region)  # go to the region
         self._shown_region = region
         self.set_display()
+        key = (region, values["outcome"], values["arm"])
+        if key == self._stats_key and not self.table.empty:
+            return self.table  # only the view changed: the scatter and the table stay
         rows, row = self.region_model(region, values["outcome"])
         arms = list(ARM_COLORS) if values["arm"] == "both" else [values["arm"]]
         self.handle.update(rows, region=region, outcome=values["outcome"], stats_row=row,
                            arms=arms)
+        self._stats_key = key
         return row.to_frame().T.reset_index(drop=True)
+
+    def redisplay(self):
+        """Show the scatter again in a kernel, only when it changed."""
+        if self._shown_stats == self._stats_key:
+            return
+        self._shown_stats = self._stats_key
+        super().redisplay()
 
     def region_model(self, region: str, outcome: str):
         """Rows of ``stats_input`` and the ``stats_roi`` row of one region and outcome."""
