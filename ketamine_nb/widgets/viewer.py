@@ -153,7 +153,7 @@ class BrainViewer(Explorer):
                          "with the region's ΔMD against Δscore", name="viewer", columns=4,
                          region_state=region_state)
         stats = widgets.VBox([self.output, self.table_view],
-                             layout=widgets.Layout(width="42%"))
+                             layout=widgets.Layout(width="42%", overflow="auto"))
         head, grid = self.children[0], self.children[1]
         self.probe = None
         extra = []
