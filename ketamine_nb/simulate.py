@@ -1195,7 +1195,8 @@ TRUTH_CSF_MD_THRESHOLD = 1.1e-3
 
 
 def region_apparent_md(params: SimulationParams, region: str, md_multiplier, change, *,
-                       csf_md_threshold: float | None = TRUTH_CSF_MD_THRESHOLD):
+                       csf_md_threshold: float | None = TRUTH_CSF_MD_THRESHOLD,
+                       _voxels: bool = False):
     """Noise-free MD a tensor fit would report, averaged over a planted region.
 
     The region is the pipeline's default definition (atlas probability >=
@@ -1208,8 +1209,10 @@ def region_apparent_md(params: SimulationParams, region: str, md_multiplier, cha
     its mean over the (evenly spread) directions is the voxel's MD. Voxels
     whose MD exceeds ``csf_md_threshold`` are left out, then the rest are
     averaged. This is what the pipeline measures without noise and with
-    perfect registration; ``tissue_md_*`` in the ground truth is the
-    CSF-free tissue MD, which partial volume keeps out of reach.
+    perfect registration (the ground-truth table judges the guard once per
+    participant, on the mean MD of the two visits, as the pipeline does);
+    ``tissue_md_*`` in the ground truth is the CSF-free tissue MD, which
+    partial volume keeps out of reach.
 
     Parameters
     ----------
@@ -1269,12 +1272,29 @@ def region_apparent_md(params: SimulationParams, region: str, md_multiplier, cha
     base = (np.arange(table.shape[0]) * table.shape[1])[None, :] + i0
     lo = flat[base]
     md = lo + (flat[base + 1] - lo) * pos
+    if _voxels:
+        return md
     if csf_md_threshold is not None:
         keep = md <= csf_md_threshold
         out = np.where(keep, md, 0).sum(1) / np.maximum(keep.sum(1), 1)
     else:
         out = md.mean(1)
     return float(out[0]) if scalar else out
+
+
+def _visit_pair_md(params, region, m_pre, m_post, changes, csf_md_threshold):
+    """Regional MD of both visits with the CSF guard judged once, on the visits' mean.
+
+    As the pipeline does (``md_guard``): a voxel is left out of both visits
+    when the mean of its two noise-free MDs exceeds the threshold.
+    """
+    pre = region_apparent_md(params, region, m_pre, 0.0, _voxels=True)
+    post = region_apparent_md(params, region, m_post, changes, _voxels=True)
+    if csf_md_threshold is None:
+        return pre.mean(1), post.mean(1)
+    keep = (pre + post) / 2 <= csf_md_threshold
+    n = np.maximum(keep.sum(1), 1)
+    return np.where(keep, pre, 0).sum(1) / n, np.where(keep, post, 0).sum(1) / n
 
 
 # --------------------------------------------------------------------------
@@ -1439,8 +1459,8 @@ def _truth_table(params, participants, subj_mult, sess_mult, changes) -> pd.Data
     tissue_change = cmat @ anat.plant_mix.T  # (n, R): each field's tissue MD change
     for r in STUDY_REGIONS:
         k = anat.region_names.index(r)
-        app_pre = region_apparent_md(params, r, m_pre, 0.0)
-        app_post = region_apparent_md(params, r, m_post, changes)
+        app_pre, app_post = _visit_pair_md(params, r, m_pre, m_post, changes,
+                                           TRUTH_CSF_MD_THRESHOLD)
         base = anat.baseline_md[r]
         frames.append(pd.DataFrame({
             "participant_id": pids, "arm": arms, "region": r,

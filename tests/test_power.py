@@ -28,12 +28,16 @@ def test_fast_interaction_test_equals_region_stats():
 
     d = simulate_tables(SimulationParams(n_subjects=40), seed=3)
     rows, _ = stats_input(d["ground_truth"], d["scores"])
-    fast = interaction_pvalues(rows).set_index(["region", "outcome"])
-    ref = region_stats(rows, config=StatsConfig(statistic="t", n_permutations=0,
-                                                n_bootstrap=0)).set_index(
+    rows = rows[rows["region"].isin(["BA10_L", "vACC"])]
+    ref = region_stats(rows, config=StatsConfig(n_permutations=0, n_bootstrap=0)).set_index(
         ["region", "outcome"])
-    for col in ("beta_interaction", "p_interaction", "r_ketamine", "r_saline"):
-        np.testing.assert_allclose(fast[col], ref.loc[fast.index, col], rtol=1e-6)
+    for statistic, col in (("t", "p_interaction"), ("aspin_welch", "p_welch_interaction")):
+        fast = interaction_pvalues(rows, statistic=statistic).set_index(["region", "outcome"])
+        np.testing.assert_allclose(fast["p_interaction"], ref.loc[fast.index, col], rtol=1e-6)
+        for c in ("beta_interaction", "r_ketamine", "r_saline"):
+            np.testing.assert_allclose(fast[c], ref.loc[fast.index, c], rtol=1e-6)
+    with pytest.raises(InputError, match="statistic"):
+        interaction_pvalues(rows, statistic="z")
 
 
 def test_power_table_is_tidy_and_reproducible():
