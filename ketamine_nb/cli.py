@@ -274,7 +274,8 @@ def _cmd_stats(args) -> int:
 def _cmd_report(args) -> int:
     from .report import write_report
 
-    path = write_report(args.out_dir, path=args.output, pseudonymise=args.pseudonymise)
+    path = write_report(args.out_dir, path=args.output, pseudonymise=args.pseudonymise,
+                        viewer=args.viewer)
     print(f"Report: {path}")
     return 0
 
@@ -414,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report file (default OUT_DIR/report.html)")
     p.add_argument("--pseudonymise", action="store_true",
                    help="replace participant ids with random pseudonyms")
+    p.add_argument("--viewer", action=argparse.BooleanOptionalAction, default=True,
+                   help="embed the 3D viewer of the cohort's mean ΔMD (default on; it works "
+                        "offline and adds a few MB)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("lab", help="open JupyterLab on the notebooks, demo ready",

@@ -87,8 +87,8 @@ figure{margin:1em 0}figure img{max-width:100%}figcaption{font-size:.85em;color:#
 """
 
 
-def write_report(out_dir, *, path=None, pseudonymise: bool = False, seed: int | None = None
-                 ) -> Path:
+def write_report(out_dir, *, path=None, pseudonymise: bool = False, seed: int | None = None,
+                 viewer: bool = True) -> Path:
     """Write ``report.html`` for a pipeline + statistics output folder.
 
     Parameters
@@ -102,6 +102,11 @@ def write_report(out_dir, *, path=None, pseudonymise: bool = False, seed: int | 
         report.
     seed : int, optional
         Seed of the pseudonym order (for tests).
+    viewer : bool, default=True
+        Embed the 3D viewer of the cohort's mean ΔMD with the study regions
+        (:func:`ketamine_nb.widgets.viewer.viewer_html`; NiiVue's JavaScript
+        is inlined, so the page works offline, and adds a few MB). The map is
+        a cohort mean: no participant's image is in it.
 
     Returns
     -------
@@ -157,10 +162,15 @@ def write_report(out_dir, *, path=None, pseudonymise: bool = False, seed: int | 
                                "Measured against planted ΔMD (simulated cohort)"))
 
     if res.stats_roi is not None:
+        family = (str(res.stats_roi["family"].dropna().iloc[0])
+                  if "family" in res.stats_roi and res.stats_roi["family"].notna().any()
+                  else "every row of the table")
         parts.append("<h2>The study's model</h2><p>Per region and outcome: "
                      f"<code>{html.escape(str(res.stats_roi['formula'].iloc[0]))}</code> "
-                     "(OLS; Δ = post − pre; ΔMD in 10⁻⁶ mm²/s). q: Benjamini-Hochberg across "
-                     "all rows.</p>")
+                     "(OLS; Δ = post − pre; ΔMD in 10⁻⁶ mm²/s). q values: corrected across "
+                     f"{html.escape(family)}. The verdict compares each row with the "
+                     "pattern the paper reported (consistent, inconclusive, contradicts); "
+                     "the statistics module's docstring gives every choice.</p>")
         for outcome in pd.unique(res.stats_roi["outcome"]):
             parts.append(_fig_html(plotting.plot_forest(res.stats_roi, outcome=outcome),
                                    f"Interaction estimates ({outcome})"))
@@ -170,14 +180,17 @@ def write_report(out_dir, *, path=None, pseudonymise: bool = False, seed: int | 
             parts.append(_fig_html(plotting.plot_scatter(res.stats_input, top["region"],
                                                          top["outcome"], stats_roi=top),
                                    f"ΔMD vs Δscore, {top['region']} ({top['outcome']})"))
-        cols = [c for c in ("region", "outcome", "n_ketamine", "n_saline", "r_ketamine",
-                            "r_saline", "slope_ketamine", "slope_saline", "beta_interaction",
+        t = res.stats_roi
+        per_arm = [c for c in t.columns
+                   if c.startswith(("n_", "r_", "slope_")) and not c.startswith(
+                       ("r_ci", "r_boot", "r_p", "r_partial", "n_dropped"))]
+        cols = [c for c in ("region", "outcome", *per_arm, "beta_interaction",
                             "se_interaction", "p_interaction", "p_perm_interaction", "q_fdr",
-                            "q_holm", "study_direction", "matches_study")
-                if c in res.stats_roi]
+                            "q_holm", "verdict")
+                if c in t]
         parts.append(_table_html(res.stats_roi[cols]))
     if res.reliability is not None:
-        parts.append("<h2>Reliability of ΔMD</h2><p>The saline arm's ΔMD spread as "
+        parts.append("<h2>Reliability of ΔMD</h2><p>The control arm's ΔMD spread as "
                      "measurement error; |RCI| &gt; 1.96 is a reliable change.</p>"
                      + _table_html(res.reliability))
 
@@ -189,6 +202,28 @@ def write_report(out_dir, *, path=None, pseudonymise: bool = False, seed: int | 
         if len(flagged):
             parts.append(_table_html(anon(flagged[["participant_id", "session", "qc_snr_b0",
                                                    "qc_flags"]])))
+    if "flag" in res.roi_deltas:
+        gaps = res.roi_deltas[res.roi_deltas["delta_md"].isna()
+                              & (res.roi_deltas["flag"].fillna("").astype(str) != "")]
+        if len(gaps):
+            parts.append("<h2>Regions not reported</h2><p>A region whose coverage (field "
+                         "of view, brain mask) or registration cannot be trusted has no "
+                         "ΔMD: the reason is given, never a number from a sliver.</p>"
+                         + _table_html(anon(gaps[["participant_id", "region", "flag"]])))
+    if viewer:
+        from .exceptions import InputError
+        from .widgets.viewer import viewer_html
+
+        try:
+            page = viewer_html(res, map="mean_delta_md", arm="both")
+        except InputError as exc:  # no template-space maps: say so, keep the report
+            parts.append(f"<h2>3D viewer</h2><p>Not available: {html.escape(str(exc))}</p>")
+        else:
+            parts.append("<h2>3D viewer</h2><p>The cohort's mean ΔMD (10⁻⁶ mm²/s) on the "
+                         "template with the study regions; pick a region, move the "
+                         "threshold.</p><iframe title='3D brain viewer: mean ΔMD with the "
+                         "study regions' style='width:100%;height:640px;border:0' srcdoc=\""
+                         + html.escape(page, quote=True) + "\"></iframe>")
     failures = out / "failures.tsv"
     if failures.is_file():
         f = pd.read_csv(failures, sep="\t")

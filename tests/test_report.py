@@ -23,6 +23,11 @@ def test_report_is_self_contained_with_figures_tables_and_versions(small_results
         assert region in text
     assert "dipy" in text and "nilearn" in text                 # versions
     assert "fit_method&quot;: &quot;WLS" in text                # parameters
+    assert "<iframe title='3D brain viewer" in text              # the linked 3D view
+    assert "verdict" in text and "matches_study" not in text
+    lean = write_report(small_results.out_dir, path=tmp_path / "lean.html", viewer=False)
+    assert "<iframe" not in lean.read_text()
+    assert len(lean.read_text()) < len(text) / 2
 
 
 def test_pseudonymised_report_has_no_participant_id(processed_cohort, tmp_path):
