@@ -51,7 +51,8 @@ say "python: $("$py" -c 'import sys; print(sys.executable)'); commit $BENCH_COMM
 say "uptime: $(uptime)"
 
 all_benches=(bench_import bench_simulate bench_md_fit bench_registration bench_session bench_session_vs_script
-             bench_dask bench_demo bench_stats bench_widgets bench_notebooks)
+             bench_dask bench_demo bench_stats bench_widgets bench_notebooks
+             bench_realign bench_longitudinal bench_artefacts bench_viewer)
 benches=("${@:-${all_benches[@]}}")
 for bench in "${benches[@]}"; do
     bench="${bench%.py}"
