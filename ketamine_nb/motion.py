@@ -116,9 +116,10 @@ _FINE_ITERATIONS = 5
 _FINE_STEP = 2
 #: Gaussian smoothing (voxels) of the fine level.
 _FINE_SIGMA = 0.0
-#: Rounds of registration to the tensor-predicted signal, per level.
+#: Rounds of registration to the tensor-predicted signal, per level (on the coarse
+#: level, the quick check follows each round).
 _PREDICTION_ROUNDS = 2
-_COARSE_ROUNDS = 1
+_COARSE_ROUNDS = 2
 #: Iterations of the mutual-information link per level (dipy's optimizer).
 _MI_ITERATIONS = [50, 20]
 #: Stop iterating a volume when its update moves points by less than this (mm).
@@ -475,15 +476,15 @@ def _estimate(data, affine, zooms, groups, ref_index, mask, model, bvals, g_worl
                               _ITERATIONS, on_grid=tuple(coarse.vox))
     dw = np.ones(n_vol, bool)
     dw[groups["b0"]] = False
+    world_corners = corners + c[:, None]
     for _ in range(_COARSE_ROUNDS):
         pred = _predicted_templates(coarse, W, c, bvals, g_world, dw, model)
         _gauss_newton(coarse.vols, sorted(pred), pred, W, yc, c, coarse.inv, model,
                       _FINE_ITERATIONS, on_grid=tuple(coarse.vox))
-    fast = relative(W)
-    world_corners = corners + c[:, None]
-    if all(_max_shift(T, world_corners, inv_affine) <= RESAMPLE_MIN_VOXELS for T in fast):
-        # No volume moved enough to be resampled: the coarse estimates are the answer.
-        return fast, c
+        fast = relative(W)
+        if all(_max_shift(T, world_corners, inv_affine) <= RESAMPLE_MIN_VOXELS for T in fast):
+            # No volume moved enough to be resampled: the coarse estimates are the answer.
+            return fast, c
 
     # Motion: start the DW volumes again from the mean of their shell.
     for key, idx in groups.items():
