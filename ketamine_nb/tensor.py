@@ -34,8 +34,8 @@ def denoise(dwi_img, gtab, *, method: str = "mppca", mask=None):
     """Denoise a DWI series with dipy's MP-PCA or Patch2Self.
 
     BLAS is limited to one thread around the call (``threadpoolctl``): these
-    local denoisers run many small SVDs, which on two OpenBLAS threads were
-    17 times slower here than on one.
+    local denoisers run many small SVDs, which were much slower on two
+    OpenBLAS threads than on one.
 
     Parameters
     ----------
@@ -93,8 +93,8 @@ def _cholesky_solve(A, b):
 
     The Cholesky factorisation written out element by element, each step one
     numpy operation over all systems (structure of arrays): for 7 x 7
-    systems, 3-5 times faster than ``numpy.linalg.solve`` on a stack, which
-    calls LAPACK once per system.
+    systems, faster than ``numpy.linalg.solve`` on a stack, which calls
+    LAPACK once per system (see benchmarks/history/NOTES.md).
 
     Parameters
     ----------
@@ -201,7 +201,7 @@ def _md_fa(lt, min_diffusivity: float):
     return md, np.nan_to_num(fa)
 
 
-def _batched_fit(data, gtab, method: str, *, select=None, n_threads: int = 1,
+def _batched_fit(data, gtab, method: str, *, select=None, n_jobs: int = 1,
                  block: int = _BLOCK):
     """OLS or WLS tensor fit of many voxels at once; the same algorithm as dipy's.
 
@@ -233,7 +233,7 @@ def _batched_fit(data, gtab, method: str, *, select=None, n_threads: int = 1,
         Fit.
     select : numpy.ndarray of bool, shape (n_rows,), optional
         Rows to fit (default: all).
-    n_threads : int, default=1
+    n_jobs : int, default=1
         Threads sharing the blocks (numpy releases the GIL in its array
         operations). BLAS is held to one thread during the fit.
     block : int, default=8192
@@ -291,12 +291,12 @@ def _batched_fit(data, gtab, method: str, *, select=None, n_threads: int = 1,
 
     starts = range(0, n, block)
     # One BLAS thread: a block's products are small, and BLAS threads on top
-    # of ours (or of other work) made a one-thread fit 5 times slower here.
+    # of ours (or of other work) made a one-thread fit several times slower.
     with _blas_controller().limit(limits=1, user_api="blas"):
-        if n_threads > 1 and len(starts) > 1:
+        if n_jobs > 1 and len(starts) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(min(n_threads, len(starts))) as ex:
+            with ThreadPoolExecutor(min(n_jobs, len(starts))) as ex:
                 list(ex.map(fit, starts))
         else:
             for s in starts:
@@ -308,15 +308,15 @@ def _batched_fit(data, gtab, method: str, *, select=None, n_threads: int = 1,
 def _blas_controller():
     from threadpoolctl import ThreadpoolController
 
-    return ThreadpoolController()  # scanning the loaded libraries takes ~10 ms once
+    return ThreadpoolController()  # scanning the loaded libraries: once per process
 
 
-def _n_threads(n_threads) -> int:
-    """Threads for the batched fit: ``n_threads``, else the BLAS thread limit in force."""
-    if n_threads is not None:
-        if isinstance(n_threads, bool) or int(n_threads) != n_threads or n_threads < 1:
-            raise InputError(f"n_threads must be a positive integer, not {n_threads!r}")
-        return int(n_threads)
+def _n_jobs(n_jobs) -> int:
+    """Threads for the batched fit: ``n_jobs``, else the BLAS thread limit in force."""
+    if n_jobs is not None:
+        if isinstance(n_jobs, bool) or int(n_jobs) != n_jobs or n_jobs < 1:
+            raise InputError(f"n_jobs must be a positive integer, not {n_jobs!r}")
+        return int(n_jobs)
     # Dask counts the CPUs this process may use, CPU affinity and container
     # (cgroup) quotas included, e.g. on Binder.
     from dask.system import cpu_count
@@ -327,7 +327,7 @@ def _n_threads(n_threads) -> int:
 
 
 def fit_dti(dwi_img, gtab, *, mask=None, fit_method: str = DEFAULT_FIT_METHOD,
-            engine: str = "auto", n_threads: int | None = None):
+            engine: str = "auto", n_jobs: int | None = None):
     """Fit the diffusion tensor and return MD and FA maps.
 
     Parameters
@@ -343,10 +343,10 @@ def fit_dti(dwi_img, gtab, *, mask=None, fit_method: str = DEFAULT_FIT_METHOD,
     engine : {"auto", "dipy"}, default="auto"
         ``auto`` fits WLS with dipy's algorithm in blocks of voxels, each
         step one array operation (MD within 2e-7 relative of dipy's, i.e.
-        float32 rounding; 40-55 times faster than dipy on one thread; see
+        float32 rounding; much faster than dipy, timings in
         ``benchmarks/RESULTS.md``) and the other methods with dipy;
         ``dipy`` always uses ``dipy.reconst.dti``.
-    n_threads : int, optional
+    n_jobs : int, optional
         Threads for the ``auto`` WLS fit (numpy releases the GIL in its array
         operations, so they run in parallel). Default: the BLAS thread limit
         in force (``threadpoolctl``), at most the CPUs this process may use:
@@ -376,8 +376,8 @@ def fit_dti(dwi_img, gtab, *, mask=None, fit_method: str = DEFAULT_FIT_METHOD,
                          f"{', '.join(FIT_METHODS)}")
     if engine not in ("auto", "dipy"):
         raise InputError(f"engine {engine!r} is unknown; use 'auto' or 'dipy'")
-    if n_threads is not None:
-        _n_threads(n_threads)  # a bad value fails here, whatever the engine
+    if n_jobs is not None:
+        _n_jobs(n_jobs)  # a bad value fails here, whatever the engine
     data = np.asarray(dwi_img.dataobj, dtype=np.float32)
     m = _as_mask(mask, data.shape[:3])
     if engine == "auto" and method == "WLS":  # dipy's OLS is one product already
@@ -390,7 +390,7 @@ def fit_dti(dwi_img, gtab, *, mask=None, fit_method: str = DEFAULT_FIT_METHOD,
         fa = np.zeros(flat.shape[0], np.float32)
         if sel is None or sel.any():
             v_md, v_fa = _batched_fit(flat, gtab, method, select=sel,
-                                      n_threads=_n_threads(n_threads))
+                                      n_jobs=_n_jobs(n_jobs))
             where = slice(None) if sel is None else sel
             md[where], fa[where] = np.nan_to_num(v_md), np.clip(v_fa, 0, 1)
         shape = data.shape[:3]
@@ -404,7 +404,7 @@ def fit_dti(dwi_img, gtab, *, mask=None, fit_method: str = DEFAULT_FIT_METHOD,
         kwargs["sigma"] = float(np.median(estimate_sigma(data[..., gtab.b0s_mask])))
     model = TensorModel(gtab, fit_method=method, **kwargs)
     # Per-voxel fits are small solves: more BLAS threads only add overhead
-    # (1.3-1.5 s with 2 threads vs 0.9 s with 1 on a loaded 2-core machine).
+    # (slower with 2 threads than with 1 on a 2-core machine).
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
@@ -428,7 +428,7 @@ def _maps(md, fa, affine):
 
 
 def compute_md_map(dwi_img, gtab, *, mask=None, fit_method: str = DEFAULT_FIT_METHOD,
-                   engine: str = "auto", n_threads: int | None = None):
+                   engine: str = "auto", n_jobs: int | None = None):
     """Compute a mean-diffusivity map with a dipy tensor fit.
 
     Parameters
@@ -443,7 +443,7 @@ def compute_md_map(dwi_img, gtab, *, mask=None, fit_method: str = DEFAULT_FIT_ME
         dipy's tensor fit method.
     engine : {"auto", "dipy"}, default="auto"
         See :func:`fit_dti`.
-    n_threads : int, optional
+    n_jobs : int, optional
         Threads of the ``auto`` WLS fit; see :func:`fit_dti`.
 
     Returns
@@ -456,4 +456,4 @@ def compute_md_map(dwi_img, gtab, *, mask=None, fit_method: str = DEFAULT_FIT_ME
     MD = (l1 + l2 + l3) / 3. See :func:`fit_dti`.
     """
     return fit_dti(dwi_img, gtab, mask=mask, fit_method=fit_method, engine=engine,
-                   n_threads=n_threads)[0]
+                   n_jobs=n_jobs)[0]

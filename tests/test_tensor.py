@@ -118,9 +118,9 @@ def test_threads_and_blocks_give_the_same_numbers():
     data, gtab, kinds = _volume(seed=3)
     flat = data.reshape(-1, data.shape[-1], order="F")
     sel = (kinds != 3).ravel(order="F")
-    one = tensor._batched_fit(flat, gtab, "WLS", select=sel, n_threads=1, block=37)
-    three = tensor._batched_fit(flat, gtab, "WLS", select=sel, n_threads=3, block=37)
-    whole = tensor._batched_fit(flat, gtab, "WLS", select=sel, n_threads=1, block=10**6)
+    one = tensor._batched_fit(flat, gtab, "WLS", select=sel, n_jobs=1, block=37)
+    three = tensor._batched_fit(flat, gtab, "WLS", select=sel, n_jobs=3, block=37)
+    whole = tensor._batched_fit(flat, gtab, "WLS", select=sel, n_jobs=1, block=10**6)
     for a, b, c in zip(one, three, whole, strict=True):
         assert a.shape == (sel.sum(),)
         np.testing.assert_array_equal(a, b)
@@ -164,22 +164,22 @@ def test_cholesky_solve_matches_numpy_and_flags_indefinite_systems():
 
 
 def test_n_threads_follows_the_blas_limit_or_the_argument():
-    assert tensor._n_threads(3) == 3
+    assert tensor._n_jobs(3) == 3
     with threadpool_limits(limits=1, user_api="blas"):
-        assert tensor._n_threads(None) == 1
+        assert tensor._n_jobs(None) == 1
     # Never more threads than CPUs this process may use (a container quota).
     import dask.system
 
     with threadpool_limits(limits=4, user_api="blas"), \
             pytest.MonkeyPatch.context() as mp:
         mp.setattr(dask.system, "cpu_count", lambda: 3)
-        assert tensor._n_threads(None) == 3
+        assert tensor._n_jobs(None) == 3
         mp.setattr(dask.system, "cpu_count", lambda: 1)
-        assert tensor._n_threads(None) == 1
+        assert tensor._n_jobs(None) == 1
     for bad in (0, -1, 1.5, True):
-        with pytest.raises(InputError, match="n_threads"):
-            tensor._n_threads(bad)
+        with pytest.raises(InputError, match="n_jobs"):
+            tensor._n_jobs(bad)
     data, gtab, _ = _volume(shape=(3, 3, 3), seed=6)
     img = nib.Nifti1Image(data, np.eye(4))
-    with pytest.raises(InputError, match="n_threads"):
-        fit_dti(img, gtab, n_threads=0)
+    with pytest.raises(InputError, match="n_jobs"):
+        fit_dti(img, gtab, n_jobs=0)
