@@ -16,6 +16,7 @@ _LAZY = {
     "load_dwi": "dwi",
     "brain_mask": "dwi",
     "compute_md_map": "tensor",
+    "realign_series": "motion",
     "fit_dti": "tensor",
     "register_to_template": "registration",
     "process_session": "pipeline",
