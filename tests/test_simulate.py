@@ -375,10 +375,16 @@ def test_official_bids_validator_reports_no_error(small_cohort):
 
 def test_cli_simulate_writes_a_cohort_and_rejects_bad_input(tmp_path):
     exe = [sys.executable, "-m", "ketamine_nb.cli"]
-    ok = subprocess.run([*exe, "simulate", str(tmp_path / "c"), "--subjects", "3", "--quiet"],
-                        capture_output=True, text=True)
+    ok = subprocess.run([*exe, "simulate", str(tmp_path / "c"), "--subjects", "3", "--quiet",
+                         "--preset", "null"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "BIDS dataset" in ok.stdout
+    saved = json.loads((tmp_path / "c" / "derivatives" / "simulation"
+                        / "simulation_parameters.json").read_text())
+    assert saved["effect_slope"] == 0.0 and saved["warp_rms"] is None
+    huge = subprocess.run([*exe, "simulate", str(tmp_path / "e"), "--preset", "huge"],
+                          capture_output=True, text=True)
+    assert huge.returncode == 2 and "teaching" in huge.stderr
     dwi = tmp_path / "c" / "sub-003" / "ses-post" / "dwi" / "sub-003_ses-post_dwi.nii.gz"
     assert dwi.exists()
     bad = subprocess.run([*exe, "simulate", str(tmp_path / "d"), "--directions", "4"],
