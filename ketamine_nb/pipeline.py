@@ -1,9 +1,15 @@
 """The pipeline: raw DWI -> QC -> mask -> DTI -> registration -> regions -> ROI tables.
 
-:func:`process_session` does one session and is what a notebook calls;
-:func:`run_pipeline` runs a whole BIDS study (serially, or on Dask) into a
-BIDS-Derivatives folder, reusing what is already done with the same
-parameters, and writes the cohort tables ``roi_md.tsv`` and ``roi_deltas.tsv``.
+:func:`process_session` does one session (load, realign within the scan,
+mask, fit, QC, registration to the template for the voxelwise maps) and is
+what a notebook calls; :func:`process_participant` then brings both visits of
+a participant into one halfway space with the atlas registered once
+(:mod:`ketamine_nb.longitudinal`), so that a region has the same voxels in
+both visits. :func:`run_pipeline` runs a whole BIDS study (serially, or on
+Dask: sessions first, then participants) into a BIDS-Derivatives folder,
+reusing what is already done with the same parameters and raw files, and
+writes the cohort tables ``roi_md.tsv`` (with each region's coverage) and
+``roi_deltas.tsv`` (n/a with the reason for a region a visit does not cover).
 """
 
 from __future__ import annotations
