@@ -135,5 +135,6 @@ def test_philips_slab_regions_it_does_not_contain_are_never_confident(philips):
             assert np.isnan(row["md_wmean"]) and "coverage_fov" in row["flag"]
         assert np.isnan(d.loc[("sub-01", region), "delta_md"])
     assert "atlas_partial_fov" in _qc(philips, "sub-01")["summary"]["flags"]
-    # Same series twice: every covered voxel has exactly the same MD.
-    assert d.loc[("sub-01", "global_gm"), "delta_md"] == pytest.approx(0.0, abs=1e-9)
+    # Same series twice: the post-to-pre registration finds the identity to
+    # within the optimiser's tolerance, so ΔMD is 0 to a few parts per million.
+    assert abs(d.loc[("sub-01", "global_gm"), "pct_delta_md"]) < 0.01
