@@ -490,7 +490,11 @@ def _shift(vector) -> np.ndarray:
 
 
 def regions_in_session(results, participant_id: str, session: str, *, shift_mm=(0, 0, 0)):
-    """Bring the study regions to one session's DWI grid, as the pipeline does.
+    """Bring the study regions to one session's DWI grid with its affine transform.
+
+    The pipeline's own regions are also refined by a nonlinear (SyN)
+    registration; this affine version is what the registration-error
+    experiment (:func:`registration_shift_table`) moves on purpose.
 
     Parameters
     ----------
@@ -527,8 +531,11 @@ def registration_shift_table(results, participant_id: str, session: str, *,
 
     The regions are moved by each shift along ``axis`` in template space
     (:func:`regions_in_session`), their voxels collected from the session's
-    MD map and summarised as the pipeline does. Shift 0 gives the pipeline's
-    own numbers (``Results.roi_md``).
+    MD map and summarised as the pipeline does. The regions are brought with
+    the session's affine transform only; the pipeline refines the atlas
+    registration (SyN, once per participant), so shift 0 is close to
+    ``Results.roi_md`` (within a few percent) but not equal to it. What the
+    experiment shows is the change with the shift, relative to its own shift 0.
 
     Parameters
     ----------

@@ -189,7 +189,8 @@ def test_forest_of_the_pipeline_table(small_results):
     table = small_results.stats_roi
     fig = plot_forest(table, outcome="qids")
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_yticklabels()] == small_results.regions
+    qids = table[table["outcome"] == "qids"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(qids["region"])
     assert "QIDS-SR" in ax.get_title()
     missing = table.reindex(columns=["beta_interaction"])["beta_interaction"].isna()
     n_missing = int((missing & (table["outcome"] == "qids")).sum())

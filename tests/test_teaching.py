@@ -70,23 +70,23 @@ def _stats(rows):
     return pd.DataFrame(rows, columns=cols)
 
 
-def test_study_comparison_verdicts():
+def test_study_comparison_sets_the_reported_pattern_beside_the_verdicts():
     t = _stats([("BA10_L", "madrs", 0.5, 0.0, 0.001, 0.01),
                 ("hippocampus_L", "madrs", 0.3, 0.1, 0.2, 0.3),
                 ("vACC", "madrs", 0.2, 0.1, 0.01, 0.04),
-                ("BA10_R", "madrs", np.nan, np.nan, np.nan, np.nan),
-                ("BA10_R", "qids", 0.4, -0.1, 0.5, 0.6),
-                ("BA10_L", "qids", 0.2, 0.0, 0.04, 0.2)])
+                ("BA10_R", "qids", 0.4, -0.1, 0.5, 0.6)])
+    t["verdict"] = ["same direction", "opposite direction", "not reported", "not estimated"]
     out = stats.study_comparison(t)
-    assert out["verdict"].tolist() == ["same direction", "opposite direction", "not reported",
-                                       "not estimated", "opposite direction", "same direction"]
-    assert out["matches_study"].tolist() == [True, False, pd.NA, pd.NA, False, True]
-    assert out["significant"].tolist() == [True, False, True, False, False, False]
-    assert out["q"].iloc[0] == 0.01
+    assert out["verdict"].tolist() == t["verdict"].tolist()  # region_stats' verdicts
+    assert out["reported"].tolist() == [stats.REPORTED_PATTERN[r] for r in t["region"]]
+    assert out["significant"].tolist() == [True, False, True, False]
+    assert out["q"].iloc[0] == 0.01 and out["slope_ketamine"].iloc[1] == 0.3
     only = stats.study_comparison(t, outcome="qids")
-    assert only["region"].tolist() == ["BA10_R", "BA10_L"]
+    assert only["region"].tolist() == ["BA10_R"]
+    assert (stats.study_comparison(t.drop(columns=["verdict"]))["verdict"]
+            == "not reported").all()
     with pytest.raises(InputError):
-        stats.study_comparison(t, outcome="hamd")
+        stats.study_comparison(t, outcome="bdi")
 
 
 def test_study_comparison_on_real_stats(small_results):
@@ -310,18 +310,19 @@ def test_registration_errors_on_the_simulated_cohort(small_results):
         kt.registration_errors(replace(small_results, bids_dir=None))
 
 
-def test_registration_shift_zero_is_the_pipelines_roi_md(small_results):
+def test_registration_shift_zero_is_close_to_the_pipelines_roi_md(small_results):
     t = kt.registration_shift_table(small_results, "sub-002", "post", shifts_mm=(0, 6),
                                     axis="y")
     assert set(t["shift_mm"]) == {0.0, 6.0}
     zero = t[t["shift_mm"] == 0].set_index("region")
     roi = small_results.roi_md.query("participant_id == 'sub-002' and session == 'post'")
-    roi = roi.set_index("region")
-    for region in roi.index:
-        assert zero.loc[region, "md_mean"] == pytest.approx(roi.loc[region, "md_mean"],
-                                                            rel=1e-5)
-        assert zero.loc[region, "n_voxels"] == roi.loc[region, "n_voxels"]
-        assert zero.loc[region, "md_change_percent"] == 0
+    roi = roi.set_index("region").loc[list(zero.index)]
+    # the experiment brings the atlas with the session's affine transform only; the pipeline
+    # refines it (SyN, once per participant), so shift 0 is close to its numbers, not equal
+    md_diff = (zero["md_mean"] / roi["md_mean"] - 1).abs()
+    n_diff = (zero["n_voxels"] / roi["n_voxels"] - 1).abs()
+    assert md_diff.max() < 0.05 and n_diff.max() < 0.25  # measured: 2.3 %, 10 %
+    assert (zero["md_change_percent"] == 0).all()
     moved = t[t["shift_mm"] == 6].set_index("region")
     assert (moved["n_voxels"] != zero["n_voxels"]).any()
     assert (moved["md_change_percent"].abs() > 0).any()
@@ -373,7 +374,9 @@ def test_plot_score_change_one_panel_per_arm():
     fig = plotting.plot_score_change(SCORES, outcome="qids")
     assert [ax.get_title() for ax in fig.axes] == ["ketamine (n = 3)", "saline (n = 2)"]
     with pytest.raises(InputError):
-        plotting.plot_score_change(SCORES, outcome="hamd")
+        plotting.plot_score_change(SCORES, outcome="bdi")  # not an outcome
+    with pytest.raises(InputError, match="madrs_pre"):
+        plotting.plot_score_change(SCORES.drop(columns=["madrs_pre"]), outcome="madrs")
 
 
 def _deltas():

@@ -260,6 +260,10 @@ def plot_score_change(scores: pd.DataFrame, *, outcome: str = "madrs", figure=No
     if outcome not in OUTCOMES:
         raise InputError(f"outcome must be one of {', '.join(OUTCOMES)}")
     pre, post = f"{outcome}_pre", f"{outcome}_post"
+    missing = [c for c in ("arm", pre, post) if c not in scores]
+    if missing:
+        raise InputError(f"the scores table has no {', '.join(missing)} column; pass "
+                         "Results.scores or pick an outcome it has")
     d = scores.dropna(subset=[pre, post])
     arms = _arm_order(d["arm"])
     fig = plt.figure(figsize=(3.2 * max(len(arms), 1) + 0.6, 3.8), layout="constrained") \
