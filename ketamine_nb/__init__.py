@@ -45,6 +45,7 @@ _LAZY = {
     "outcome_explorer": "widgets",
     "robustness_explorer": "widgets",
     "slice_viewer": "widgets",
+    "RegionState": "widgets",
     "brain_viewer": "widgets",
     "write_report": "report",
 }

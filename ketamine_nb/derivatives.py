@@ -40,6 +40,7 @@ __all__ = [
     "load_cohort_voxels",
     "load_region_voxels",
     "participant_paths",
+    "read_session_qc",
     "read_tsv",
     "session_paths",
     "write_region_voxels",
@@ -275,3 +276,47 @@ def find_derivatives(path) -> Path:
                          f"{', '.join(str(d) for d in found[:4])}); give one of them")
     raise InputError(f"{root}: no roi_md.tsv/roi_deltas.tsv here or below; run "
                      f"'ketamine-nb run BIDS_DIR {root}' (or 'ketamine-nb demo') first")
+
+
+def read_session_qc(out_dir, sessions) -> pd.DataFrame:
+    """Read the QC JSON of every session, one row each.
+
+    Parameters
+    ----------
+    out_dir : str or pathlib.Path
+        Derivatives folder.
+    sessions : pandas.DataFrame
+        ``participant_id`` and ``session`` of the sessions to read.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``participant_id``, ``session``, ``snr_b0``, ``mask_volume_ml``,
+        ``n_outlier_volumes``, ``n_outlier_slices``, the within-scan motion
+        (``mean_fd_mm``, ``max_fd_mm``: framewise displacement in mm;
+        ``n_excluded_volumes``; n/a when the series was not realigned) and
+        ``qc_flags`` (``;``-separated, empty when all is well), from each
+        session's ``*_desc-qc_dwi.json``.
+    """
+    import json
+
+    rows = []
+    for pid, ses in sessions[["participant_id", "session"]].itertuples(index=False):
+        path = session_paths(out_dir, pid, ses)["qc"]
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read the QC file ({exc.__class__.__name__}); "
+                             f"rerun 'ketamine-nb run' for {pid} ses-{ses}") from None
+        qc = doc.get("qc", {})
+        motion = qc.get("motion") or {}
+        rows.append({"participant_id": pid, "session": ses, "snr_b0": qc.get("snr_b0"),
+                     "mask_volume_ml": qc.get("mask_volume_ml"),
+                     "n_outlier_volumes": len(qc.get("outlier_volumes", [])),
+                     "n_outlier_slices": len(qc.get("outlier_slices", [])),
+                     "mean_fd_mm": motion.get("mean_fd", np.nan),
+                     "max_fd_mm": motion.get("max_fd", np.nan),
+                     "n_excluded_volumes": len(motion.get("excluded_volumes", []))
+                     if motion else np.nan,
+                     "qc_flags": ";".join(qc.get("flags", []))})
+    return pd.DataFrame(rows)

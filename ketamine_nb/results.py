@@ -18,6 +18,7 @@ from .derivatives import (
     find_derivatives,
     load_cohort_voxels,
     load_region_voxels,
+    read_session_qc,
     read_tsv,
     session_paths,
 )
@@ -68,8 +69,14 @@ class Results:
 
     @property
     def regions(self) -> list:
-        """Region names, in table order."""
-        return list(pd.unique(self.roi_md["region"]))
+        """Region names, in table order, without the whole-brain grey-matter reference.
+
+        The reference (:data:`ketamine_nb.regions.GLOBAL_GM`) is a covariate, not a
+        region to pick: its rows stay in :attr:`roi_md` and :attr:`roi_deltas`.
+        """
+        from .regions import GLOBAL_GM
+
+        return [r for r in pd.unique(self.roi_md["region"]) if r != GLOBAL_GM]
 
     @property
     def sessions(self) -> pd.DataFrame:
@@ -83,6 +90,15 @@ class Results:
         if self._voxels is None:
             self._voxels = load_cohort_voxels(self.out_dir, self.sessions)
         return self._voxels
+
+    def qc_table(self) -> pd.DataFrame:
+        """Return the QC metrics of every done session, one row each.
+
+        See :func:`ketamine_nb.derivatives.read_session_qc` for the columns
+        (SNR, mask volume, outlier volumes and slices, framewise displacement
+        in mm, QC flags).
+        """
+        return read_session_qc(self.out_dir, self.sessions)
 
     def session_voxels(self, participant_id: str, session: str) -> pd.DataFrame:
         """One session's per-voxel table, with voxel indices (``i``, ``j``, ``k``)."""

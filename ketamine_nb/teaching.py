@@ -38,7 +38,6 @@ __all__ = [
     "registration_errors",
     "registration_shift_table",
     "regions_in_session",
-    "session_qc_table",
     "simulate_dropout",
     "tissue_tensors",
     "transform_error",
@@ -101,36 +100,6 @@ def simulate_dropout(dwi_img, gtab, *, volume=None, slice_index=None, factor: fl
     out = nib.Nifti1Image(data, dwi_img.affine)
     out.header.set_xyzt_units("mm", "sec")
     return out
-
-
-def session_qc_table(results) -> pd.DataFrame:
-    """Return the QC metrics of every processed session, one row each.
-
-    Parameters
-    ----------
-    results : ketamine_nb.results.Results
-        From :func:`ketamine_nb.load_results`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``participant_id``, ``session``, ``snr_b0``, ``mask_volume_ml``,
-        ``n_outlier_volumes``, ``n_outlier_slices`` and ``qc_flags``
-        (``;``-separated, empty when all is well), read from each session's
-        ``*_desc-qc_dwi.json`` (see :func:`ketamine_nb.dwi.qc_session`).
-    """
-    from .derivatives import session_paths
-
-    rows = []
-    for pid, ses in results.sessions.itertuples(index=False):
-        doc = json.loads(session_paths(results.out_dir, pid, ses)["qc"].read_text())
-        qc = doc.get("qc", {})
-        rows.append({"participant_id": pid, "session": ses, "snr_b0": qc.get("snr_b0"),
-                     "mask_volume_ml": qc.get("mask_volume_ml"),
-                     "n_outlier_volumes": len(qc.get("outlier_volumes", [])),
-                     "n_outlier_slices": len(qc.get("outlier_slices", [])),
-                     "qc_flags": ";".join(qc.get("flags", []))})
-    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------

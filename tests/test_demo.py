@@ -20,7 +20,7 @@ def test_demo_simulates_runs_and_reuses(tmp_path):
     assert str(demo / "bids") in first.stdout
     assert "6 processed" in first.stdout
     deltas = pd.read_csv(demo / "derivatives" / "roi_deltas.tsv", sep="\t")
-    assert len(deltas) == 3 * 7 and deltas["delta_md"].notna().all()
+    assert len(deltas) == 3 * 8 and deltas["delta_md"].notna().all()   # 7 regions + global
     # What the notebooks read is there, the robustness grid (notebook 06) too.
     from ketamine_nb.workflows import demo_results
 

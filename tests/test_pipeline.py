@@ -19,7 +19,7 @@ from ketamine_nb.derivatives import session_paths
 from ketamine_nb.dwi import brain_mask, check_gradients, load_dwi
 from ketamine_nb.exceptions import InputError
 from ketamine_nb.pipeline import PipelineConfig, process_session, run_pipeline
-from ketamine_nb.regions import STUDY_REGIONS
+from ketamine_nb.regions import GLOBAL_GM, STUDY_REGIONS
 from ketamine_nb.registration import read_transform
 from ketamine_nb.roi import summarise_regions
 from ketamine_nb.simulate import SimulationParams, simulate_session
@@ -187,10 +187,16 @@ def test_roi_tables_have_the_documented_columns(processed):
     deltas = pd.read_csv(out / "roi_deltas.tsv", sep="\t")
     assert roi_md.columns[:8].tolist() == ["participant_id", "session", "region", "md_mean",
                                            "md_median", "md_wmean", "n_voxels", "n_excluded"]
-    assert len(roi_md) == 8 * 2 * 7 and (roi_md["n_voxels"] > 5).all()
+    # Seven study regions and the whole-brain grey-matter reference, per session.
+    assert len(roi_md) == 8 * 2 * 8 and (roi_md["n_voxels"] > 5).all()
+    assert set(roi_md["region"]) == {*STUDY_REGIONS, GLOBAL_GM}
+    assert {"coverage_fov", "coverage_brain", "flag"} <= set(roi_md.columns)
+    # The simulated heads are whole: every region is inside the field of view and the brain.
+    assert (roi_md["coverage_fov"].dropna() > 0.99).all()
+    assert (roi_md.loc[roi_md["region"] != GLOBAL_GM, "coverage_brain"] >= 0.8).all()
     assert deltas.columns.tolist() == ["participant_id", "arm", "region", "md_pre", "md_post",
-                                       "delta_md", "pct_delta_md"]
-    assert len(deltas) == 8 * 7
+                                       "delta_md", "pct_delta_md", "flag"]
+    assert len(deltas) == 8 * 8 and deltas["delta_md"].notna().all()
     np.testing.assert_allclose(deltas["delta_md"], deltas["md_post"] - deltas["md_pre"],
                                atol=1e-12)
     np.testing.assert_allclose(deltas["pct_delta_md"], 100 * deltas["delta_md"] / deltas["md_pre"],
@@ -331,7 +337,7 @@ def test_dask_workers_give_identical_outputs(processed, tmp_path):
                        progress=False)
     assert set(res.sessions["status"]) == {"processed"}
     # --scheduler ADDRESS: join a cluster started elsewhere (as dask-jobqueue would).
-    with LocalCluster(n_n_jobs=2, threads_per_worker=1, processes=True,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster:
         res = run_pipeline(processed["bids"], out, participant_label=labels, progress=False,
                            scheduler=cluster.scheduler_address)

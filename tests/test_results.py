@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ketamine_nb.exceptions import InputError
-from ketamine_nb.regions import STUDY_REGIONS
+from ketamine_nb.regions import GLOBAL_GM, STUDY_REGIONS
 from ketamine_nb.results import load_results
 
 
@@ -14,7 +14,9 @@ def test_load_results_has_every_table_and_the_truth(small_results, processed_coh
     r = small_results
     assert r.bids_dir == processed_cohort["bids"].resolve()
     assert r.regions == list(STUDY_REGIONS)
-    assert len(r.roi_deltas) == 8 * 7 and len(r.sessions) == 16
+    # The seven regions and the whole-brain reference (not a region to pick).
+    assert len(r.roi_deltas) == 8 * 8 and len(r.sessions) == 16
+    assert GLOBAL_GM in set(r.roi_deltas["region"]) and GLOBAL_GM not in r.regions
     assert len(r.stats_roi) == 7 * 2 and r.stats_input is not None
     assert r.reliability is not None and r.robustness is not None
     assert r.ground_truth is not None and len(r.ground_truth) == 8 * 7
@@ -52,7 +54,7 @@ def test_load_results_accepts_the_demo_folder_and_points_below(tmp_path, process
                     ignore=shutil.ignore_patterns("sub-*"))
     r = load_results(demo)
     assert r.out_dir == demo / "derivatives"
-    assert len(r.roi_deltas) == 8 * 7
+    assert len(r.roi_deltas) == 8 * 8
     # One level further up, the only derivatives folder below is still found.
     assert load_results(tmp_path).out_dir == demo / "derivatives"
     # Two result folders below: the error names them, and asks for one.
@@ -66,3 +68,16 @@ def test_find_derivatives_names_a_missing_folder(tmp_path):
 
     with pytest.raises(InputError, match="no such folder"):
         find_derivatives(tmp_path / "nothing")
+
+
+def test_qc_table_reads_every_session(small_results):
+    t = small_results.qc_table()
+    assert len(t) == len(small_results.sessions)
+    assert list(t.columns) == ["participant_id", "session", "snr_b0", "mask_volume_ml",
+                               "n_outlier_volumes", "n_outlier_slices", "mean_fd_mm", "max_fd_mm",
+                               "n_excluded_volumes", "qc_flags"]
+    # The demo's series are realigned: framewise displacement is known for each.
+    assert t["mean_fd_mm"].notna().all() and (t["max_fd_mm"] >= t["mean_fd_mm"]).all()
+    snr = small_results.roi_md.drop_duplicates(["participant_id", "session"])
+    merged = t.merge(snr, on=["participant_id", "session"])
+    np.testing.assert_allclose(merged["snr_b0"], merged["qc_snr_b0"], rtol=1e-6)

@@ -142,16 +142,6 @@ def test_simulated_dropout_is_flagged_by_qc(small_results):
     assert err["WLS"] > 1.0 and abs(err["RESTORE"]) < err["WLS"] / 2
 
 
-def test_session_qc_table_reads_every_session(small_results):
-    t = kt.session_qc_table(small_results)
-    assert len(t) == len(small_results.sessions)
-    assert list(t.columns) == ["participant_id", "session", "snr_b0", "mask_volume_ml",
-                               "n_outlier_volumes", "n_outlier_slices", "qc_flags"]
-    snr = small_results.roi_md.drop_duplicates(["participant_id", "session"])
-    merged = t.merge(snr, on=["participant_id", "session"])
-    np.testing.assert_allclose(merged["snr_b0"], merged["qc_snr_b0"], rtol=1e-6)
-
-
 # ---------------------------------------------------------------- the tensor
 
 
