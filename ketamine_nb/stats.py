@@ -104,6 +104,7 @@ __all__ = [
     "design_arms",
     "detect_outcomes",
     "freedman_lane",
+    "global_covariate_effect",
     "model_formula",
     "multiple_comparisons",
     "partial_correlation",
@@ -1275,3 +1276,61 @@ def multiple_comparisons(stats_roi: pd.DataFrame, *, column: str = "p_interactio
                      "n_significant": int(sig.sum()), "controls": what,
                      "tests": ", ".join(names[sig])})
     return pd.DataFrame(rows)
+
+
+def global_covariate_effect(roi_deltas: pd.DataFrame, scores: pd.DataFrame, *,
+                            participants: pd.DataFrame | None = None,
+                            config: StatsConfig | None = None) -> pd.DataFrame:
+    """Fit the model with and without the global ΔMD covariate, side by side.
+
+    A change shared by every region (scanner drift, hydration, a global
+    effect of the drug) correlates with Δscore in every region at once, so
+    regions where nothing was planted can look "significant" per arm. Adding
+    the whole-brain grey-matter ΔMD (the ``global_gm`` rows the pipeline
+    writes) as a covariate asks what a region does beyond that shared change.
+
+    Parameters
+    ----------
+    roi_deltas : pandas.DataFrame
+        ``Results.roi_deltas``, with the :data:`ketamine_nb.regions.GLOBAL_GM` rows.
+    scores : pandas.DataFrame
+        One row per participant (``Results.scores``).
+    participants : pandas.DataFrame, optional
+        Covariates not in ``scores``.
+    config : StatsConfig, optional
+        The analytic choices (its ``global_covariate`` is set both ways);
+        default: no permutations and no bootstrap, for speed (parametric p).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per region x outcome: for each arm, the simple slope's p
+        without and with the covariate (``p_slope_<arm>``,
+        ``p_slope_<arm>_global``) and the interaction's p likewise
+        (``p_interaction``, ``p_interaction_global``).
+
+    Raises
+    ------
+    InputError
+        The table has no global reference rows (an older pipeline output).
+    """
+    from dataclasses import replace
+
+    from .regions import GLOBAL_GM
+
+    if GLOBAL_GM not in set(roi_deltas["region"]):
+        raise InputError(f"no {GLOBAL_GM!r} rows in roi_deltas; rerun 'ketamine-nb run' "
+                         "(the pipeline writes the whole-brain grey-matter reference)")
+    config = config or StatsConfig(n_permutations=0, n_bootstrap=0)
+    out = []
+    for flag in (False, True):
+        cfg = replace(config, global_covariate=flag)
+        rows, _ = stats_input(roi_deltas, scores, config=cfg, participants=participants)
+        out.append(region_stats(rows, config=cfg))
+    plain, glob = out
+    keys = ["region", "outcome"]
+    cols = [c for c in plain.columns
+            if c.startswith("p_slope_") or c == "p_interaction"]
+    merged = plain[keys + cols].merge(glob[keys + cols], on=keys, suffixes=("", "_global"))
+    order = [c for pair in ((c, f"{c}_global") for c in cols) for c in pair]
+    return merged[keys + order]

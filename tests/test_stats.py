@@ -534,3 +534,29 @@ def test_cli_stats_reads_the_design_and_writes_the_column_sidecar(tmp_path, rng)
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "control arm 'placebo'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_global_covariate_removes_a_relation_carried_by_a_shared_change():
+    """Region A follows Δscore only through a drift shared with the whole brain."""
+    from ketamine_nb.stats import global_covariate_effect
+
+    rng = np.random.default_rng(0)
+    n = 60
+    pids = [f"sub-{i:03d}" for i in range(n)]
+    arm = np.array(["ketamine"] * 40 + ["saline"] * 20)
+    shared = rng.normal(0, 5, n)                       # ΔMD in 1e-6 mm²/s
+    pre = rng.integers(20, 40, n).astype(float)
+    dscore = -1.5 * shared + rng.normal(0, 2, n)
+    rows = [{"participant_id": p, "arm": arm[i], "region": reg, "md_pre": 0.8e-3,
+             "md_post": 0.8e-3 + d * 1e-6, "delta_md": d * 1e-6}
+            for i, p in enumerate(pids)
+            for reg, d in (("global_gm", shared[i]), ("A", shared[i] + rng.normal(0, 1)))]
+    deltas = pd.DataFrame(rows)
+    scores = pd.DataFrame({"participant_id": pids, "arm": arm, "madrs_pre": pre,
+                           "madrs_post": pre + dscore})
+    t = global_covariate_effect(deltas, scores).iloc[0]
+    assert t["region"] == "A"                          # the reference is not a region
+    for a in ("ketamine", "saline"):
+        assert t[f"p_slope_{a}"] < 1e-6 and t[f"p_slope_{a}_global"] > 0.05
+    with pytest.raises(InputError, match="global_gm"):
+        global_covariate_effect(deltas[deltas["region"] == "A"], scores)
