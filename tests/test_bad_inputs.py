@@ -87,7 +87,8 @@ def _good_complete(out):
     deltas = pd.read_csv(out / "roi_deltas.tsv", sep="\t")
     assert set(deltas.loc[deltas["participant_id"] == GOOD, "region"]) == {
         "BA10_L", "BA10_R", "amygdala_L", "amygdala_R", "hippocampus_L", "hippocampus_R",
-        "vACC"}
+        "vACC", "global_gm"}
+    assert deltas.loc[deltas["participant_id"] == GOOD, "delta_md"].notna().all()
     for ses in ("pre", "post"):
         for key in ("md", "fa", "mask", "xfm", "voxels", "qc", "md_mni"):
             assert session_paths(out, GOOD, ses)[key].exists()
@@ -345,6 +346,10 @@ def test_phenotype_na_is_missing_not_zero(base, tmp_path, capsys):
         f = raw / BAD / f"{BAD}_sessions.tsv"
         f.write_text(f.read_text().replace("\t", "\t", 1).splitlines()[0] + "\n"
                      + "ses-pre\tn/a\t12\n" + "\n".join(f.read_text().splitlines()[2:]) + "\n")
+        # The model needs two arms (one participant each here: rows, but no estimate).
+        p = pd.read_csv(raw / "participants.tsv", sep="\t")
+        p.loc[p["participant_id"] == BAD, "arm"] = "saline"
+        p.to_csv(raw / "participants.tsv", sep="\t", index=False)
     raw, out, _ = _case(base, tmp_path, na)
     code, err = _run(capsys, raw, out)
     assert code == 0, err
