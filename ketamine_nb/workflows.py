@@ -168,13 +168,9 @@ def run_stats(out_dir, *, bids_dir=None, config: StatsConfig | None = None, pre:
                          dropped=dropped, reliability=reliability, columns=columns,
                          notes=notes)
     if robustness:
-        roi_md = read_tsv(out / TABLES["roi_md"], missing_ok=True)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", StudyWarning)
-            grid = robustness_grid(load_cohort_voxels(out), scores, pre=pre, post=post,
-                                   participants=participants, control=control, qc=roi_md)
-        result.notes += [str(w.message) for w in caught
-                         if issubclass(w.category, StudyWarning)]
+        grid, grid_notes = _robustness(out, scores, participants, pre=pre, post=post,
+                                       control=control)
+        result.notes += grid_notes
         write_tsv(grid, out / TABLES["robustness"])
         result.robustness = grid
     if voxelwise:
@@ -285,6 +281,21 @@ def build_demo(demo_dir, *, params=None, random_state: int = 0, config=None,
                       pipeline=res, stats=stats, seconds=time.perf_counter() - t0)
 
 
+def _robustness(out: Path, scores, participants, *, pre: str = "pre", post: str = "post",
+                control: str | None = None):
+    """Compute the robustness grid of a derivatives folder, with the notes it raised.
+
+    One code path for :func:`run_stats` and for a demo prepared without the
+    grid, so that both give the same table.
+    """
+    roi_md = read_tsv(out / TABLES["roi_md"], missing_ok=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StudyWarning)
+        grid = robustness_grid(load_cohort_voxels(out), scores, pre=pre, post=post,
+                               participants=participants, control=control, qc=roi_md)
+    return grid, [str(w.message) for w in caught if issubclass(w.category, StudyWarning)]
+
+
 def _add_robustness_grid(deriv: Path) -> None:
     """Add ``robustness.tsv`` to a demo prepared without it (by an earlier ketamine-nb).
 
@@ -294,7 +305,10 @@ def _add_robustness_grid(deriv: Path) -> None:
     """
     scores = read_tsv(deriv / TABLES["scores"])
     participants = read_tsv(deriv / TABLES["participants"], missing_ok=True)
-    grid = robustness_grid(load_cohort_voxels(deriv), scores, participants=participants)
+    table = read_tsv(deriv / TABLES["stats_roi"], missing_ok=True)
+    control = (table["control_arm"].iloc[0]           # the control arm the statistics used
+               if table is not None and "control_arm" in table and len(table) else None)
+    grid, _ = _robustness(deriv, scores, participants, control=control)
     try:
         write_tsv(grid, deriv / TABLES["robustness"])
     except OSError as exc:

@@ -33,9 +33,14 @@ def test_session_images_voxels_and_transforms(small_results):
     v = r.voxels
     assert set(v["session"].cat.categories) == {"pre", "post"}
     one = r.session_voxels("sub-001", "pre")
-    assert {"i", "j", "k", "probability", "md", "fa", "md_ols"} <= set(one.columns)
-    mdv = np.asarray(md.dataobj)[one["i"], one["j"], one["k"]]
+    assert {"i", "j", "k", "probability", "md", "fa", "md_ols", "md_guard"} <= set(one.columns)
+    # Both visits are measured in the participant's halfway space: the voxel table
+    # indexes that grid, and its MD is the session's MD map there.
+    half = r.image("sub-001", "pre", "md_halfway")
+    mdv = np.asarray(half.dataobj)[one["i"], one["j"], one["k"]]
     np.testing.assert_allclose(one["md"], mdv, rtol=1e-5)
+    post = r.session_voxels("sub-001", "post")
+    assert post[["region", "i", "j", "k"]].equals(one[["region", "i", "j", "k"]])
     with pytest.raises(InputError, match="no 'fa' image|rerun"):
         r.image("sub-999", "pre", "fa")
 
