@@ -25,8 +25,9 @@ def test_demo_simulates_runs_and_reuses(tmp_path):
     from ketamine_nb.workflows import demo_results
 
     res = demo_results(home, prepare=False)
-    assert res.robustness is not None and set(res.robustness["region"]) == set(
-        deltas["region"])
+    # Every region is in the grid; the global reference is a covariate there, not a region.
+    assert res.robustness is not None and set(res.robustness["region"]) == set(res.regions)
+    assert set(res.regions) == set(deltas["region"]) - {"global_gm"}
     grid = demo / "derivatives" / "robustness.tsv"
     grid.unlink()                      # a demo prepared by an earlier version
     kept = {p.name: p.read_bytes() for p in (demo / "derivatives").glob("*.*") if p.is_file()}
