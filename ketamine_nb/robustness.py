@@ -200,7 +200,10 @@ def _region_means(voxels, md_col, prob_thr, csf_thr, codes, n_groups):
     md = voxels[md_col].to_numpy()
     keep = voxels["probability"].to_numpy() >= prob_thr
     if csf_thr is not None:
-        keep &= md <= csf_thr
+        # As summarise_regions: the guard is judged once per participant (on the
+        # mean MD of the aligned visits) where the pipeline stored it.
+        guard = voxels["md_guard"].to_numpy() if "md_guard" in voxels else md
+        keep &= guard <= csf_thr
     keep &= np.isfinite(md)
     # Probability-weighted, as the pipeline's default regional summary.
     p = voxels["probability"].to_numpy()[keep]

@@ -202,7 +202,8 @@ def classify_voxels(voxels: pd.DataFrame, *,
     inside = voxels["probability"].to_numpy() >= probability_threshold
     drop = np.zeros(len(voxels), dtype=bool)
     if csf_md_threshold is not None:
-        drop |= voxels["md"].to_numpy() > csf_md_threshold
+        guard = "md_guard" if "md_guard" in voxels.columns else "md"   # as summarise_regions
+        drop |= voxels[guard].to_numpy() > csf_md_threshold
     if fa_threshold is not None:
         drop |= voxels["fa"].to_numpy() > fa_threshold
     return pd.DataFrame({"inside": inside, "kept": inside & ~drop, "dropped": inside & drop},

@@ -1,0 +1,93 @@
+"""Regions as per-voxel tables: thresholds and guards are filters, known means come back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ketamine_nb.regions import GLOBAL_GM
+from ketamine_nb.robustness import robustness_grid
+from ketamine_nb.roi import apply_coverage, classify_voxels, summarise_regions
+
+
+def _voxels(md_post_shift=0.0):
+    """Region A: 10 tissue voxels (p 0.8, MD 0.8e-3), 4 edge voxels (p 0.2, MD 1.0e-3),
+    2 voxels that are CSF in the mean of the visits but not in this visit (md_guard)."""
+    rows = [("A", 0.8, 0.8e-3 + md_post_shift, 0.8e-3, 0.1)] * 10 \
+        + [("A", 0.2, 1.0e-3, 1.0e-3, 0.1)] * 4 \
+        + [("A", 0.8, 1.0e-3, 2.0e-3, 0.1)] * 2
+    return pd.DataFrame(rows, columns=["region", "probability", "md", "md_guard", "fa"]
+                        ).assign(region=lambda d: d["region"].astype("category"))
+
+
+def test_weighted_mean_thresholds_and_the_shared_guard():
+    v = _voxels()
+    s = summarise_regions(v, probability_threshold=0.25, csf_md_threshold=1.1e-3).iloc[0]
+    # The guard is judged on md_guard: the 2 voxels with md 1.0e-3 but md_guard 2.0e-3 go.
+    assert s["n_voxels"] == 10 and s["n_excluded"] == 2
+    assert s["md_wmean"] == pytest.approx(0.8e-3) and s["md_median"] == pytest.approx(0.8e-3)
+    # A looser threshold takes in the edge voxels, weighted by their probability.
+    s = summarise_regions(v, probability_threshold=0.1, csf_md_threshold=1.1e-3).iloc[0]
+    assert s["n_voxels"] == 14
+    assert s["md_wmean"] == pytest.approx((10 * 0.8 * 0.8e-3 + 4 * 0.2 * 1.0e-3)
+                                          / (10 * 0.8 + 4 * 0.2))
+    assert s["md_mean"] == pytest.approx((10 * 0.8e-3 + 4 * 1.0e-3) / 14)
+    # Guard off (None): every voxel in the region counts.
+    s = summarise_regions(v, probability_threshold=0.1, csf_md_threshold=None).iloc[0]
+    assert s["n_voxels"] == 16 and s["n_excluded"] == 0
+    # FA guard.
+    s = summarise_regions(v.assign(fa=0.9), probability_threshold=0.1, csf_md_threshold=None,
+                          fa_threshold=0.5).iloc[0]
+    assert s["n_voxels"] == 0 and s["n_excluded"] == 16
+
+
+@pytest.mark.parametrize("threshold", [0.1, 0.25, 0.9])
+@pytest.mark.parametrize("guard", [None, 1.1e-3])
+def test_classify_voxels_agrees_with_summarise_regions(threshold, guard):
+    v = _voxels()
+    c = classify_voxels(v, probability_threshold=threshold, csf_md_threshold=guard)
+    s = summarise_regions(v, probability_threshold=threshold, csf_md_threshold=guard).iloc[0]
+    assert c["kept"].sum() == s["n_voxels"] and c["dropped"].sum() == s["n_excluded"]
+    assert not (c["kept"] & c["dropped"]).any()
+
+
+def test_robustness_grid_uses_the_same_guard_as_the_pipeline(rng):
+    """The grid's configured specification reproduces summarise_regions' ΔMD."""
+    n = 8
+    pids = [f"sub-{i}" for i in range(n)]
+    frames = []
+    shifts = rng.normal(0, 10, n) * 1e-6
+    for pid, shift in zip(pids, shifts, strict=True):
+        for ses, d in (("pre", 0.0), ("post", shift)):
+            frames.append(_voxels(d).assign(participant_id=pid, session=ses,
+                                            md_ols=lambda x: x["md"]))
+    voxels = pd.concat(frames, ignore_index=True)
+    for c in ("participant_id", "session", "region"):
+        voxels[c] = voxels[c].astype("category")
+    arms = ["ketamine", "saline"] * (n // 2)
+    scores = pd.DataFrame({"participant_id": pids, "arm": arms,
+                           "madrs_pre": 30.0, "madrs_post": 30.0 - 1e6 * shifts})
+    grid = {"fit_method": ("configured",), "probability_threshold": (0.25,),
+            "csf_md_threshold": (1.1e-3,), "outcome": ("madrs",), "change": ("absolute",),
+            "covariates": ((),), "global_covariate": (False,), "exclude_flagged": (False,),
+            "orientation": ("score ~ md",)}
+    g = robustness_grid(voxels, scores, grid=grid)
+    row = g[g["region"] == "A"].iloc[0]
+    # ΔMD is exactly the planted shift (the md_guard voxels are left out of both visits),
+    # and Δscore = -ΔMD(1e-6): both simple slopes are -1.
+    assert row["slope_ketamine"] == pytest.approx(-1.0, abs=1e-6)
+    assert row["slope_saline"] == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_apply_coverage_blanks_a_sliver_but_never_the_global_reference():
+    roi = pd.DataFrame({"region": ["A", "B", GLOBAL_GM], "md_wmean": [0.8e-3, 0.8e-3, 0.9e-3],
+                        "md_mean": 0.8e-3, "md_median": 0.8e-3,
+                        "coverage_fov": [1.0, 0.5, 0.6], "coverage_brain": [0.9, 0.4, 0.6]})
+    out = apply_coverage(roi, min_coverage=0.8)
+    assert out["flag"].tolist() == ["", "coverage_fov<0.8;coverage_brain<0.8",
+                                    "coverage_fov<0.8;coverage_brain<0.8"]
+    assert np.isnan(out.loc[1, "md_wmean"]) and out.loc[0, "md_wmean"] == 0.8e-3
+    assert out.loc[2, "md_wmean"] == 0.9e-3          # the reference keeps its value
+    assert (apply_coverage(roi, min_coverage=None)["flag"] == "").all()
+    assert roi["md_wmean"].notna().all()             # the input is not modified
