@@ -1,0 +1,69 @@
+"""Registration to the template: known shifts come back, transforms round-trip.
+
+The accuracy on simulated heads is checked in test_pipeline.py (every session
+against its planted head position) and test_longitudinal.py (halfway space,
+atlas affine + SyN); here the building blocks, with answers known exactly.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ketamine_nb.exceptions import InputError
+from ketamine_nb.registration import (
+    TEMPLATE_SPACE,
+    apply_transform,
+    read_transform,
+    register_to_template,
+    write_transform,
+)
+
+
+def _blob(shape=(20, 22, 18), affine=None, centre=(10, 11, 9)):
+    affine = np.diag([2.0, 2.0, 2.0, 1.0]) if affine is None else affine
+    ijk = np.indices(shape).astype(float)
+    d2 = sum((ijk[a] - centre[a]) ** 2 for a in range(3))
+    return nib.Nifti1Image(np.exp(-d2 / 20).astype(np.float32), affine)
+
+
+def test_transform_file_round_trips_and_refuses_a_wrong_shape(tmp_path, rng):
+    A = np.eye(4)
+    A[:3, :3] = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    A[:3, 3] = rng.normal(0, 5, 3)
+    path = write_transform(A, tmp_path / "x.txt")
+    assert TEMPLATE_SPACE in path.read_text().splitlines()[0]
+    np.testing.assert_allclose(read_transform(path), A, atol=1e-9)
+    (tmp_path / "bad.txt").write_text("1 0 0\n0 1 0\n")
+    with pytest.raises(InputError, match="not a 4x4 matrix"):
+        read_transform(tmp_path / "bad.txt")
+
+
+def test_apply_transform_moves_an_image_by_a_known_shift():
+    img = _blob()
+    A = np.eye(4)
+    A[:3, 3] = [4.0, 0.0, 0.0]          # x_native = x_mni + 4 mm (two voxels)
+    moved = apply_transform(img, A, target=img, direction="to_native")
+    a, b = img.get_fdata(), moved.get_fdata()
+    # The native image at x holds the MNI image at x - 4 mm: the blob moved +2 voxels in i.
+    np.testing.assert_allclose(b[4:, :, :], a[2:-2, :, :], atol=1e-6)
+    back = apply_transform(moved, A, target=img, direction="to_mni")
+    np.testing.assert_allclose(back.get_fdata()[4:-4], a[4:-4], atol=1e-6)
+    with pytest.raises(InputError, match="direction"):
+        apply_transform(img, A, target=img, direction="sideways")
+
+
+def test_register_to_template_recovers_a_known_translation():
+    """The template itself, moved by 6 mm: the registration finds the 6 mm."""
+    from ketamine_nb.registration import load_template
+
+    tpl = load_template(3.0, crop=True)
+    shift = np.array([6.0, -3.0, 3.0])
+    moved_affine = tpl.affine.copy()
+    moved_affine[:3, 3] += shift             # same voxels, placed 6 mm away in the world
+    moving = nib.Nifti1Image(np.asarray(tpl.dataobj, np.float32), moved_affine)
+    A = register_to_template(moving)
+    # A maps template mm to the moving image's mm: a pure translation by the shift.
+    np.testing.assert_allclose(A[:3, 3], shift, atol=1.0)
+    np.testing.assert_allclose(A[:3, :3], np.eye(3), atol=0.02)
