@@ -60,7 +60,7 @@ def kept_in_slice_by_world(results, pid, ses, region, p_thr, c_thr, axis, mm):
     v = results.session_voxels(pid, ses)
     v = v[(v["region"].astype(str) == region) & (v["probability"] >= p_thr)]
     if c_thr is not None:
-        v = v[v["md"] <= c_thr]
+        v = v[v["md_guard" if "md_guard" in v else "md"] <= c_thr]   # as the pipeline
     aff = results.image(pid, ses, "md").affine
     xyz = nib.affines.apply_affine(aff, v[["i", "j", "k"]].to_numpy())
     return int(np.sum(np.isclose(xyz[:, axis], mm, atol=1e-3)))
