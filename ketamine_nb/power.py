@@ -34,30 +34,21 @@ def binomial_interval(k, n, *, confidence: float = 0.95, method: str = "wilson")
     confidence : float, default=0.95
         Coverage.
     method : {"wilson", "clopper-pearson"}, default="wilson"
-        Wilson's score interval, or the exact (conservative) Clopper-Pearson.
+        Wilson's score interval, or the exact (conservative) Clopper-Pearson
+        (statsmodels' ``proportion_confint``).
 
     Returns
     -------
     low, high : numpy.ndarray
         Bounds (fractions, 0-1).
     """
-    from scipy.stats import beta, norm
+    from statsmodels.stats.proportion import proportion_confint
 
-    k = np.asarray(k, float)
-    n = np.asarray(n, float)
-    if method == "wilson":
-        z = norm.ppf(0.5 + confidence / 2)
-        p = k / n
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        low = np.where(k == 0, 0.0, np.clip(centre - half, 0, 1))
-        high = np.where(k == n, 1.0, np.clip(centre + half, 0, 1))
-        return low, high
-    if method == "clopper-pearson":
-        a = 1 - confidence
-        low = np.where(k > 0, beta.ppf(a / 2, k, n - k + 1), 0.0)
-        high = np.where(k < n, beta.ppf(1 - a / 2, k + 1, n - k), 1.0)
-        return low, high
+    names = {"wilson": "wilson", "clopper-pearson": "beta"}   # statsmodels' names
+    if method in names:
+        low, high = proportion_confint(np.asarray(k), np.asarray(n), alpha=1 - confidence,
+                                       method=names[method])
+        return np.asarray(low, float), np.asarray(high, float)
     raise InputError(f"binomial interval method {method!r} is unknown; choose 'wilson' or "
                      "'clopper-pearson'")
 
