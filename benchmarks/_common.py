@@ -385,3 +385,31 @@ def check_package() -> None:
     except ImportError:
         sys.exit(f"{sys.executable} cannot import ketamine_nb; install the package "
                  "(pip install -e .) or set PYTHON to the project's venv")
+
+
+def ms(x: float) -> str:
+    """Seconds as milliseconds with one decimal, or ``-`` for a missing value."""
+    import math
+
+    return "-" if x is None or not math.isfinite(x) else f"{x * 1e3:.1f}"
+
+
+def results_or_demo(results_dir: Path | None):
+    """Load a derivatives folder's results; without one, the demo's (prepared first, untimed).
+
+    Parameters
+    ----------
+    results_dir : pathlib.Path or None
+        A folder ``ketamine-nb run`` wrote; None means the data home's demo.
+    """
+    from ketamine_nb.datasets import get_demo_dir
+    from ketamine_nb.results import load_results
+
+    out_dir = results_dir or get_demo_dir() / "derivatives"
+    if not (out_dir / "roi_deltas.tsv").is_file():
+        if results_dir is not None:
+            sys.exit(f"{out_dir}: no roi_deltas.tsv; pass the derivatives folder of a run")
+        print(f"preparing the demo in {get_demo_dir()} (not timed)", flush=True)
+        subprocess.run([sys.executable, "-m", "ketamine_nb.cli", "demo", "--quiet"],
+                       check=True)
+    return out_dir, load_results(out_dir)

@@ -113,28 +113,13 @@ def summarise(records: list[dict]) -> list[dict]:
     return rows
 
 
-def _ms(x: float) -> str:
-    return "-" if not np.isfinite(x) else f"{x * 1e3:.1f}"
-
-
 def measure(*, results_dir: Path | None = None, rounds: int = 3) -> dict:
     """Build the viewer on the results and time every control's changes."""
     import matplotlib
 
     matplotlib.use("Agg")
-    from ketamine_nb.datasets import get_demo_dir
-    from ketamine_nb.results import load_results
 
-    out_dir = results_dir or get_demo_dir() / "derivatives"
-    if not (out_dir / "roi_deltas.tsv").is_file():
-        if results_dir is not None:
-            sys.exit(f"{out_dir}: no roi_deltas.tsv; pass the derivatives folder of a run")
-        import subprocess
-
-        print(f"preparing the demo in {get_demo_dir()} (not timed)", flush=True)
-        subprocess.run([sys.executable, "-m", "ketamine_nb.cli", "demo", "--quiet"],
-                       check=True)
-    results = load_results(out_dir)
+    out_dir, results = C.results_or_demo(results_dir)
     n = results.roi_deltas["participant_id"].nunique()
     print(f"results: {out_dir} ({n} participants); load average {C.loadavg()}", flush=True)
     log = _spy()
@@ -160,9 +145,9 @@ def measure(*, results_dir: Path | None = None, rounds: int = 3) -> dict:
              "median (n) | sent per repeat change (bytes, max) | PNG median (ms) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        fv = f"{_ms(r['first'])} ({r['n_first']})" if r["n_first"] else "- (0)"
-        lines.append(f"| `{r['control']}` | {r['n']} | {_ms(r['again'])} | "
-                     f"{_ms(r['again_max'])} | {fv} | {r['sent_again']} | {_ms(r['png'])} |")
+        fv = f"{C.ms(r['first'])} ({r['n_first']})" if r["n_first"] else "- (0)"
+        lines.append(f"| `{r['control']}` | {r['n']} | {C.ms(r['again'])} | "
+                     f"{C.ms(r['again_max'])} | {fv} | {r['sent_again']} | {C.ms(r['png'])} |")
     lines += ["", "Volumes sent (gzipped NIfTI bytes): " + ", ".join(
         f"{k}: {b / 1e3:.0f} kB" for k, b in payloads.items())]
     failed = [r["value"] for r in records if r["message"]]

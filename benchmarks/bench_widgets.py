@@ -131,20 +131,9 @@ def measure(*, results_dir: Path | None = None, rounds: int = 3) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
-    from ketamine_nb.datasets import get_demo_dir
-    from ketamine_nb.results import load_results
     from ketamine_nb.widgets import outcome_explorer, roi_explorer
 
-    out_dir = results_dir or get_demo_dir() / "derivatives"
-    if not (out_dir / "roi_deltas.tsv").is_file():
-        if results_dir is not None:
-            sys.exit(f"{out_dir}: no roi_deltas.tsv; pass the derivatives folder of a run")
-        import subprocess
-
-        print(f"preparing the demo in {get_demo_dir()} (not timed)", flush=True)
-        subprocess.run([sys.executable, "-m", "ketamine_nb.cli", "demo", "--quiet"],
-                       check=True)
-    results = load_results(out_dir)
+    out_dir, results = C.results_or_demo(results_dir)
     n = results.roi_deltas["participant_id"].nunique()
     print(f"results: {out_dir} ({n} participants, {len(results.sessions)} sessions); "
           f"load average {C.loadavg()}", flush=True)
