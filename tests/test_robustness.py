@@ -126,12 +126,23 @@ def test_grid_choices_change_the_answer_as_they_should(rng):
     g = robustness_grid(voxels, scores, grid=dict(ONE_SPEC, change=("absolute", "percent")))
     assert set(g["change"]) == {"absolute", "percent"}
     pct = g[(g.region == "A") & (g.change == "percent")].iloc[0]
-    assert pct["beta_interaction"] != pytest.approx(on["beta_interaction"])
-    # Covariates enter the model: n is unchanged, the estimate moves a little.
+    deltas = pd.DataFrame({"participant_id": scores["participant_id"], "arm": scores["arm"],
+                           "region": "A", "md_pre": 0.8e-3, "md_post": 0.8e-3 + d_e6 * 1e-6,
+                           "delta_md": d_e6 * 1e-6})
+
+    def reference(**kw):
+        cfg = StatsConfig(outcomes=("madrs",), n_permutations=0, n_bootstrap=0, **kw)
+        rows, _ = stats_input(deltas, scores, config=cfg)
+        return region_stats(rows, config=cfg).iloc[0]
+
+    assert pct["beta_interaction"] == pytest.approx(
+        reference(change="percent")["beta_interaction"], rel=1e-6)
+    # Covariates enter the model exactly as in region_stats (sex as an indicator).
     g = robustness_grid(voxels, scores, grid=dict(ONE_SPEC, covariates=((), ("age", "sex"))))
     cov = g[(g.region == "A") & (g.covariates == "age+sex")].iloc[0]
     assert cov["n"] == on["n"] == len(scores)
-    assert cov["beta_interaction"] == pytest.approx(on["beta_interaction"], rel=0.2)
+    assert cov["beta_interaction"] == pytest.approx(
+        reference(covariates=("age", "sex"))["beta_interaction"], rel=1e-6)
 
 
 def test_grid_leaves_an_arm_with_too_few_participants_empty(rng):
