@@ -751,12 +751,16 @@ def register_atlas(md_img, mask_img, *, method: str = DEFAULT_ATLAS_REGISTRATION
     fov_share = _share_inside(tissue, tpl.affine, np.linalg.inv(A), fov_aff, fov_shape)
     coords = None
     if method == "syn":
+        from dipy.align import VerbosityLevels
         from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
         from dipy.align.metrics import CCMetric
 
         sdr = SymmetricDiffeomorphicRegistration(
             CCMetric(3, radius=int(p["syn_cc_radius"])),
             level_iters=list(p["syn_level_iters"]))
+        # dipy logs every SyN level at INFO on stdout (its default verbosity):
+        # those lines would break into the progress bars of 'ketamine-nb run'.
+        sdr.verbosity = VerbosityLevels.NONE
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             mapping = sdr.optimize(static, moving, sub_aff, tpl.affine, prealign=A)

@@ -184,3 +184,25 @@ def test_csf_guard_is_judged_on_the_shared_column():
                       "md": [0.8e-3, 1.5e-3], "fa": [0.2, 0.2], "md_guard": [1.2e-3, 0.9e-3]})
     s = summarise_regions(v, csf_md_threshold=1.1e-3)
     assert s.loc[0, "n_voxels"] == 1 and s.loc[0, "md_mean"] == pytest.approx(1.5e-3)
+
+
+def test_atlas_registration_prints_nothing():
+    """dipy's SyN logs each level at INFO on stdout: none of it reaches the user's terminal."""
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    dipy_log = logging.getLogger("dipy")
+    dipy_log.addHandler(handler)
+    before = dipy_log.level
+    dipy_log.setLevel(logging.INFO)          # as dipy sets itself up in a plain process
+    try:
+        tpl, _ = L.synthetic_md_template(4.0)
+        md = np.asarray(tpl.dataobj, np.float32)
+        L.register_atlas(tpl, nib.Nifti1Image((md > 0).astype(np.uint8), tpl.affine),
+                         method="syn")
+    finally:
+        dipy_log.removeHandler(handler)
+        dipy_log.setLevel(before)
+    assert not [r for r in records if r.levelno < logging.WARNING], records[:3]
