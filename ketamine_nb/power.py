@@ -46,9 +46,14 @@ def binomial_interval(k, n, *, confidence: float = 0.95, method: str = "wilson")
 
     names = {"wilson": "wilson", "clopper-pearson": "beta"}   # statsmodels' names
     if method in names:
-        low, high = proportion_confint(np.asarray(k), np.asarray(n), alpha=1 - confidence,
-                                       method=names[method])
-        return np.asarray(low, float), np.asarray(high, float)
+        k, n = np.asarray(k), np.asarray(n)
+        low, high = proportion_confint(k, n, alpha=1 - confidence, method=names[method])
+        # statsmodels' Wilson bound at k = 0 is 5.6e-17, not 0 (rounding): an
+        # interval must contain its own estimate, so clip to [0, k/n] and [k/n, 1]
+        rate = k / n
+        low = np.clip(np.asarray(low, float), 0.0, rate)
+        high = np.clip(np.asarray(high, float), rate, 1.0)
+        return low, high
     raise InputError(f"binomial interval method {method!r} is unknown; choose 'wilson' or "
                      "'clopper-pearson'")
 

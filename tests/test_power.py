@@ -22,6 +22,14 @@ def test_binomial_intervals_equal_their_formulas():
         binomial_interval(1, 2, method="wald")
 
 
+def test_binomial_interval_contains_its_estimate_at_the_edges():
+    # 0 of 3: statsmodels' Wilson lower bound is 5.6e-17 there (alpha = 1 - 0.95
+    # is not exactly 0.05), which put a power table's rate 0 outside its interval
+    assert binomial_interval(0, 3)[0] == 0.0 and binomial_interval(3, 3)[1] == 1.0
+    lo, hi = binomial_interval(np.array([0, 3, 1]), np.array([3, 3, 3]))
+    assert ((lo <= np.array([0, 1, 1 / 3])) & (np.array([0, 1, 1 / 3]) <= hi)).all()
+
+
 def test_fast_interaction_test_equals_region_stats():
     from ketamine_nb.simulate import SimulationParams, simulate_tables
     from ketamine_nb.stats import StatsConfig, region_stats, stats_input
