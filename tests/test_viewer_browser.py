@@ -17,75 +17,24 @@ Screenshots go to the test's temporary folder and to ``/tmp/viewer_shots``.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _jupyterlab import CHROMIUM, PAGE_MS, UPDATE_MS, jupyterlab, require_browser, run_all_cells
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 TESTS = Path(__file__).resolve().parent
-CHROMIUM = Path("/usr/bin/chromium")
 #: SwiftShader gives WebGL2 without a GPU.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--use-angle=swiftshader",
                  "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 SHOTS = Path("/tmp/viewer_shots")
-SERVER_START_S = 120
-PAGE_MS = 120_000
 RENDER_MS = 300_000
-UPDATE_MS = 90_000
-
-
-def _require_browser():
-    problems = []
-    if not CHROMIUM.is_file():
-        problems.append(f"{CHROMIUM} is missing (apt-get install chromium)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        problems.append("the playwright package is missing (pip install -e '.[test]')")
-    pytest.importorskip("ipyniivue")
-    if problems:
-        msg = "browser test needs a browser: " + "; ".join(problems)
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg + " (CI=true: this is an error, not a skip)")
-        pytest.skip(msg)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
 
 
 def _shot(page_or_locator, tmp_path: Path, name: str) -> Path:
@@ -130,7 +79,7 @@ NOTEBOOK_CELLS = [
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """JupyterLab on the viewer notebook; stopped with its kernels at the end."""
-    _require_browser()
+    require_browser()
     import nbformat
 
     base = tmp_path_factory.mktemp("viewerlab")
@@ -143,83 +92,8 @@ def lab(tmp_path_factory):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
                                  "language": "python"}
     nbformat.write(nb, root / "viewer.ipynb")
-    kdir = base / "data" / "kernels" / "python3"
-    kdir.mkdir(parents=True)
-    (kdir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (ipykernel)", "language": "python"}))
-    labconfig = base / "config" / "labconfig"
-    labconfig.mkdir(parents=True)
-    (labconfig / "page_config.json").write_text(json.dumps(
-        {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
-    port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ)
-    env.update({"JUPYTER_PATH": str(base / "data"), "JUPYTER_CONFIG_DIR": str(base / "config"),
-                "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
-                "JUPYTERLAB_SETTINGS_DIR": str(base / "settings"),
-                "JUPYTERLAB_WORKSPACES_DIR": str(base / "workspaces"),
-                "PYTHONUNBUFFERED": "1"})
-    log_path = base / "jupyterlab.log"
-    log = open(log_path, "w")  # noqa: SIM115 - closed in finally
-    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser",
-           "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--allow-root",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"JupyterLab exited with code {proc.returncode}; log: {log_path}")
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={token}",  # noqa: S310
-                                            timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"JupyterLab did not answer within {SERVER_START_S} s; "
-                            f"log: {log_path}")
-            time.sleep(0.5)
-        yield {"url": url, "token": token, "log": log_path}
-    finally:
-        kids = _descendants(proc.pid)
-        if proc.poll() is None:
-            try:
-                req = urllib.request.Request(f"{url}/api/shutdown?token={token}",
-                                             method="POST")
-                urllib.request.urlopen(req, timeout=10)  # noqa: S310 - loopback only
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        for pid in kids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()
-
-
-def _run_all(page):
-    page.locator("#jp-main-statusbar", has_text="Idle").wait_for(timeout=RENDER_MS)
-    prompt = page.locator(".jp-CodeCell .jp-InputPrompt").first
-    for _ in range(3):
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-        try:
-            page.wait_for_function("el => /\\[(\\*|\\d+)\\]/.test(el.textContent)",
-                                   arg=prompt.element_handle(), timeout=30_000)
-            return
-        except Exception:  # noqa: BLE001 - playwright's TimeoutError: click again
-            continue
-    raise AssertionError("Run > Run All Cells did not start the cells")
+    with jupyterlab(base, root) as running:
+        yield running
 
 
 def _wait_canvas(canvas, tmp_path, name, *, timeout_s=120.0, unlike=None) -> Path:
@@ -248,7 +122,7 @@ def test_viewer_renders_thresholds_and_follows_the_region(lab, tmp_path):
                       wait_until="domcontentloaded", timeout=PAGE_MS)
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=PAGE_MS)
             try:
-                _run_all(page)
+                run_all_cells(page, timeout_ms=RENDER_MS)
                 page.wait_for_selector(".ketamine-nb-viewer canvas", timeout=RENDER_MS)
                 page.wait_for_selector(".ketamine-nb-outcome .ketamine-nb-figure img",
                                        timeout=RENDER_MS)
@@ -319,7 +193,7 @@ def test_without_webgl_the_slice_viewer_takes_over(lab, tmp_path):
                       wait_until="domcontentloaded", timeout=PAGE_MS)
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=PAGE_MS)
             try:
-                _run_all(page)
+                run_all_cells(page, timeout_ms=RENDER_MS)
                 page.wait_for_selector(".ketamine-nb-viewer-fallback", timeout=RENDER_MS)
                 page.wait_for_selector(".ketamine-nb-viewer .ketamine-nb-slices "
                                        ".ketamine-nb-figure img", timeout=RENDER_MS)
@@ -334,7 +208,7 @@ def test_without_webgl_the_slice_viewer_takes_over(lab, tmp_path):
 
 
 def test_standalone_page_renders_offline(tmp_path):
-    _require_browser()
+    require_browser()
     from playwright.sync_api import sync_playwright
     from test_viewer import make_viewer_results
 
