@@ -55,6 +55,10 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 #: Notebooks that follow the conventions above (extend when one is converted).
 CONVERTED = (
+    "00_start_here",
+    "01_raw_dwi",
+    "02_tensor_and_md",
+    "03_registration_and_regions",
 )
 
 TIME_LINE = re.compile(r"\*\*Teaching:\*\*\s*(\d+)\s*min\s*·\s*\*\*Exercises:\*\*\s*(\d+)\s*min")
