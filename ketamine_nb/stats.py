@@ -93,8 +93,10 @@ __all__ = [
     "STATISTICS",
     "STUDY_DIRECTIONS",
     "VERDICTS",
+    "PermutationNull",
     "StatsConfig",
     "adjust_pvalues",
+    "bland_altman",
     "clinical_change",
     "clinical_summary",
     "cohort_table",
@@ -108,6 +110,8 @@ __all__ = [
     "model_formula",
     "multiple_comparisons",
     "partial_correlation",
+    "permutation_null",
+    "permutation_p",
     "region_stats",
     "reliable_change",
     "stats_input",
@@ -553,7 +557,8 @@ def _weighted_inverse_jj(X, onehot, W, j):
     return np.linalg.solve(XtWX, rhs)[..., j, 0]
 
 
-def _fl_counts(X, Y, j, groups, n_permutations, rng, statistic, order=None):
+def _fl_counts(X, Y, j, groups, n_permutations, rng, statistic, order=None,
+               return_statistics=False):
     """Freedman-Lane for a stack of outcomes sharing one design; returns p per row of Y.
 
     ``Y`` is D x n. The reduced model (without column ``j``) is fitted, its
@@ -563,6 +568,8 @@ def _fl_counts(X, Y, j, groups, n_permutations, rng, statistic, order=None):
     coefficient is ``pinv(X)[j] (fitted + P r)``: no refit is needed, every
     permutation of every outcome is one matrix product. ``order`` (B x n row
     orders) reuses a set of permutations, as PALM uses one set for all tests.
+    ``return_statistics=True`` returns the signed statistics instead (D x (B+1),
+    column 0 the data as observed): the permutation null distribution.
     """
     n, p = X.shape
     Y = np.atleast_2d(np.asarray(Y, float))
@@ -600,6 +607,8 @@ def _fl_counts(X, Y, j, groups, n_permutations, rng, statistic, order=None):
             W = trR / np.maximum(ss, 0)                                   # D x B x G
         with np.errstate(divide="ignore", invalid="ignore"):
             stat = psi / np.sqrt(_weighted_inverse_jj(X, onehot, W, j))
+    if return_statistics:
+        return stat
     a = np.abs(stat)
     hits = np.count_nonzero(a[:, 1:] >= a[:, :1] - 1e-12 * np.maximum(1, a[:, :1]), axis=1)
     # A degenerate design (no ΔMD spread) has no statistic, hence no p.
@@ -658,6 +667,159 @@ def freedman_lane(df: pd.DataFrame, formula: str, term: str, *, n_permutations: 
              else np.unique(df.loc[X.index, groups].astype(str), return_inverse=True)[1])
     return float(_fl_counts(X.to_numpy(float), y, list(X.columns).index(term), g,
                             int(n_permutations), rng, statistic)[0])
+
+
+def permutation_p(null, observed, *, two_sided: bool = True) -> float:
+    """Permutation p of an observed statistic against its null distribution.
+
+    Parameters
+    ----------
+    null : array-like
+        The statistic under each of ``B`` permutations (the data as observed
+        not among them).
+    observed : float
+        The statistic of the data as observed.
+    two_sided : bool, default=True
+        Count ``|s*| >= |s|`` (as :func:`freedman_lane` and
+        :func:`region_stats` do); ``False`` counts ``s* >= s``.
+
+    Returns
+    -------
+    float
+        ``p = (1 + #{s* >= s}) / (1 + B)`` (absolute values when two-sided):
+        the observed data count as one of the permutations, so p is never 0
+        (Phipson & Smyth 2010). NaN when ``observed`` is not finite.
+
+    Notes
+    -----
+    A null value within ``1e-12`` (relative) of the observed one counts as
+    reaching it, as in :func:`region_stats`, so that a permutation equal to the
+    identity is not lost to rounding.
+    """
+    s = np.asarray(null, float).ravel()
+    obs = float(observed)
+    if not np.isfinite(obs):
+        return float("nan")
+    if two_sided:
+        s, obs = np.abs(s), abs(obs)
+    hits = np.count_nonzero(s >= obs - 1e-12 * max(1.0, abs(obs)))
+    return float((1 + hits) / (1 + s.size))
+
+
+@dataclass(frozen=True)
+class PermutationNull:
+    """The permutation null distribution of one region's interaction statistic.
+
+    Returned by :func:`permutation_null`; drawn by
+    :func:`ketamine_nb.plotting.plot_permutation_null`.
+
+    Attributes
+    ----------
+    null : numpy.ndarray
+        The statistic under each of the ``n_permutations`` Freedman-Lane
+        permutations (signed; the data as observed not included).
+    observed : float
+        The statistic of the data as observed (``v_interaction`` of
+        :func:`region_stats` for ``"aspin_welch"``, ``t_interaction`` for ``"t"``).
+    p : float
+        Two-sided permutation p, :func:`permutation_p` of ``null`` and
+        ``observed``; equal to ``p_perm_interaction`` of :func:`region_stats`
+        with the same configuration.
+    region, outcome : str
+        The model.
+    statistic : str
+        ``"aspin_welch"`` (Aspin-Welch v) or ``"t"``; see :data:`STATISTICS`.
+    """
+
+    null: np.ndarray
+    observed: float
+    p: float
+    region: str
+    outcome: str
+    statistic: str
+
+    @property
+    def label(self) -> str:
+        """Name of the statistic, for an axis label."""
+        return ("Aspin-Welch v of the arm × ΔMD interaction" if self.statistic != "t"
+                else "t of the arm × ΔMD interaction")
+
+
+def permutation_null(rows: pd.DataFrame, region: str, outcome: str, *,
+                     config: StatsConfig | dict | None = None) -> PermutationNull:
+    """Recompute the permutation null distribution behind one row of :func:`region_stats`.
+
+    The same design, the same permutations (one set per arm pattern, drawn in
+    the order :func:`region_stats` draws them, from ``config.random_state``)
+    and the same statistic, so the returned ``p`` equals that row's
+    ``p_perm_interaction``.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        Output of :func:`stats_input` (``Results.stats_input``): all regions and
+        outcomes, as :func:`region_stats` saw them (the permutations of one
+        row depend on the rows before it).
+    region, outcome : str
+        The model (e.g. ``"BA10_L"``, ``"madrs"``).
+    config : StatsConfig or dict, optional
+        As given to :func:`region_stats` (a dict, e.g. the run's
+        ``stats_config.json``, is passed to :class:`StatsConfig`); default
+        ``StatsConfig()`` (5000 permutations, Aspin-Welch v, seed 0), the
+        command line's default.
+
+    Returns
+    -------
+    PermutationNull
+        ``null`` (n_permutations signed statistics), ``observed``, ``p``.
+    """
+    config = StatsConfig(**config) if isinstance(config, dict) else (config or StatsConfig())
+    if not config.n_permutations:
+        raise InputError("config.n_permutations is 0 or None: there is no permutation null")
+    sel = (rows["region"] == region) & (rows["outcome"] == outcome)
+    if not sel.any():
+        raise InputError(f"no rows for region {region!r} and outcome {outcome!r}; regions: "
+                         f"{', '.join(map(str, pd.unique(rows['region'])))}")
+    control, treated = design_arms(rows["arm"], config.control)
+    formula = model_formula(config.covariates, control=control,
+                            global_covariate=config.global_covariate)
+    inter = f"delta_md_e6:{_arm_term(control)}[T.{treated}]"
+    rows = rows.reset_index(drop=True)
+    y_frame, X_frame = _design_matrices(rows, formula)
+    y_all = np.full(len(rows), np.nan)
+    y_all[X_frame.index] = y_frame
+    X_all = np.full((len(rows), X_frame.shape[1]), np.nan)
+    X_all[X_frame.index] = X_frame.to_numpy(float)
+    j_int = list(X_frame.columns).index(inter)
+    rng = np.random.default_rng(config.random_state)
+    B = int(config.n_permutations)
+    orders = {}
+    # Walk the rows as _region_stats does: the permutations are drawn once per
+    # arm pattern, in this order, from one generator.
+    for (reg, out), g in rows.groupby(["region", "outcome"], sort=False):
+        n_arm = [int((g["arm"] == a).sum()) for a in (treated, control)]
+        target = (reg, out) == (region, outcome)
+        if min(n_arm) < MIN_PER_ARM:
+            if target:
+                raise InputError(f"{region}/{outcome}: fewer than {MIN_PER_ARM} participants "
+                                 "in an arm, no model and no permutation null")
+            continue
+        groups = np.unique(g["arm"].astype(str), return_inverse=True)[1]
+        key = groups.tobytes()
+        if key not in orders:
+            orders[key] = _permutations(len(g), None if config.statistic == "t" else groups,
+                                        B, rng)
+        if target:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                stat = _fl_counts(X_all[g.index], y_all[g.index], j_int, groups, B, rng,
+                                  config.statistic, order=orders[key],
+                                  return_statistics=True)[0]
+            null, observed = np.asarray(stat[1:], float), float(stat[0])
+            return PermutationNull(null=null, observed=observed,
+                                   p=permutation_p(null, observed), region=str(region),
+                                   outcome=str(outcome), statistic=config.statistic)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _corr_ci(x, y, *, n_bootstrap, rng):
@@ -1045,6 +1207,71 @@ def reliable_change(roi_deltas: pd.DataFrame, *, reference_arm: str | None = Non
         summary[f"reliable_share_{arm}"] = share[arm]
     per_region = summary.reset_index()
     return d.drop(columns=["md_pre"]), per_region
+
+
+def bland_altman(roi_deltas: pd.DataFrame, region: str, *, arm: str | None = None,
+                 z: float = 1.96) -> tuple[pd.DataFrame, pd.Series]:
+    """Bland-Altman agreement of the two visits in one region and arm.
+
+    In the control arm nothing is expected to change MD in 24 h, so the two
+    visits are a test-retest pair: the mean difference (bias) is a drift
+    shared by the arm and the limits of agreement say how far one
+    participant's ΔMD can stray by measurement error alone (Bland & Altman
+    1986).
+
+    Parameters
+    ----------
+    roi_deltas : pandas.DataFrame
+        ``Results.roi_deltas``: ``participant_id``, ``arm``, ``region``,
+        ``md_pre``, ``md_post`` (mm²/s).
+    region : str
+        Region (e.g. ``"BA10_L"``).
+    arm : str, optional
+        Arm; default: the control arm (:func:`design_arms`; saline in the study).
+    z : float, default=1.96
+        Width of the limits in SDs (1.96: 95 % of differences, if normal).
+
+    Returns
+    -------
+    per_participant : pandas.DataFrame
+        ``participant_id``, ``arm``, ``md_pre``, ``md_post``, ``mean_md``
+        (the mean of the two visits) and ``difference`` (post − pre), mm²/s;
+        participants missing a visit are left out.
+    summary : pandas.Series
+        ``region``, ``arm``, ``n``; ``bias`` (mean difference), ``sd`` (SD of
+        the differences, ddof = 1), ``loa_low``/``loa_high`` (bias ∓ z SD),
+        all mm²/s.
+
+    Notes
+    -----
+    difference = MD(post) − MD(pre); bias = mean(difference);
+    limits of agreement = bias ± z · SD(difference).
+
+    References
+    ----------
+    Bland JM, Altman DG (1986). Statistical methods for assessing agreement
+    between two methods of clinical measurement. Lancet 327:307-310.
+    """
+    missing = [c for c in ("participant_id", "arm", "region", "md_pre", "md_post")
+               if c not in roi_deltas]
+    if missing:
+        raise InputError(f"the table has no {', '.join(missing)} column; pass "
+                         "Results.roi_deltas")
+    if arm is None:
+        arm = design_arms(roi_deltas["arm"].dropna())[0]
+    d = roi_deltas[(roi_deltas["region"] == region) & (roi_deltas["arm"] == arm)]
+    d = d[["participant_id", "arm", "md_pre", "md_post"]].apply(
+        lambda c: pd.to_numeric(c, errors="coerce") if c.name.startswith("md_") else c)
+    d = d.dropna(subset=["md_pre", "md_post"]).reset_index(drop=True)
+    if len(d) < 2:
+        raise InputError(f"{region}, arm {arm!r}: {len(d)} participant(s) with both visits; "
+                         "Bland-Altman needs at least two (check the region and arm names)")
+    d["mean_md"] = (d["md_pre"] + d["md_post"]) / 2
+    d["difference"] = d["md_post"] - d["md_pre"]
+    bias, sd = float(d["difference"].mean()), float(d["difference"].std(ddof=1))
+    summary = pd.Series({"region": region, "arm": arm, "n": len(d), "bias": bias, "sd": sd,
+                         "loa_low": bias - z * sd, "loa_high": bias + z * sd})
+    return d, summary
 
 
 # ---------------------------------------------------------------------------
