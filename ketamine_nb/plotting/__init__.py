@@ -10,7 +10,10 @@ from ._base import (
     FigureHandle,
     choice_label,
 )
+from .anatomy import colour_fa, plot_atlas_maps, plot_colour_fa
+from .captions import ALT_TEXT
 from .experiments import plot_fit_methods, plot_partial_volume, plot_registration_shift
+from .inference import plot_permutation_null
 from .maps import (
     plot_delta_md_map,
     plot_dwi_slices,
@@ -21,6 +24,7 @@ from .maps import (
     plot_registration,
     plot_session_qc,
 )
+from .measurement import plot_bland_altman, plot_paired_md
 from .outcomes import (
     ScatterFigure,
     plot_delta_by_arm,
@@ -33,6 +37,7 @@ from .slices import RegionFigure, SliceFigure, plot_region_voxels, plot_slice
 from .specification import SpecCurveFigure, plot_robustness, select_specifications
 
 __all__ = [
+    "ALT_TEXT",
     "ARM_COLORS",
     "DELTA_MD_LABEL",
     "DELTA_MD_SCALE",
@@ -45,6 +50,10 @@ __all__ = [
     "SliceFigure",
     "SpecCurveFigure",
     "choice_label",
+    "colour_fa",
+    "plot_atlas_maps",
+    "plot_bland_altman",
+    "plot_colour_fa",
     "plot_delta_by_arm",
     "plot_delta_md_map",
     "plot_dwi_slices",
@@ -54,7 +63,9 @@ __all__ = [
     "plot_gradients",
     "plot_md_difference",
     "plot_md_map",
+    "plot_paired_md",
     "plot_partial_volume",
+    "plot_permutation_null",
     "plot_region_voxels",
     "plot_registration",
     "plot_registration_shift",

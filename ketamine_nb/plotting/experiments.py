@@ -100,16 +100,21 @@ def plot_registration_shift(table: pd.DataFrame, *, ax=None):
     Returns
     -------
     matplotlib.figure.Figure
-        One line per region in the region palette (left solid, right dashed).
+        One line per region in the region palette
+        (:data:`~ketamine_nb.plotting.REGION_PALETTE`: colour-blind safe, no
+        black; left solid, right dashed, dark-edged markers so the light
+        colours read on white), the legend to the right.
     """
-    fig, ax = _axes(ax, (5.8, 3.8))
+    fig, ax = _axes(ax, (6.6, 3.8))
     styles = _region_styles([str(r) for r in pd.unique(table["region"])])
     for region, g in table.groupby("region", sort=False):
         colour, ls = styles[str(region)]
         ax.plot(g["shift_mm"], g["md_change_percent"], marker="o", color=colour, ls=ls,
-                mec="0.25", mew=0.5, label=region, gid=f"region:{region}")
+                lw=2, ms=6, mec="0.2", mew=0.7, label=region, gid=f"region:{region}")
     ax.axhline(0, color="0.5", lw=0.8, ls=":")
     ax.set(xlabel="regions shifted by (mm)", ylabel="change in regional MD (%)",
            title="What a registration error does to regional MD")
-    ax.legend(fontsize=8, ncol=2)
+    # Outside the axes: the lines fan out over the whole plot.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              handlelength=2.6)
     return fig
