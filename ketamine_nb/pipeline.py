@@ -59,7 +59,7 @@ __all__ = [
     "run_pipeline",
 ]
 
-PIPELINE_VERSION = "4"  # bump when per-session outputs change meaning
+PIPELINE_VERSION = "5"  # bump when per-session outputs change meaning
 
 #: Within-scan realignment models (:func:`ketamine_nb.motion.realign_series`);
 #: ``None`` (CLI ``none``) leaves the series as acquired.
@@ -308,6 +308,7 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
             voxels = extract_region_voxels(md_mni, fa_mni, mask_mni, regions_mni, maps.names)
             voxels["md_ols"] = np.nan
         md_on_grid = _md_on_template_grid(md, mask, A)
+        coverage = _session_coverage(maps, A, mask)
     del img, fit_img
 
     save_nifti(mask, paths["mask"])
@@ -324,7 +325,7 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
     qc_doc = {"participant_id": participant_id, "session": session,
               "source": str(dwi_path), "processing_key": key, "inputs": inputs,
               "config": asdict(config),
-              "qc": qc, "mni_to_native": np.round(A, 10).tolist(),
+              "qc": qc, "coverage": coverage, "mni_to_native": np.round(A, 10).tolist(),
               "nib_version": nib.__version__}
     write_json(qc_doc, paths["qc"])
     return {"participant_id": participant_id, "session": session, "status": "processed",
@@ -423,6 +424,38 @@ def process_participant(out_dir, participant_id: str, visits: dict, *,
                ppaths["qc"])
     return {"participant_id": participant_id, "status": "processed",
             "seconds": round(time.perf_counter() - t0, 2), **summary}
+
+
+def _table_coverage(out_dir, participant_id: str, session: str, participant_qc: dict) -> dict:
+    """Coverage of the regions in the voxel table a session's row is summarised from.
+
+    The halfway table's (the participant QC) when the halfway step ran, else
+    the session's own (its QC JSON); ``{}`` when neither recorded it.
+    """
+    paths = session_paths(out_dir, participant_id, session)
+    if paths["voxels_halfway"].is_file():
+        return participant_qc.get("coverage", {}).get(session, {})
+    try:
+        return json.loads(paths["qc"].read_text()).get("coverage", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _session_coverage(maps, A, mask_img) -> dict:
+    """Share of each region's atlas mass inside one session's field of view and brain mask.
+
+    The session's own registration (``x_native = A @ x_mni``) places the
+    atlas; this is the coverage a session reports when no halfway step runs
+    (a participant with one visit, or ``--atlas-registration none``).
+    """
+    from .longitudinal import AtlasMapping, region_coverage
+
+    mask = np.asarray(mask_img.dataobj) > 0
+    mapping = AtlasMapping(affine=np.linalg.inv(A), coords=None, grid_affine=mask_img.affine,
+                           grid_shape=mask.shape, similarity=float("nan"), method="rigid")
+    cov = region_coverage(maps.img, maps.names, mapping, mask_img.affine,
+                          {"fov": np.ones(mask.shape, bool), "brain": mask})
+    return {k: {r: round(x, 4) for r, x in c.items()} for k, c in cov.items()}
 
 
 def _participant_inputs(spaths: dict) -> dict:
@@ -821,7 +854,8 @@ def roi_tables(out_dir, sessions: pd.DataFrame, participants: pd.DataFrame, *,
                               fa_threshold=config.fa_threshold)
         s.insert(0, "session", row.session)
         s.insert(0, "participant_id", row.participant_id)
-        cov = coverage.get(row.participant_id, {}).get("coverage", {}).get(row.session, {})
+        cov = _table_coverage(out_dir, row.participant_id, row.session,
+                              coverage.get(row.participant_id, {}))
         missing = [r for r in cov.get("fov", {}) if r not in set(s["region"].astype(str))]
         if missing:  # no voxel at all (outside the field of view): still a row, flagged
             s = pd.concat([s.astype({"region": str}),

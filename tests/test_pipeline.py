@@ -499,6 +499,38 @@ def test_process_session_alone_for_a_notebook(small_cohort, tmp_path):
     assert again["status"] == "reused"
 
 
+def test_a_session_alone_measures_its_coverage(small_cohort, tmp_path):
+    # Without a halfway step (one visit, or --atlas-registration none) a
+    # session still says how much of each region its field of view holds: all
+    # of it for the whole simulated head, almost none of the amygdala for a
+    # slab of the upper 40 % of the head.
+    from ketamine_nb.regions import load_region_maps
+
+    dwi = small_cohort / "sub-006" / "ses-pre" / "dwi" / "sub-006_ses-pre_dwi.nii.gz"
+    process_session(dwi, tmp_path / "whole", "sub-006", "pre")
+    cov = json.loads(session_paths(tmp_path / "whole", "sub-006", "pre")["qc"].read_text())[
+        "coverage"]
+    names = load_region_maps().names
+    assert set(cov["fov"]) == set(names) == set(cov["brain"])
+    assert min(cov["fov"].values()) > 0.99 and min(cov["brain"].values()) > 0.8
+    img = nib.load(dwi)
+    half = int(img.shape[2] * 0.6)            # the slab starts 60 % up the head
+    affine = img.affine.copy()
+    affine[:3, 3] += affine[:3, 2] * half
+    slab_dir = tmp_path / "slab"
+    slab_dir.mkdir()
+    slab = slab_dir / "sub-006_ses-pre_dwi.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, half:], affine), slab)
+    for ext in ("bval", "bvec"):
+        (slab_dir / f"sub-006_ses-pre_dwi.{ext}").write_bytes(
+            dwi.with_name(f"sub-006_ses-pre_dwi.{ext}").read_bytes())
+    process_session(slab, tmp_path / "slab_out", "sub-006", "pre")
+    cov = json.loads(session_paths(tmp_path / "slab_out", "sub-006", "pre")["qc"].read_text())[
+        "coverage"]
+    assert cov["fov"]["amygdala_L"] < 0.2 and cov["fov"]["amygdala_R"] < 0.2, cov["fov"]
+    assert cov["brain"]["amygdala_L"] <= cov["fov"]["amygdala_L"] + 1e-9
+
+
 def test_qc_flags_an_injected_dropout_and_draws_it(small_cohort):
     from ketamine_nb.dwi import qc_session
     from ketamine_nb.plotting import plot_session_qc

@@ -97,6 +97,20 @@ def test_uih_ba10_coverage_is_measured_and_the_regions_below_the_slab_are_flagge
     assert "BA10_L" in uih.summary() and "coverage" in uih.summary()
 
 
+def test_uih_single_visit_participant_has_its_coverage_checked(uih):
+    # sub-02 has one visit, so no halfway step: its session's own registration
+    # places the atlas, and its coverage is measured and applied all the same
+    # (it used to report amygdala MD from 38 voxels with no coverage at all).
+    rows = uih.roi_md[uih.roi_md["participant_id"] == "sub-02"]
+    assert len(rows) == 7
+    assert rows[["coverage_fov", "coverage_brain"]].notna().all().all()
+    low = (rows["coverage_fov"] < 0.8) | (rows["coverage_brain"] < 0.8)
+    assert low.any()
+    assert rows.loc[low, "md_wmean"].isna().all()
+    assert rows.loc[low, "flag"].str.contains("coverage").all()
+    assert rows.loc[~low, "md_wmean"].notna().all()
+
+
 def test_uih_same_day_rescan_ba10_reported_without_threshold_within_4_percent(uih):
     d = _deltas(uih, None)
     for region in ("BA10_L", "BA10_R"):
