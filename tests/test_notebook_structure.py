@@ -59,6 +59,11 @@ CONVERTED = (
     "01_raw_dwi",
     "02_tensor_and_md",
     "03_registration_and_regions",
+    "04_cohort_and_deltas",
+    "05_outcomes_and_model",
+    "06_beyond_the_study",
+    "07_your_own_data",
+    "08_power",
 )
 
 TIME_LINE = re.compile(r"\*\*Teaching:\*\*\s*(\d+)\s*min\s*·\s*\*\*Exercises:\*\*\s*(\d+)\s*min")
