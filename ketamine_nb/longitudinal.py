@@ -184,13 +184,13 @@ def register_visits(pre_img, post_img, *, pre_mask=None, post_mask=None,
                                            sampling_proportion=p["visit_sampling"]),
             level_iters=list(p["visit_level_iters"]), sigmas=list(p["visit_sigmas"]),
             factors=list(p["visit_factors"]), verbosity=0)
-        # Start from the scanner's own alignment (same session, same table
-        # position) unless the centres of mass say the head moved by more
-        # than a few mm.
-        start = np.eye(4) if np.linalg.norm(com.affine[:3, 3]) < 10 else com.affine
+        # Start from the centres of mass. A start from the scanner's own
+        # alignment (identity) when they were < 10 mm apart left 8 of 20
+        # simulated participants more than 1 mm off (up to 15 mm), 3 of them
+        # unflagged; from the centres of mass none (max 0.65 mm).
         res = reg.optimize(static, moving, RigidTransform3D(), None,
                            static_grid2world=pre_img.affine, moving_grid2world=post_img.affine,
-                           starting_affine=start)
+                           starting_affine=com.affine)
     A = np.asarray(res.affine, np.float64)
     moved = resample_image(post_img if post_mask is None else _as_img(moving, post_img),
                            A, pre_img.affine, pre_img.shape[:3])
