@@ -208,6 +208,11 @@ def browser_pages(site):
     return pages
 
 
+def test_the_site_has_the_whole_series():
+    numbered = sorted(p.stem for p in BOOK.glob("[0-9][0-9]_*.ipynb"))
+    assert _toc_pages()[1:] == numbered, "notebooks/_toc.yml must list the series in order"
+
+
 def test_every_page_has_its_title(browser_pages):
     config = yaml.safe_load((BOOK / "_config.yml").read_text())
     for name in _toc_pages():
