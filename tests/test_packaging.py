@@ -218,7 +218,10 @@ def test_test_script_installs_the_test_extra_and_runs_pytest(pyproject):
     text = (ROOT / "tools" / "test.sh").read_text(encoding="utf-8")
     assert "test" in pyproject["project"]["optional-dependencies"]
     assert re.search(r'pip install\b.*-e "\.\[test\]"', text)
-    assert re.search(r'^exec \.venv/bin/python -m pytest "\$@"$', text, re.M)
+    # all of it, the slow set too (a plain pytest leaves it out), the caller's options last
+    assert re.search(r'^exec \.venv/bin/python -m pytest -m "slow or not slow" .*"\$@"$', text,
+                     re.M)
+    assert '-m \\"not slow\\"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
 
 
 def test_readme_binder_badge_opens_the_start_notebook():

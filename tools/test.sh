@@ -90,4 +90,6 @@ if [[ ! -x /usr/bin/chromium ]]; then
 fi
 
 # --- 4. the tests -------------------------------------------------------------
-exec .venv/bin/python -m pytest "$@"
+# Everything, the slow set included (a plain `pytest` leaves it out: pyproject's
+# addopts); a -m given here replaces this one. The slowest tests are listed at the end.
+exec .venv/bin/python -m pytest -m "slow or not slow" --durations=15 "$@"
