@@ -170,7 +170,8 @@ def _cmd_run(args) -> int:
                        post=args.post_session, config=_config_from_args(args),
                        n_jobs=args.n_jobs, scheduler=args.scheduler,
                        participant_label=args.participant_label, force=args.force,
-                       acq=args.acq, run=args.run, progress=not args.quiet)
+                       acq=args.acq, run=args.run, progress=not args.quiet,
+                       raw_dir=args.raw_dir)
     for problem in res.problems:
         print(f"note: {problem}", file=sys.stderr)
     print(f"Done in {time.perf_counter() - t0:.0f} s.")
@@ -390,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these participants (sub- optional)")
     p.add_argument("--acq", default=None, help="acq- entity of the DWI series to use")
     p.add_argument("--run", default=None, help="run- entity of the DWI series to use")
+    p.add_argument("--raw-dir", default=None, metavar="DIR",
+                   help="raw BIDS dataset with participants.tsv and the scores, when BIDS_DIR "
+                        "is a derivatives folder such as QSIPrep's (read only)")
     p.add_argument("--force", action="store_true", help="recompute every session")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_pipeline_args(p)

@@ -933,7 +933,7 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
                  config: PipelineConfig | None = None, n_jobs: int = 1,
                  scheduler: str | None = None, participant_label=None, force: bool = False,
                  acq: str | None = None, run: str | None = None,
-                 progress: bool = True) -> PipelineResult:
+                 progress: bool = True, raw_dir=None) -> PipelineResult:
     """Run the pipeline on a BIDS study and write the cohort tables.
 
     Parameters
@@ -961,6 +961,10 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
         Select a DWI series when a session has several.
     progress : bool, default=True
         Show a progress bar.
+    raw_dir : str or pathlib.Path, optional
+        The raw BIDS dataset holding ``participants.tsv`` and the scores,
+        when ``bids_dir`` is a derivatives folder (QSIPrep's) without them
+        (never written to either).
 
     Returns
     -------
@@ -974,7 +978,9 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
 
     config = config or PipelineConfig()
     out = check_out_dir(bids_dir, out_dir)
-    study = load_study(bids_dir, pre=pre, post=post, acq=acq, run=run)
+    if raw_dir is not None:
+        check_out_dir(raw_dir, out_dir)
+    study = load_study(bids_dir, pre=pre, post=post, acq=acq, run=run, raw_dir=raw_dir)
     sessions = study.sessions
     if participant_label:
         wanted = {p if str(p).startswith("sub-") else f"sub-{p}" for p in participant_label}

@@ -196,3 +196,24 @@ def test_derivatives_flag_can_be_overridden_and_needs_participants(tmp_path):
     with pytest.warns(StudyWarning, match="no such column"):  # scores are in raw/ only
         study = load_study(deriv)
     assert study.preprocessed and study.raw_dir is None
+
+
+def test_run_on_qsiprep_output_takes_the_participants_from_raw_dir(tmp_path, capsys):
+    # The command-line route the error hint names: QSIPrep's folder as BIDS_DIR,
+    # the raw dataset (participants, scores) as --raw-dir; neither is written to.
+    from ketamine_nb.cli import main
+
+    deriv, raw, _, _ = _qsiprep_tree(tmp_path)
+    before = {p: p.read_bytes() for p in [*deriv.rglob("*"), *raw.rglob("*")] if p.is_file()}
+    assert main(["run", str(deriv), str(tmp_path / "out")]) == 2      # bad input
+    assert "--raw-dir" in capsys.readouterr().err
+    code = main(["run", str(deriv), str(tmp_path / "out"), "--raw-dir", str(raw), "--quiet",
+                 "--atlas-registration", "none"])
+    out = tmp_path / "out"
+    assert code in (0, 1) and (out / "roi_md.tsv").is_file()
+    assert (out / "scores.tsv").is_file() and "madrs" in (out / "scores.tsv").read_text()
+    assert set(np.unique([ln.split("\t")[0] for ln in
+                          (out / "participants.tsv").read_text().splitlines()[1:]])) == {
+        "sub-01", "sub-02"}
+    after = {p: p.read_bytes() for p in [*deriv.rglob("*"), *raw.rglob("*")] if p.is_file()}
+    assert after == before
