@@ -197,16 +197,21 @@ def _flagged(qc: pd.DataFrame | None, pids, regions) -> np.ndarray:
 
 
 def _region_means(voxels, md_col, prob_thr, csf_thr, codes, n_groups):
-    md = voxels[md_col].to_numpy()
-    keep = voxels["probability"].to_numpy() >= prob_thr
+    # Tables read as float32 (load_cohort_voxels(float_dtype=)): thresholds are
+    # compared in the column's own dtype, where the stored 6-digit decimals keep
+    # their order (so a voxel at the threshold is kept as in float64), and the
+    # sums are made in float64.
+    prob = voxels["probability"].to_numpy()
+    keep = prob >= prob.dtype.type(prob_thr)
     if csf_thr is not None:
         # As summarise_regions: the guard is judged once per participant (on the
         # mean MD of the aligned visits) where the pipeline stored it.
-        guard = voxels["md_guard"].to_numpy() if "md_guard" in voxels else md
-        keep &= guard <= csf_thr
+        guard = voxels["md_guard" if "md_guard" in voxels else md_col].to_numpy()
+        keep &= guard <= guard.dtype.type(csf_thr)
+    md = voxels[md_col].to_numpy(dtype=np.float64)
     keep &= np.isfinite(md)
     # Probability-weighted, as the pipeline's default regional summary.
-    p = voxels["probability"].to_numpy()[keep]
+    p = voxels["probability"].to_numpy(dtype=np.float64)[keep]
     s = np.bincount(codes[keep], weights=md[keep] * p, minlength=n_groups)
     c = np.bincount(codes[keep], weights=p, minlength=n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -295,9 +300,10 @@ def robustness_grid(voxels: pd.DataFrame, scores: pd.DataFrame, *, pre: str = "p
     regions = [r for r in all_regions if r != GLOBAL_GM]
     flagged = _flagged(qc if has_qc else None, pids, regions)
     n_p, n_s, n_r = len(pids), len(sess), len(all_regions)
-    c_p, c_s, c_r = (voxels[c].cat.codes.to_numpy().astype(np.int64)
-                     for c in ("participant_id", "session", "region"))
-    codes = (c_p * n_s + c_s) * n_r + c_r
+    codes = voxels["participant_id"].cat.codes.to_numpy().astype(np.int32)
+    for c, n in (("session", n_s), ("region", n_r)):     # one int32 array, not four int64
+        codes *= n
+        codes += voxels[c].cat.codes.to_numpy()
     s = info.reindex(pids)
     k = (s["arm"] == treated).to_numpy(float)
     in_arms = s["arm"].isin([treated, control]).to_numpy()

@@ -291,7 +291,8 @@ def _robustness(out: Path, scores, participants, *, pre: str = "pre", post: str 
     roi_md = read_tsv(out / TABLES["roi_md"], missing_ok=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StudyWarning)
-        grid = robustness_grid(load_cohort_voxels(out), scores, pre=pre, post=post,
+        voxels = load_cohort_voxels(out, float_dtype="float32")   # 15 M rows on the demo
+        grid = robustness_grid(voxels, scores, pre=pre, post=post,
                                participants=participants, control=control, qc=roi_md)
     return grid, [str(w.message) for w in caught if issubclass(w.category, StudyWarning)]
 

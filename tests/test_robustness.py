@@ -82,6 +82,28 @@ def test_robustness_grid_recovers_known_means_and_matches_region_stats(rng):
     assert g[g.region == "B"]["p_interaction"].isna().all()
 
 
+def test_float32_voxel_tables_give_the_float64_grid(rng):
+    # The demo loads its 15 M voxels as float32 (load_cohort_voxels(float_dtype=)):
+    # voxels exactly at a threshold (as stored with 6 digits) must be kept or
+    # dropped as in float64. float32(0.35) < 0.35 and float32(0.0012) > 0.0012:
+    # compared with the float64 thresholds, both would be dropped.
+    voxels, scores, _ = _cohort_voxels(rng)
+    n = len(voxels)
+    voxels["probability"] = np.resize([0.35, 0.6, 0.15, 0.3499], n)
+    voxels["md"] = np.where(np.arange(n) % 7 == 0, 1.2e-3, voxels["md"])
+    # numpy float64 thresholds, as read from a table (a Python float would be
+    # cast to the array's float32 by numpy 2 anyway)
+    grid = {"fit_method": ("configured",), "probability_threshold": (np.float64(0.35),),
+            "csf_md_threshold": (np.float64(1.2e-3),), "outcome": ("madrs",),
+            "change": ("absolute",),
+            "covariates": ((),), **PLAIN}
+    g64 = robustness_grid(voxels, scores, grid=grid)
+    v32 = voxels.astype({c: np.float32 for c in ("probability", "md", "md_ols", "fa")})
+    g32 = robustness_grid(v32, scores, grid=grid)
+    assert (g32["n"].to_numpy() == g64["n"].to_numpy()).all()
+    np.testing.assert_allclose(g32["beta_interaction"], g64["beta_interaction"], rtol=1e-5)
+
+
 def test_ols_interaction_equals_statsmodels(rng):
     import statsmodels.formula.api as smf
 
