@@ -237,16 +237,25 @@ def load_cohort_voxels(out_dir, sessions: pd.DataFrame | None = None, *,
     if sessions is None:
         roi = read_tsv(Path(out_dir) / TABLES["roi_md"])
         sessions = roi[["participant_id", "session"]].drop_duplicates()
+    # Categoricals from the start (a string column per row would cost 8 bytes a
+    # voxel twice over), with the categories sorted as astype("category") sorts.
+    pids = sorted(set(sessions["participant_id"]))
+    labels = sorted(set(sessions["session"]))
     frames = []
     for row in sessions.itertuples():
         v = load_region_voxels(out_dir, row.participant_id, row.session,
                                float_dtype=float_dtype, indices=False)
-        v.insert(0, "session", row.session)
-        v.insert(0, "participant_id", row.participant_id)
+        n = len(v)
+        v.insert(0, "session", pd.Categorical.from_codes(
+            np.full(n, labels.index(row.session), np.int8), categories=labels))
+        v.insert(0, "participant_id", pd.Categorical.from_codes(
+            np.full(n, pids.index(row.participant_id), np.int32), categories=pids))
         frames.append(v)
+    regions = sorted(set().union(*(f["region"].cat.categories for f in frames)))
+    for f in frames:
+        f["region"] = f["region"].cat.set_categories(regions)
     out = pd.concat(frames, ignore_index=True)
-    for col in ("participant_id", "session", "region"):
-        out[col] = out[col].astype("category")
+    del frames
     if "md_ols" not in out:
         out["md_ols"] = np.nan
     return out
