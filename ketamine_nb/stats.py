@@ -464,6 +464,20 @@ def _design_matrices(df: pd.DataFrame, formula: str):
     return y.iloc[:, 0].to_numpy(float), X
 
 
+def _aligned_design(rows: pd.DataFrame, formula: str):
+    """Return the design of every row of ``rows`` (index 0..n-1), NaN where patsy dropped one.
+
+    Returns ``y`` (n,), ``X`` (n, p) and the column names: one patsy call for
+    all regions and outcomes, so every model has the same columns.
+    """
+    y_frame, X_frame = _design_matrices(rows, formula)
+    y_all = np.full(len(rows), np.nan)
+    y_all[X_frame.index] = y_frame
+    X_all = np.full((len(rows), X_frame.shape[1]), np.nan)
+    X_all[X_frame.index] = X_frame.to_numpy(float)
+    return y_all, X_all, list(X_frame.columns)
+
+
 def _ols(X, y, names):
     """Least squares with classical (equal-variance) SE, t and p, as statsmodels' OLS."""
     from scipy.stats import t as t_dist
@@ -785,12 +799,8 @@ def permutation_null(rows: pd.DataFrame, region: str, outcome: str, *,
                             global_covariate=config.global_covariate)
     inter = f"delta_md_e6:{_arm_term(control)}[T.{treated}]"
     rows = rows.reset_index(drop=True)
-    y_frame, X_frame = _design_matrices(rows, formula)
-    y_all = np.full(len(rows), np.nan)
-    y_all[X_frame.index] = y_frame
-    X_all = np.full((len(rows), X_frame.shape[1]), np.nan)
-    X_all[X_frame.index] = X_frame.to_numpy(float)
-    j_int = list(X_frame.columns).index(inter)
+    y_all, X_all, X_cols = _aligned_design(rows, formula)
+    j_int = X_cols.index(inter)
     rng = np.random.default_rng(config.random_state)
     B = int(config.n_permutations)
     orders = {}
@@ -978,12 +988,7 @@ def _region_stats(rows: pd.DataFrame, config: StatsConfig) -> pd.DataFrame:
     arms = (treated, control)
     # One design for every row (patsy once): the same columns in every region x outcome.
     rows = rows.reset_index(drop=True)
-    y_frame, X_frame = _design_matrices(rows, formula)
-    y_all = np.full(len(rows), np.nan)
-    y_all[X_frame.index] = y_frame
-    X_all = np.full((len(rows), X_frame.shape[1]), np.nan)
-    X_all[X_frame.index] = X_frame.to_numpy(float)
-    X_cols = list(X_frame.columns)
+    y_all, X_all, X_cols = _aligned_design(rows, formula)
     orders = {}
     out = []
     for (region, outcome), g in rows.groupby(["region", "outcome"], sort=False):

@@ -52,30 +52,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (kernels start their own sessions, so not one group)."""
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
+def _kernels(pid: int) -> list:
+    """Every process below ``pid`` (kernels start their own sessions, so not one group).
 
+    psutil (a dependency of dask.distributed) walks /proc; a psutil.Process
+    remembers its start time, so a later kill never hits a reused pid.
+    """
+    import psutil
 
-def _start_time(pid: int):
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except OSError:
-        return None
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
 
 
 @contextlib.contextmanager
@@ -117,7 +105,6 @@ def jupyterlab(base: Path, root: Path, *, env: dict | None = None, log_path: Pat
     proc = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    seen: dict[int, str] = {}
     try:
         deadline = time.monotonic() + SERVER_START_S
         while True:
@@ -134,10 +121,9 @@ def jupyterlab(base: Path, root: Path, *, env: dict | None = None, log_path: Pat
                 pytest.fail(f"JupyterLab did not answer within {SERVER_START_S} s; "
                             f"log: {log_path}")
             time.sleep(0.5)
-        yield {"url": url, "token": token, "proc": proc, "log": log_path, "seen": seen}
+        yield {"url": url, "token": token, "proc": proc, "log": log_path}
     finally:
-        for pid in _descendants(proc.pid):   # the kernels, before the server forgets them
-            seen[pid] = _start_time(pid)
+        kernels = _kernels(proc.pid)         # the kernels, before the server forgets them
         if proc.poll() is None:
             try:
                 req = urllib.request.Request(f"{url}/api/shutdown?token={token}",
@@ -150,12 +136,10 @@ def jupyterlab(base: Path, root: Path, *, env: dict | None = None, log_path: Pat
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
-        for pid, started in seen.items():
-            if started is not None and _start_time(pid) == started:  # still the same process
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        for k in kernels:
+            with contextlib.suppress(Exception):     # gone already, or not ours any more
+                if k.is_running():                   # same pid and start time
+                    k.kill()
         log.close()
 
 
