@@ -210,7 +210,8 @@ def test_run_on_qsiprep_output_takes_the_participants_from_raw_dir(tmp_path, cap
     code = main(["run", str(deriv), str(tmp_path / "out"), "--raw-dir", str(raw), "--quiet",
                  "--atlas-registration", "none"])
     out = tmp_path / "out"
-    assert code in (0, 1) and (out / "roi_md.tsv").is_file()
+    assert code == 0, capsys.readouterr().out
+    assert (out / "roi_md.tsv").is_file()
     assert (out / "scores.tsv").is_file() and "madrs" in (out / "scores.tsv").read_text()
     assert set(np.unique([ln.split("\t")[0] for ln in
                           (out / "participants.tsv").read_text().splitlines()[1:]])) == {
