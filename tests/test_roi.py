@@ -91,3 +91,26 @@ def test_apply_coverage_blanks_a_sliver_but_never_the_global_reference():
     assert out.loc[2, "md_wmean"] == 0.9e-3          # the reference keeps its value
     assert (apply_coverage(roi, min_coverage=None)["flag"] == "").all()
     assert roi["md_wmean"].notna().all()             # the input is not modified
+
+
+@pytest.mark.parametrize("region_dtype", ["category", "str", object])
+def test_voxel_table_text_is_what_pandas_writes(rng, region_dtype):
+    """The fast writer of the per-voxel tables gives pandas' bytes, or falls back to pandas."""
+    from ketamine_nb.derivatives import _voxels_tsv
+
+    n = 400
+    d = pd.DataFrame({"region": rng.choice(["BA10_L", "global_gm"], n),
+                      "i": rng.integers(0, 99, n),
+                      "probability": rng.uniform(0, 1, n).astype(np.float32),
+                      "md": rng.normal(8e-4, 1e-4, n) * 10.0 ** rng.integers(-8, 8, n)})
+    d.loc[:5, "md"] = [0.0, -0.0, np.inf, -np.inf, 1e-300, 123456789.0]
+    d["region"] = d["region"].astype(region_dtype)
+
+    def pandas_text(t):
+        return t.to_csv(sep="\t", index=False, float_format="%.6g", lineterminator="\n")
+
+    assert _voxels_tsv(d) == pandas_text(d)
+    gap = d.assign(md=d["md"].where(d.index != 3))              # a missing value: pandas writes ""
+    assert _voxels_tsv(gap) == pandas_text(gap)
+    quoted = d.assign(region='a "quoted"\tname')                # pandas quotes: fall back to it
+    assert _voxels_tsv(quoted) == pandas_text(quoted)
