@@ -59,7 +59,7 @@ __all__ = [
     "run_pipeline",
 ]
 
-PIPELINE_VERSION = "5"  # bump when per-session outputs change meaning
+PIPELINE_VERSION = "6"  # bump when per-session outputs change meaning
 
 #: Within-scan realignment models (:func:`ketamine_nb.motion.realign_series`);
 #: ``None`` (CLI ``none``) leaves the series as acquired.
@@ -193,15 +193,18 @@ def _load_series(dwi_path, bval, bvec, config: PipelineConfig, *, preprocessed: 
 
     Returns
     -------
-    img, gtab, notes, motion
-        The series, its gradients, the loader's notes (list of str) and the
-        motion QC (dict; empty when not realigned).
+    img, gtab, notes, motion, realignment
+        The series, its gradients, the loader's notes (list of str), the
+        motion QC (dict; empty when not realigned) and the realignment itself
+        (``{"transforms": [4 x 4 per volume], "excluded_volumes": [...]}``,
+        ``x_volume = T @ x_reference`` in mm; None when not realigned), which
+        the halfway step composes with its own resampling.
     """
     from .dwi import brain_mask, load_dwi
 
     img, gtab, notes = load_dwi(dwi_path, bval, bvec, max_bval=config.max_bval,
                                 return_notes=True)
-    motion = {}
+    motion, realignment = {}, None
     if config.realign is not None and not preprocessed:
         from .motion import motion_qc, realign_series
 
@@ -209,7 +212,35 @@ def _load_series(dwi_path, bval, bvec, config: PipelineConfig, *, preprocessed: 
                                           mask=brain_mask(img, gtab),
                                           exclude_volumes=config.exclude_volumes)
         motion = motion_qc(table)
-    return img, gtab, list(notes), motion
+        realignment = {"transforms": table.attrs["transforms"],
+                       "excluded_volumes": motion["excluded_volumes"]}
+    return img, gtab, list(notes), motion, realignment
+
+
+def _raw_with_realignment(dwi_path, bval, bvec, config: PipelineConfig, qc_path):
+    """Load the raw series and the session's realignment, to resample once (halfway step).
+
+    Returns ``(img, gtab, transforms)`` with the excluded volumes left out, or
+    None when the session was not realigned (preprocessed input, ``realign``
+    off, or a QC JSON without the realignment).
+    """
+    from .dwi import load_dwi
+    from .motion import drop_volumes
+
+    qc_path = Path(qc_path)
+    realignment = json.loads(qc_path.read_text()).get("realignment") if qc_path.is_file() \
+        else None
+    if not realignment:
+        return None
+    img, gtab = load_dwi(dwi_path, bval, bvec, max_bval=config.max_bval)
+    T = np.asarray(realignment["transforms"], float)
+    excluded = [int(v) for v in realignment["excluded_volumes"]]
+    if T.shape != (len(gtab.bvals), 4, 4):
+        return None                      # not this series: realign it again
+    if excluded:
+        img, gtab = drop_volumes(img, gtab, excluded)
+        T = np.delete(T, excluded, axis=0)
+    return img, gtab, T
 
 
 def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
@@ -272,8 +303,8 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
         paths[k].unlink(missing_ok=True)
     # One BLAS thread per session: sessions run in parallel, not inside.
     with threadpool_limits(limits=1, user_api="blas"):
-        img, gtab, notes, motion = _load_series(dwi_path, bval, bvec, config,
-                                                preprocessed=preprocessed)
+        img, gtab, notes, motion, realignment = _load_series(dwi_path, bval, bvec, config,
+                                                             preprocessed=preprocessed)
         mask = brain_mask(img, gtab)
         if not np.asarray(mask.dataobj).any():
             raise InputError(f"{dwi_path}: no brain found in the b0 volumes; check the "
@@ -326,6 +357,7 @@ def process_session(dwi_path, out_dir, participant_id: str, session: str, *,
               "source": str(dwi_path), "processing_key": key, "inputs": inputs,
               "config": asdict(config),
               "qc": qc, "coverage": coverage, "mni_to_native": np.round(A, 10).tolist(),
+              "realignment": realignment,
               "nib_version": nib.__version__}
     write_json(qc_doc, paths["qc"])
     return {"participant_id": participant_id, "session": session, "status": "processed",
@@ -384,8 +416,16 @@ def process_participant(out_dir, participant_id: str, visits: dict, *,
     with threadpool_limits(limits=1):
         loaded = {}
         for v, (_label, dwi, bval, bvec, prep) in visits.items():
-            img, gtab, _, _ = _load_series(dwi, bval, bvec, config, preprocessed=prep)
-            loaded[v] = Visit(img=img, gtab=gtab, mask=nib.load(spaths[v]["mask"]))
+            mask = nib.load(spaths[v]["mask"])
+            # The session's own realignment, composed with the halfway
+            # resampling: each volume is interpolated once, not twice.
+            raw = None if prep else _raw_with_realignment(dwi, bval, bvec, config,
+                                                          spaths[v]["qc"])
+            if raw is not None:
+                loaded[v] = Visit(img=raw[0], gtab=raw[1], mask=mask, volume_transforms=raw[2])
+            else:
+                img, gtab, _, _, _ = _load_series(dwi, bval, bvec, config, preprocessed=prep)
+                loaded[v] = Visit(img=img, gtab=gtab, mask=mask)
         maps = load_region_maps(table=config.regions)
         al = align_visits(loaded["pre"], loaded["post"], maps, fit_method=config.fit_method,
                           atlas_registration=config.atlas_registration)

@@ -566,3 +566,66 @@ def test_mni_space_option_gives_similar_regional_md(processed, tmp_path):
     native = native.set_index("region")
     rel = (mni["md_mean"] / native["md_mean"] - 1).abs()
     assert rel.max() < 0.05
+
+
+@pytest.mark.slow
+def test_the_halfway_step_resamples_each_volume_once_with_the_sessions_realignment(
+        tmp_path, monkeypatch):
+    # A participant whose head moves within both scans (noise-free, so that
+    # only motion and interpolation differ): the halfway step takes the
+    # realignment the session step estimated (stored in its QC JSON) and
+    # composes it with its own resampling instead of realigning again and
+    # interpolating twice. Against the same head held still, one interpolation
+    # is closer in every region (measured: 0.7-2.5 % against 1.7-3.3 %).
+    import ketamine_nb.motion as motion
+    from ketamine_nb.derivatives import load_region_voxels
+    from ketamine_nb.pipeline import process_participant
+
+    def participant(tag, motion_rms):
+        visits = {}
+        for k, ses in enumerate(("pre", "post")):
+            img, bvals, bvecs = simulate_session(
+                SimulationParams(motion_rms=motion_rms, motion_spikes=0.0), seed=11,
+                rng=np.random.default_rng(k), noise=False)
+            d = tmp_path / tag / f"ses-{ses}"
+            d.mkdir(parents=True)
+            dwi = d / f"sub-01_ses-{ses}_dwi.nii.gz"
+            nib.save(img, dwi)
+            np.savetxt(d / f"sub-01_ses-{ses}_dwi.bval", bvals[None], fmt="%g")
+            np.savetxt(d / f"sub-01_ses-{ses}_dwi.bvec", bvecs.T, fmt="%.6f")
+            process_session(dwi, tmp_path / f"out_{tag}", "sub-01", ses)
+            visits[ses] = (ses, dwi, None, None, False)
+        return visits
+
+    still = participant("still", 0.0)
+    process_participant(tmp_path / "out_still", "sub-01", still)
+    moving = participant("moving", 0.6)
+    for ses in moving:
+        qc = json.loads(session_paths(tmp_path / "out_moving", "sub-01", ses)["qc"].read_text())
+        T = np.asarray(qc["realignment"]["transforms"])
+        assert T.shape == (33, 4, 4)
+        assert np.abs(T[:, :3, 3]).max() > 0.3           # the head did move within the scan
+    shutil.copytree(tmp_path / "out_moving", tmp_path / "out_twice")
+
+    def no_second_realignment(*a, **k):
+        raise AssertionError("the halfway step realigned the series again")
+
+    monkeypatch.setattr(motion, "realign_series", no_second_realignment)
+    assert process_participant(tmp_path / "out_moving", "sub-01", moving)["status"] == "processed"
+    monkeypatch.undo()
+    for ses in moving:                      # without the stored realignment: the two-step path
+        p = session_paths(tmp_path / "out_twice", "sub-01", ses)["qc"]
+        doc = json.loads(p.read_text())
+        del doc["realignment"]
+        p.write_text(json.dumps(doc))
+    process_participant(tmp_path / "out_twice", "sub-01", moving, force=True)
+
+    def md(tag, ses):
+        t = summarise_regions(load_region_voxels(tmp_path / f"out_{tag}", "sub-01", ses))
+        return t.set_index("region")["md_wmean"]
+
+    for ses in moving:
+        once = (md("moving", ses) / md("still", ses) - 1).abs()
+        twice = (md("twice", ses) / md("still", ses) - 1).abs()
+        assert (once < twice).all(), pd.DataFrame({"once": once, "twice": twice})
+        assert once.max() < 0.03
