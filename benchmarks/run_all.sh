@@ -52,7 +52,7 @@ say "uptime: $(uptime)"
 
 all_benches=(bench_import bench_simulate bench_md_fit bench_registration bench_session bench_session_vs_script
              bench_dask bench_demo bench_stats bench_widgets bench_notebooks
-             bench_realign bench_longitudinal bench_artefacts bench_viewer)
+             bench_realign bench_longitudinal bench_realdata bench_artefacts bench_viewer)
 benches=("${@:-${all_benches[@]}}")
 for bench in "${benches[@]}"; do
     bench="${bench%.py}"
