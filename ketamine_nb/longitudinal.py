@@ -957,13 +957,39 @@ MIN_BRAIN_IN_FOV = 0.9
 MIN_ATLAS_SIMILARITY = 0.4
 
 
-def mean_dwi(img, gtab):
-    """Mean of the diffusion-weighted (b > 0) volumes, as a 3D image."""
+def mean_dwi(img, gtab, volume_transforms=None):
+    """Mean of the diffusion-weighted (b > 0) volumes, as a 3D image.
+
+    Parameters
+    ----------
+    img : nibabel.Nifti1Image
+        4D DWI.
+    gtab : dipy.core.gradients.GradientTable
+    volume_transforms : numpy.ndarray, shape (n_volumes, 4, 4), optional
+        Within-scan realignment (``x_volume = T[k] @ x_reference``, mm): each
+        volume is brought to the reference position (trilinear) before the
+        mean, so that a head that moved during the scan gives a sharp image.
+    """
     import nibabel as nib
+    from scipy.ndimage import affine_transform
 
     data = np.asarray(img.dataobj, np.float32)
     dw = ~np.asarray(gtab.b0s_mask)
-    vol = data[..., dw].mean(axis=-1) if dw.any() else data.mean(axis=-1)
+    use = np.flatnonzero(dw) if dw.any() else np.arange(data.shape[3])
+    if volume_transforms is None:
+        vol = data[..., use].mean(axis=-1)
+    else:
+        inv = np.linalg.inv(img.affine)
+        vol = np.zeros(data.shape[:3], np.float64)
+        for k in use:
+            T = np.asarray(volume_transforms[k], float)
+            if np.allclose(T, np.eye(4), atol=1e-6):
+                vol += data[..., k]
+            else:
+                vox = inv @ T @ img.affine          # reference voxel -> volume voxel
+                vol += affine_transform(data[..., k], vox[:3, :3], vox[:3, 3], order=1,
+                                        mode="nearest")
+        vol /= len(use)
     return nib.Nifti1Image(vol.astype(np.float32), img.affine)
 
 
@@ -993,7 +1019,8 @@ def align_visits(pre: Visit, post: Visit, maps, *, fit_method: str = "WLS",
     from .tensor import fit_dti
 
     visits = {"pre": pre, "post": post}
-    A, vsim = register_visits(mean_dwi(pre.img, pre.gtab), mean_dwi(post.img, post.gtab),
+    A, vsim = register_visits(mean_dwi(pre.img, pre.gtab, pre.volume_transforms),
+                              mean_dwi(post.img, post.gtab, post.volume_transforms),
                               pre_mask=pre.mask, post_mask=post.mask, params=params)
     affine, shape, to_pre, to_post = halfway_grid(pre.img, post.img, A)
     to_visit = {"pre": to_pre, "post": to_post}

@@ -15,8 +15,9 @@ problem is one line in :attr:`Study.problems` and a :class:`StudyWarning`;
 the loader keeps going. A dataset that cannot be used at all raises
 :class:`ketamine_nb.exceptions.InputError`.
 
-Preprocessed input. A BIDS-Derivatives dataset (``DatasetType:
-"derivative"`` or ``GeneratedBy`` in ``dataset_description.json``), such as
+Preprocessed input. A BIDS-Derivatives dataset (``"DatasetType":
+"derivative"`` in ``dataset_description.json``, or, without a
+``DatasetType``, a ``GeneratedBy`` entry), such as
 a QSIPrep output folder, is read the same way: its preprocessed series
 ``sub-*/ses-*/dwi/*_space-T1w_desc-preproc_dwi.nii.gz`` (or ``space-ACPC``)
 with the ``.bval``/``.bvec`` written beside it (or only QSIPrep's MRtrix
@@ -270,10 +271,11 @@ def load_study(bids_dir, *, pre: str = "pre", post: str = "post", acq: str | Non
     preprocessed : {"auto", True, False}, default="auto"
         Whether the series are already preprocessed (motion, eddy currents):
         ``"auto"`` is True for a BIDS-Derivatives dataset (``DatasetType``
-        ``"derivative"`` or a ``GeneratedBy`` entry in
-        ``dataset_description.json``). Where a session holds several series,
-        a preprocessed or derivatives study prefers ``desc-preproc`` and then
-        the ``T1w`` and ``ACPC`` spaces.
+        ``"derivative"`` in ``dataset_description.json``; without a
+        ``DatasetType``, a ``GeneratedBy`` entry). A ``"raw"`` dataset is raw
+        even with a ``GeneratedBy`` (the simulated cohort has one). Where a
+        session holds several series, a preprocessed or derivatives study
+        prefers ``desc-preproc`` and then the ``T1w`` and ``ACPC`` spaces.
     raw_dir : str or pathlib.Path, optional
         Raw BIDS dataset to read ``participants.tsv`` and the scores from
         (a QSIPrep folder has neither); default: ``bids_dir`` itself.
@@ -433,12 +435,21 @@ def _short_name(outcome: str) -> str:
 
 
 def _is_derivative(root: Path) -> bool:
-    """Tell a BIDS-Derivatives dataset (``DatasetType`` or ``GeneratedBy``) from raw data."""
+    """Tell a BIDS-Derivatives dataset from raw data.
+
+    ``DatasetType`` decides when it is given: BIDS allows ``GeneratedBy`` in a
+    raw dataset too (a converter or a simulator that wrote it; this package's
+    own simulated cohort says ``"DatasetType": "raw"`` with a ``GeneratedBy``).
+    Without ``DatasetType``, a ``GeneratedBy`` or the older
+    ``PipelineDescription`` marks derivatives, as older pipelines wrote them.
+    """
     desc = json.loads((root / "dataset_description.json").read_text(encoding="utf-8-sig"))
     if not isinstance(desc, dict):
         return False
-    return (str(desc.get("DatasetType", "")).lower() == "derivative"
-            or bool(desc.get("GeneratedBy")) or bool(desc.get("PipelineDescription")))
+    kind = str(desc.get("DatasetType", "")).strip().lower()
+    if kind:
+        return kind == "derivative"
+    return bool(desc.get("GeneratedBy")) or bool(desc.get("PipelineDescription"))
 
 
 #: Spaces a preprocessed series may be in, preferred first (QSIPrep wrote

@@ -574,6 +574,26 @@ def test_simulated_cohort_loads_exactly_and_read_only(simulated):
     assert len(study.sessions) == 8
     assert all(p.is_file() for col in ("dwi", "bval", "bvec", "sidecar")
                for p in study.sessions[col])
+    # Raw data ("DatasetType": "raw") with a GeneratedBy: realigned like any raw scan.
+    # (It was read as preprocessed, so the pipeline never realigned the simulated cohort.)
+    assert not study.sessions["preprocessed"].any()
+
+
+@pytest.mark.parametrize("desc, derivative", [
+    ({}, False),
+    ({"DatasetType": "raw"}, False),
+    ({"DatasetType": "raw", "GeneratedBy": [{"Name": "a converter"}]}, False),
+    ({"DatasetType": "derivative"}, True),
+    ({"DatasetType": "Derivative", "GeneratedBy": [{"Name": "qsiprep"}]}, True),
+    ({"GeneratedBy": [{"Name": "qsiprep"}]}, True),               # no DatasetType: legacy
+    ({"PipelineDescription": {"Name": "qsiprep"}}, True),
+])
+def test_dataset_type_decides_raw_or_preprocessed(tmp_path, desc, derivative):
+    from ketamine_nb.study import _is_derivative
+
+    (tmp_path / "dataset_description.json").write_text(
+        json.dumps({"Name": "x", "BIDSVersion": "1.10.0", **desc}))
+    assert _is_derivative(tmp_path) is derivative
 
 
 def test_import_does_not_load_nibabel_or_dipy():
