@@ -95,8 +95,9 @@ def measure(*, n_subjects: int = 12, seed: int = 0, n_jobs: int = 2,
                          f"{acc['delta_md_r']:.3f} | {t1 - t0:.0f} | {t2 - t1:.0f} |")
             print(lines[-1], flush=True)
     notes = [f"{n_subjects} participants per condition, seed {seed}; the pipeline at its "
-             "defaults on the commit measured (before its realignment and nonlinear "
-             "registration, issue #14, if that commit predates them)"]
+             "defaults on the commit measured (runs recorded before 2026-11-30 22:05 UTC did "
+             "not realign the simulated series: the cohort's dataset_description was read as "
+             "preprocessed)"]
     return C.result("bench_artefacts", "Cost of each simulated artefact to the pipeline",
                     options={"n_subjects": n_subjects, "seed": seed, "n_jobs": n_jobs,
                              "conditions": list(conditions)},

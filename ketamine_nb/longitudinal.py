@@ -957,7 +957,7 @@ MIN_BRAIN_IN_FOV = 0.9
 MIN_ATLAS_SIMILARITY = 0.4
 
 
-def mean_dwi(img, gtab, volume_transforms=None):
+def mean_dwi(img, gtab, volume_transforms=None, mask=None):
     """Mean of the diffusion-weighted (b > 0) volumes, as a 3D image.
 
     Parameters
@@ -966,12 +966,20 @@ def mean_dwi(img, gtab, volume_transforms=None):
         4D DWI.
     gtab : dipy.core.gradients.GradientTable
     volume_transforms : numpy.ndarray, shape (n_volumes, 4, 4), optional
-        Within-scan realignment (``x_volume = T[k] @ x_reference``, mm): each
-        volume is brought to the reference position (trilinear) before the
-        mean, so that a head that moved during the scan gives a sharp image.
+        Within-scan realignment (``x_volume = T[k] @ x_reference``, mm): the
+        volumes that moved are brought to the reference position (trilinear)
+        before the mean, so that a head that moved during the scan gives a
+        sharp image. As in :func:`ketamine_nb.motion.realign_series`, a volume
+        whose transform moves no corner of the brain's bounding box by
+        :data:`~ketamine_nb.motion.RESAMPLE_MIN_VOXELS` of a voxel is used as
+        it is (an interpolation would only blur it).
+    mask : nibabel.Nifti1Image or array-like, optional
+        Brain mask on the DWI grid, for that bounding box (default: the grid).
     """
     import nibabel as nib
     from scipy.ndimage import affine_transform
+
+    from .motion import RESAMPLE_MIN_VOXELS, _bounding_corners
 
     data = np.asarray(img.dataobj, np.float32)
     dw = ~np.asarray(gtab.b0s_mask)
@@ -980,10 +988,15 @@ def mean_dwi(img, gtab, volume_transforms=None):
         vol = data[..., use].mean(axis=-1)
     else:
         inv = np.linalg.inv(img.affine)
+        m = (np.ones(data.shape[:3], bool) if mask is None
+             else np.asarray(getattr(mask, "dataobj", mask)) > 0)
+        corners = _bounding_corners(m if m.any() else np.ones(data.shape[:3], bool),
+                                    img.affine)
         vol = np.zeros(data.shape[:3], np.float64)
         for k in use:
             T = np.asarray(volume_transforms[k], float)
-            if np.allclose(T, np.eye(4), atol=1e-6):
+            moved = T[:3, :3] @ corners + T[:3, 3:4]
+            if np.abs(inv[:3, :3] @ (moved - corners)).max() <= RESAMPLE_MIN_VOXELS:
                 vol += data[..., k]
             else:
                 vox = inv @ T @ img.affine          # reference voxel -> volume voxel
@@ -1019,8 +1032,8 @@ def align_visits(pre: Visit, post: Visit, maps, *, fit_method: str = "WLS",
     from .tensor import fit_dti
 
     visits = {"pre": pre, "post": post}
-    A, vsim = register_visits(mean_dwi(pre.img, pre.gtab, pre.volume_transforms),
-                              mean_dwi(post.img, post.gtab, post.volume_transforms),
+    A, vsim = register_visits(mean_dwi(pre.img, pre.gtab, pre.volume_transforms, pre.mask),
+                              mean_dwi(post.img, post.gtab, post.volume_transforms, post.mask),
                               pre_mask=pre.mask, post_mask=post.mask, params=params)
     affine, shape, to_pre, to_post = halfway_grid(pre.img, post.img, A)
     to_visit = {"pre": to_pre, "post": to_post}
