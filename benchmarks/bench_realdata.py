@@ -39,27 +39,24 @@ BA10 = ("BA10_L", "BA10_R")
 NOT_IN_SLAB = ("amygdala_L", "amygdala_R", "hippocampus_L", "hippocampus_R", "vACC")
 
 
-def _table(out: Path, pid: str):
+def _table(res, pid: str):
+    """Per region of one participant: ΔMD (%) whatever the coverage, coverage, default flag."""
     import pandas as pd
 
     from ketamine_nb.pipeline import PipelineConfig, roi_tables
 
-    res_md = pd.read_csv(out / "roi_md.tsv", sep="\t")
-    sessions = res_md.loc[res_md["participant_id"] == pid, ["participant_id", "session"]]
+    md = res.roi_md[res.roi_md["participant_id"] == pid]
     participants = pd.read_csv(REAL / "uih-retest" / "participants.tsv", sep="\t")
-    _, raw = roi_tables(out, sessions.drop_duplicates(), participants, pre="pre", post="post",
+    _, raw = roi_tables(res.out_dir, md[["participant_id", "session"]].drop_duplicates(),
+                        participants, pre="pre", post="post",
                         config=PipelineConfig(min_coverage=None))
-    md = res_md[res_md["participant_id"] == pid]
     cov = md.groupby("region")[["coverage_fov", "coverage_brain"]].min()
-    flags = pd.read_csv(out / "roi_deltas.tsv", sep="\t", keep_default_na=False)
-    flags = flags[flags["participant_id"] == pid].set_index("region")["flag"]
-    t = raw.set_index("region")[["pct_delta_md"]].join(cov).join(flags)
-    return t
+    flags = res.roi_deltas[res.roi_deltas["participant_id"] == pid].set_index("region")["flag"]
+    return raw.set_index("region")[["pct_delta_md"]].join(cov).join(flags.fillna(""))
 
 
 def measure(*, n_jobs: int = 2) -> dict:
     import numpy as np
-    import pandas as pd
 
     from ketamine_nb.pipeline import PipelineConfig, run_pipeline
     from ketamine_nb.roi import DEFAULT_MIN_COVERAGE
@@ -70,21 +67,21 @@ def measure(*, n_jobs: int = 2) -> dict:
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")      # sub-02 has one visit (a StudyWarning)
-            run_pipeline(REAL / "uih-retest", Path(tmp) / "uih", n_jobs=n_jobs, progress=False)
+            uih = run_pipeline(REAL / "uih-retest", Path(tmp) / "uih", n_jobs=n_jobs,
+                               progress=False)
         uih_s = time.perf_counter() - t0
         # pre and post are the same series: realignment would change nothing
-        run_pipeline(REAL / "philips-slab", Path(tmp) / "philips", n_jobs=n_jobs,
-                     config=PipelineConfig(realign=None), progress=False)
-        sub01 = _table(Path(tmp) / "uih", "sub-01")
-        sub03 = _table(Path(tmp) / "uih", "sub-03")
-        philips = pd.read_csv(Path(tmp) / "philips" / "roi_deltas.tsv", sep="\t",
-                              keep_default_na=False, na_values=["n/a"])
+        philips = run_pipeline(REAL / "philips-slab", Path(tmp) / "philips", n_jobs=n_jobs,
+                               config=PipelineConfig(realign=None), progress=False).roi_deltas
+        sub01 = _table(uih, "sub-01")
+        sub03 = _table(uih, "sub-03")
     regions = [r for r in sub01.index if r != "global_gm"]
     adequate = (sub01[["coverage_fov", "coverage_brain"]].min(axis=1) >= DEFAULT_MIN_COVERAGE)
     judged = [r for r in regions if r in BA10 or adequate[r]]
     worst = float(sub01.loc[judged, "pct_delta_md"].abs().max()) / 100
     ph = philips.set_index("region")
-    slab_ok = all(np.isnan(ph.loc[r, "delta_md"]) and ph.loc[r, "flag"] != "" for r in NOT_IN_SLAB)
+    slab_ok = all(np.isnan(ph.loc[r, "delta_md"]) and bool(ph.loc[r, "flag"])
+                  for r in NOT_IN_SLAB)
 
     def rows(t):
         def pct(x):

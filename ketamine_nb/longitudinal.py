@@ -979,7 +979,7 @@ def mean_dwi(img, gtab, volume_transforms=None, mask=None):
     import nibabel as nib
     from scipy.ndimage import affine_transform
 
-    from .motion import RESAMPLE_MIN_VOXELS, _bounding_corners
+    from .motion import RESAMPLE_MIN_VOXELS, _bounding_corners, _max_shift
 
     data = np.asarray(img.dataobj, np.float32)
     dw = ~np.asarray(gtab.b0s_mask)
@@ -995,8 +995,7 @@ def mean_dwi(img, gtab, volume_transforms=None, mask=None):
         vol = np.zeros(data.shape[:3], np.float64)
         for k in use:
             T = np.asarray(volume_transforms[k], float)
-            moved = T[:3, :3] @ corners + T[:3, 3:4]
-            if np.abs(inv[:3, :3] @ (moved - corners)).max() <= RESAMPLE_MIN_VOXELS:
+            if _max_shift(T, corners, inv) <= RESAMPLE_MIN_VOXELS:
                 vol += data[..., k]
             else:
                 vox = inv @ T @ img.affine          # reference voxel -> volume voxel

@@ -94,7 +94,7 @@ def test_apply_coverage_blanks_a_sliver_but_never_the_global_reference():
 
 
 @pytest.mark.parametrize("region_dtype", ["category", "str", object])
-def test_voxel_table_text_is_what_pandas_writes(rng, region_dtype):
+def test_voxel_table_text_is_what_pandas_writes(rng, region_dtype, monkeypatch):
     """The fast writer of the per-voxel tables gives pandas' bytes, or falls back to pandas."""
     from ketamine_nb.derivatives import _voxels_tsv
 
@@ -109,7 +109,14 @@ def test_voxel_table_text_is_what_pandas_writes(rng, region_dtype):
     def pandas_text(t):
         return t.to_csv(sep="\t", index=False, float_format="%.6g", lineterminator="\n")
 
-    assert _voxels_tsv(d) == pandas_text(d)
+    expected = pandas_text(d)
+
+    def no_pandas(*a, **k):
+        raise AssertionError("a plain table went through pandas' writer")
+
+    with monkeypatch.context() as m:                 # the fast path, not the fallback
+        m.setattr(pd.DataFrame, "to_csv", no_pandas)
+        assert _voxels_tsv(d) == expected
     gap = d.assign(md=d["md"].where(d.index != 3))              # a missing value: pandas writes ""
     assert _voxels_tsv(gap) == pandas_text(gap)
     quoted = d.assign(region='a "quoted"\tname')                # pandas quotes: fall back to it
