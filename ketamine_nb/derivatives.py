@@ -276,21 +276,52 @@ def load_cohort_voxels(out_dir, sessions: pd.DataFrame | None = None, *,
     # voxel twice over), with the categories sorted as astype("category") sorts.
     pids = sorted(set(sessions["participant_id"]))
     labels = sorted(set(sessions["session"]))
-    frames = []
+    # Each session's table is copied into columns allocated for the whole
+    # cohort (sized from the first session, grown if needed), so that the
+    # cohort's table is never held twice: pd.concat of the sessions' frames
+    # would (the demo's 15 M rows: 0.35 GB more at the peak).
+    cols: dict[str, np.ndarray] = {}
+    regions: list[str] = []
+    n_total = 0
     for row in sessions.itertuples():
         v = load_region_voxels(out_dir, row.participant_id, row.session,
                                float_dtype=float_dtype, indices=False)
         n = len(v)
-        v.insert(0, "session", pd.Categorical.from_codes(
-            np.full(n, labels.index(row.session), np.int8), categories=labels))
-        v.insert(0, "participant_id", pd.Categorical.from_codes(
-            np.full(n, pids.index(row.participant_id), np.int32), categories=pids))
-        frames.append(v)
-    regions = sorted(set().union(*(f["region"].cat.categories for f in frames)))
-    for f in frames:
-        f["region"] = f["region"].cat.set_categories(regions)
-    out = pd.concat(frames, ignore_index=True)
-    del frames
+        region = v.pop("region").array
+        regions += [r for r in region.categories if r not in regions]
+        codes = np.asarray(pd.Categorical(region, categories=regions).codes)
+        values = {"participant_id": np.int32(pids.index(row.participant_id)),
+                  "session": np.int8(labels.index(row.session)), "region": codes,
+                  **{c: v[c].to_numpy() for c in v.columns}}
+        if not cols:
+            cap = max(n, 1) * len(sessions) + 1024
+            cols = {c: np.empty(cap, np.asarray(x).dtype) for c, x in values.items()}
+        elif n_total + n > len(cols["session"]):
+            cap = max(n_total + n, int(len(cols["session"]) * 1.25))
+            cols = {c: np.resize(a, cap) for c, a in cols.items()}
+        for c, x in values.items():
+            if c not in cols:    # a column this session has and the earlier ones lack
+                cols[c] = np.full(len(cols["session"]), np.nan, np.asarray(x).dtype)
+            cols[c][n_total:n_total + n] = x
+        for c in set(cols) - set(values):
+            cols[c][n_total:n_total + n] = np.nan
+        n_total += n
+        del v, values
+    order = sorted(regions)        # categories sorted as astype("category") sorts
+    remap = np.array([order.index(r) for r in regions], np.int8)
+    data = {}
+    for c in list(cols):
+        a = cols.pop(c)
+        # Trim the slack one column at a time (a copy of one column at most).
+        a = a[:n_total].copy() if len(a) != n_total else a
+        if c == "region":
+            a = pd.Categorical.from_codes(remap[a], categories=order)
+        elif c in ("participant_id", "session"):
+            a = pd.Categorical.from_codes(a, categories=pids if c == "participant_id"
+                                          else labels)
+        data[c] = a
+    out = pd.DataFrame(data, copy=False)
+    del data
     if "md_ols" not in out:
         out["md_ols"] = np.nan
     return out

@@ -121,3 +121,54 @@ def test_voxel_table_text_is_what_pandas_writes(rng, region_dtype, monkeypatch):
     assert _voxels_tsv(gap) == pandas_text(gap)
     quoted = d.assign(region='a "quoted"\tname')                # pandas quotes: fall back to it
     assert _voxels_tsv(quoted) == pandas_text(quoted)
+
+
+def test_cohort_voxels_are_the_sessions_tables_one_after_another(tmp_path, rng):
+    """load_cohort_voxels fills columns in place; the result is the plain concatenation.
+
+    Sessions of different lengths and region sets, one without ``md_ols``
+    (its rows are missing there), the first one much shorter than the rest
+    (the columns must grow).
+    """
+    from ketamine_nb.derivatives import (
+        load_cohort_voxels,
+        load_region_voxels,
+        session_paths,
+        write_region_voxels,
+    )
+
+    sessions = pd.DataFrame({"participant_id": ["sub-02", "sub-02", "sub-01", "sub-01"],
+                             "session": ["pre", "post", "pre", "post"]})
+    sizes = [3, 400, 650, 320]
+    region_sets = [["vACC"], ["vACC", GLOBAL_GM], ["BA10_L", GLOBAL_GM], ["BA10_L", "vACC"]]
+    for row, n, regions in zip(sessions.itertuples(), sizes, region_sets, strict=True):
+        t = pd.DataFrame({"region": pd.Categorical(rng.choice(regions, n)),
+                          "i": rng.integers(0, 50, n), "j": rng.integers(0, 50, n),
+                          "k": rng.integers(0, 50, n),
+                          "probability": rng.uniform(0, 1, n).round(4),
+                          "md": rng.uniform(5e-4, 3e-3, n), "fa": rng.uniform(0, 1, n),
+                          "md_guard": rng.uniform(5e-4, 3e-3, n)})
+        if row.Index != 2:
+            t["md_ols"] = rng.uniform(5e-4, 3e-3, n)
+        p = session_paths(tmp_path, row.participant_id, row.session)["voxels"]
+        p.parent.mkdir(parents=True, exist_ok=True)
+        write_region_voxels(t, p)
+
+    got = load_cohort_voxels(tmp_path, sessions, float_dtype="float32")
+    frames = []
+    for row in sessions.itertuples():
+        v = load_region_voxels(tmp_path, row.participant_id, row.session,
+                               float_dtype="float32", indices=False)
+        frames.append(v.assign(participant_id=row.participant_id, session=row.session))
+    expected = pd.concat(frames, ignore_index=True)
+    assert len(got) == sum(sizes)
+    assert list(got.columns[:3]) == ["participant_id", "session", "region"]
+    assert got["region"].cat.categories.tolist() == sorted(
+        {r for rs in region_sets for r in rs})
+    assert got["participant_id"].cat.categories.tolist() == ["sub-01", "sub-02"]
+    for c in ("participant_id", "session", "region"):
+        assert got[c].astype(str).tolist() == expected[c].astype(str).tolist(), c
+    for c in ("probability", "md", "fa", "md_guard", "md_ols"):
+        assert got[c].dtype == np.float32, c
+        np.testing.assert_array_equal(got[c].to_numpy(), expected[c].to_numpy(np.float32))
+    assert got["md_ols"].isna().sum() == sizes[2]
