@@ -36,7 +36,11 @@ misplaces it). Otherwise the estimate is refined on the acquired grid (a
 quarter of its voxels): the mean DW image of each shell is first linked to
 the mean b = 0 image by dipy's mutual-information registration
 (``dipy.align.imaffine``; a shift common to all DW volumes is invisible to
-the steps above), then the b = 0 and
+the steps above), started from the identity and, when the b = 0 volumes
+moved by more than a voxel, also from where they were found (the better
+of the two is kept: from the identity alone, a head that turned early in
+the series could end in a wrong optimum inherited by every DW volume),
+then the b = 0 and
 predicted-signal registrations are repeated. The b-vectors are rotated as
 ``dipy.core.gradients.reorient_bvecs`` does (Leemans & Jones 2009), in the
 frame of the FSL b-vectors. ``benchmarks/bench_realign.py`` compares the
@@ -413,27 +417,58 @@ def _predicted_templates(level, W, c, bvals, g_world, dw, model):
     return out
 
 
-def _link_by_mutual_information(level, moving, static, c, mask):
+def _link_by_mutual_information(level, moving, static, c, mask, starts=()):
     """Rigid Q (centred) taking ``static``-template points to ``moving``-template points.
 
     dipy's mutual-information registration (``dipy.align.imaffine``), rigid,
-    on two levels (4 and 2 voxel-widths of smoothing and subsampling off),
-    from the identity: the one registration per shell that links the DW
-    contrast to the b0 contrast.
+    on two levels (4 and 2 voxel-widths of smoothing and subsampling off):
+    the one registration per shell that links the DW contrast to the b0
+    contrast. It runs from the identity and from each of ``starts`` (centred
+    4 x 4 guesses, e.g. from where the b = 0 volumes were found) and keeps
+    the result of the highest mutual information: from the identity alone, a
+    head that moved early in the series by 2-3 degrees and millimetres can
+    end in a wrong optimum (a rotation about one axis traded for another),
+    which every DW volume would then inherit.
     """
     from dipy.align.imaffine import AffineRegistration, MutualInformationMetric
     from dipy.align.transforms import RigidTransform3D
 
-    reg = AffineRegistration(metric=MutualInformationMetric(nbins=32,
-                                                            sampling_proportion=None),
-                             level_iters=_MI_ITERATIONS, sigmas=[1.0, 0.0], factors=[2, 1],
-                             verbosity=0)
-    A = reg.optimize(static.astype(np.float64), moving.astype(np.float64), RigidTransform3D(),
-                     None, static_grid2world=level.affine, moving_grid2world=level.affine,
-                     starting_affine=np.eye(4), static_mask=mask.astype(np.int32)).affine
     C = np.eye(4)
     C[:3, 3] = c
-    return np.linalg.inv(C) @ A @ C
+    Cinv = np.linalg.inv(C)
+    best, best_f = None, np.inf
+    for Q0 in (np.eye(4), *starts):
+        reg = AffineRegistration(metric=MutualInformationMetric(nbins=32,
+                                                                sampling_proportion=None),
+                                 level_iters=_MI_ITERATIONS, sigmas=[1.0, 0.0],
+                                 factors=[2, 1], verbosity=0)
+        amap, _, f = reg.optimize(static.astype(np.float64), moving.astype(np.float64),
+                                  RigidTransform3D(), None, static_grid2world=level.affine,
+                                  moving_grid2world=level.affine,
+                                  starting_affine=C @ Q0 @ Cinv, ret_metric=True,
+                                  static_mask=mask.astype(np.int32))
+        if f < best_f:
+            best, best_f = amap.affine, f
+    return Cinv @ best @ C
+
+
+def _start_from_b0s(W, idx, b0_idx):
+    """Guess of the centred Q linking a shell's mean to the reference, from the b = 0 volumes.
+
+    Each DW volume is assumed to sit where the b = 0 volume nearest to it in
+    the series was found (``W[b]``: reference -> volume b); ``W[v]`` maps the
+    shell's mean to volume v, so ``inv(W[v]) @ W[b]`` is a guess of Q. The
+    guesses are averaged and the linear part made a rotation. ``None`` when
+    the series has no b = 0 volume.
+    """
+    b0 = np.asarray(sorted(b0_idx))
+    if not len(b0):
+        return None
+    guess = np.mean([np.linalg.inv(W[v]) @ W[int(b0[np.argmin(np.abs(b0 - v))])]
+                     for v in idx], axis=0)
+    guess[:3, :3] = _polar_rotation(guess[:3, :3])
+    guess[3] = (0, 0, 0, 1)
+    return guess
 
 
 def _estimate(data, affine, zooms, groups, ref_index, mask, model, bvals, g_world):
@@ -511,8 +546,12 @@ def _estimate(data, affine, zooms, groups, ref_index, mask, model, bvals, g_worl
     link_mask = ndi.binary_dilation(mask, iterations=2)
     for key, idx in groups.items():
         if key != "b0":
+            # A second start where the b = 0 volumes say the head moved by more
+            # than a voxel (the identity is close enough otherwise).
+            start = _start_from_b0s(W, idx, b0_idx)
+            far = start is not None and _max_shift(start, corners, inv_affine) > 1.0
             Q = _link_by_mutual_information(fine, fine.mean_of(idx, W, c, skip=unmoved(idx)),
-                                            b0_t, c, link_mask)
+                                            b0_t, c, link_mask, starts=(start,) if far else ())
             for v in idx:
                 W[v] = W[v] @ Q
     for _ in range(_PREDICTION_ROUNDS):

@@ -221,3 +221,26 @@ def test_half_millimetre_shift_of_one_volume_is_found(series):
     assert table.loc[v, "resampled"]
     assert table.loc[v, "ty"] == pytest.approx(0.5, abs=0.1)
     assert table.loc[v, "displacement"] == pytest.approx(0.5, abs=0.1)
+
+
+def test_an_early_step_with_signal_drift_is_found_for_every_volume():
+    """A head that turns 2.5 degrees and drops 3 mm after the reference b0, with 2 % drift.
+
+    Every DW volume inherits the one mutual-information link of its shell's
+    mean to the b0s; started from the identity alone it ended in a wrong
+    optimum here (rotation about x traded for z: 2.0 degrees off in every DW
+    volume). Started also from where the b0s were found, it is right.
+    """
+    from ketamine_nb.simulate import REALISTIC
+
+    params = SimulationParams(signal_drift=REALISTIC["signal_drift"])
+    n = params.n_b0 + params.n_directions
+    step_rot, step_tr = np.array([0.15, 0.05, 2.5]), np.array([0.0, 0.0, -3.0])
+    rot, tr = np.zeros((n, 3)), np.zeros((n, 3))
+    rot[1:], tr[1:] = step_rot, step_tr
+    img, bvals, bvecs = simulate_session(params, seed=0, motion=(rot, tr))
+    gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=50)
+    _, _, table = realign_series(img, gtab, exclude_volumes=False)
+    rot_err = np.abs(table[["rx", "ry", "rz"]].to_numpy()[1:] - step_rot)
+    assert rot_err.max() < 0.5, rot_err.max(axis=0)
+    assert np.median(rot_err) < 0.2
