@@ -13,7 +13,11 @@ would report):
   sessions and regions (``*_md_max_abs_error_fraction``,
   ``*_md_mean_abs_error_fraction``);
 * the Pearson r of measured against true ΔMD over participants x regions
-  (``*_delta_md_r``).
+  (``*_delta_md_r``), with a 95 % interval from resampling participants
+  (``*_delta_md_r_ci_low``/``_high``; a participant's regions share errors).
+
+``all_artefacts_affine`` is the everything-on cohort again, processed with
+the eddy-current option (``--realign affine``) instead of the defaults.
 
 Goals (``_render.GOALS``, issue #13): with everything on, r >= 0.85 and the
 largest regional MD error <= 5 %, once the pipeline realigns the volumes and
@@ -42,7 +46,11 @@ CONDITIONS = {
     "drift": ("signal_drift",),
     "noise": ("n_coils", "noise_sigma_variation"),
     "all_artefacts": "all",
+    "all_artefacts_affine": "all",
 }
+
+#: Conditions run with a pipeline setting other than the defaults.
+CONFIGS = {"all_artefacts_affine": {"realign": "affine"}}   # the eddy-current option
 
 
 def _accuracy(bids: Path, out: Path) -> dict:
@@ -55,23 +63,33 @@ def _accuracy(bids: Path, out: Path) -> dict:
     err = np.concatenate([(d[f"md_{s}"] / d[f"md_{s}_true"] - 1).to_numpy()
                           for s in ("pre", "post")])
     ok = np.isfinite(err)
-    both = d[["delta_md", "delta_md_true"]].dropna()
+    both = d[["participant_id", "delta_md", "delta_md_true"]].dropna()
+    # 95 % interval of r by resampling participants (their regions share errors).
+    rng = np.random.default_rng(0)
+    groups = [g[["delta_md", "delta_md_true"]].to_numpy() for _, g in
+              both.groupby("participant_id")]
+    boot = []
+    for _ in range(2000):
+        x = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+        boot.append(np.corrcoef(x[:, 0], x[:, 1])[0, 1])
+    lo, hi = np.percentile(boot, [2.5, 97.5])
     return {"md_max_abs_error_fraction": float(np.abs(err[ok]).max()),
             "md_mean_abs_error_fraction": float(np.abs(err[ok]).mean()),
             "md_mean_error_fraction": float(err[ok].mean()),
             "delta_md_r": float(np.corrcoef(both["delta_md"], both["delta_md_true"])[0, 1]),
+            "delta_md_r_ci_low": float(lo), "delta_md_r_ci_high": float(hi),
             "rows_count": int(len(d)), "missing_count": int((~ok).sum())}
 
 
 def measure(*, n_subjects: int = 12, seed: int = 0, n_jobs: int = 2,
             conditions=tuple(CONDITIONS)) -> dict:
     """Simulate and process one small cohort per condition; accuracy against the truth."""
-    from ketamine_nb.pipeline import run_pipeline
+    from ketamine_nb.pipeline import PipelineConfig, run_pipeline
     from ketamine_nb.simulate import REALISTIC, SimulationParams, simulate_cohort
 
     metrics, lines = {}, []
     lines.append("| condition | switched on | regional MD error, largest | mean | ΔMD vs truth r "
-                 "| simulate s | pipeline s |")
+                 "(95 % interval, participants resampled) | simulate s | pipeline s |")
     lines.append("| --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory(prefix="bench_artefacts_") as tmp:
         for name in conditions:
@@ -82,7 +100,8 @@ def measure(*, n_subjects: int = 12, seed: int = 0, n_jobs: int = 2,
             t0 = time.perf_counter()
             simulate_cohort(bids, params=params, seed=seed, n_jobs=n_jobs, progress=False)
             t1 = time.perf_counter()
-            run_pipeline(bids, out, n_jobs=n_jobs, progress=False)
+            run_pipeline(bids, out, n_jobs=n_jobs, progress=False,
+                         config=PipelineConfig(**CONFIGS.get(name, {})))
             t2 = time.perf_counter()
             acc = _accuracy(bids, out)
             for k, v in acc.items():
@@ -90,9 +109,12 @@ def measure(*, n_subjects: int = 12, seed: int = 0, n_jobs: int = 2,
             metrics[f"{name}_simulate_wall_s"] = t1 - t0
             metrics[f"{name}_pipeline_wall_s"] = t2 - t1
             on = ", ".join(f"{k}={REALISTIC[k]}" for k in keys) or "-"
+            if name in CONFIGS:
+                on += "; pipeline " + ", ".join(f"{k}={v}" for k, v in CONFIGS[name].items())
             lines.append(f"| {name} | {on} | {100 * acc['md_max_abs_error_fraction']:.1f} % | "
                          f"{100 * acc['md_mean_abs_error_fraction']:.1f} % | "
-                         f"{acc['delta_md_r']:.3f} | {t1 - t0:.0f} | {t2 - t1:.0f} |")
+                         f"{acc['delta_md_r']:.3f} ({acc['delta_md_r_ci_low']:.2f}-"
+                         f"{acc['delta_md_r_ci_high']:.2f}) | {t1 - t0:.0f} | {t2 - t1:.0f} |")
             print(lines[-1], flush=True)
     notes = [f"{n_subjects} participants per condition, seed {seed}; the pipeline at its "
              "defaults on the commit measured (runs recorded before 2026-11-30 22:05 UTC did "
