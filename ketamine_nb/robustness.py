@@ -196,24 +196,39 @@ def _flagged(qc: pd.DataFrame | None, pids, regions) -> np.ndarray:
     return out
 
 
+#: Rows per block in :func:`_region_means`: the float64 temporaries of a block
+#: stay at a few tens of MB however large the cohort's voxel table.
+_BLOCK_ROWS = 1 << 21
+
+
 def _region_means(voxels, md_col, prob_thr, csf_thr, codes, n_groups):
     # Tables read as float32 (load_cohort_voxels(float_dtype=)): thresholds are
     # compared in the column's own dtype, where the stored 6-digit decimals keep
     # their order (so a voxel at the threshold is kept as in float64), and the
-    # sums are made in float64.
-    prob = voxels["probability"].to_numpy()
-    keep = prob >= prob.dtype.type(prob_thr)
-    if csf_thr is not None:
-        # As summarise_regions: the guard is judged once per participant (on the
-        # mean MD of the aligned visits) where the pipeline stored it.
-        guard = voxels["md_guard" if "md_guard" in voxels else md_col].to_numpy()
-        keep &= guard <= guard.dtype.type(csf_thr)
-    md = voxels[md_col].to_numpy(dtype=np.float64)
-    keep &= np.isfinite(md)
-    # Probability-weighted, as the pipeline's default regional summary.
-    p = voxels["probability"].to_numpy(dtype=np.float64)[keep]
-    s = np.bincount(codes[keep], weights=md[keep] * p, minlength=n_groups)
-    c = np.bincount(codes[keep], weights=p, minlength=n_groups)
+    # sums are made in float64, a block of rows at a time (the demo's 15 M rows
+    # as whole float64 columns would need ~0.5 GB of temporaries per call).
+    prob_all = voxels["probability"].to_numpy()
+    md_all = voxels[md_col].to_numpy()
+    # As summarise_regions: the guard is judged once per participant (on the
+    # mean MD of the aligned visits) where the pipeline stored it.
+    guard_all = None if csf_thr is None else \
+        voxels["md_guard" if "md_guard" in voxels else md_col].to_numpy()
+    s = np.zeros(n_groups)
+    c = np.zeros(n_groups)
+    for a in range(0, len(prob_all), _BLOCK_ROWS):
+        b = a + _BLOCK_ROWS
+        prob = prob_all[a:b]
+        keep = prob >= prob.dtype.type(prob_thr)
+        if guard_all is not None:
+            guard = guard_all[a:b]
+            keep &= guard <= guard.dtype.type(csf_thr)
+        md = md_all[a:b].astype(np.float64)
+        keep &= np.isfinite(md)
+        # Probability-weighted, as the pipeline's default regional summary.
+        p = prob[keep].astype(np.float64)
+        idx = codes[a:b][keep]
+        s += np.bincount(idx, weights=md[keep] * p, minlength=n_groups)
+        c += np.bincount(idx, weights=p, minlength=n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
         return s / c
 

@@ -172,3 +172,24 @@ def test_cohort_voxels_are_the_sessions_tables_one_after_another(tmp_path, rng):
         assert got[c].dtype == np.float32, c
         np.testing.assert_array_equal(got[c].to_numpy(), expected[c].to_numpy(np.float32))
     assert got["md_ols"].isna().sum() == sizes[2]
+
+
+def test_robustness_region_means_in_blocks_are_the_weighted_means(rng, monkeypatch):
+    """_region_means sums a block of rows at a time; the answer is the plain weighted mean."""
+    import ketamine_nb.robustness as R
+
+    n = 1000
+    v = pd.DataFrame({"probability": rng.uniform(0, 1, n).astype(np.float32),
+                      "md": rng.uniform(5e-4, 3e-3, n).astype(np.float32),
+                      "md_guard": rng.uniform(5e-4, 3e-3, n).astype(np.float32)})
+    v.loc[5, "md"] = np.nan
+    codes = rng.integers(0, 6, n).astype(np.int32)
+    keep = (v["probability"] >= np.float32(0.25)) & (v["md_guard"] <= np.float32(1.1e-3)) \
+        & v["md"].notna()
+    d = v[keep].assign(g=codes[keep.to_numpy()], p=lambda x: x["probability"].astype(float))
+    expected = (d["md"].astype(float) * d["p"]).groupby(d["g"]).sum() / d["p"].groupby(
+        d["g"]).sum()
+    for block in (7, 64, 1 << 21):
+        monkeypatch.setattr(R, "_BLOCK_ROWS", block)
+        got = R._region_means(v, "md", 0.25, 1.1e-3, codes, 6)
+        np.testing.assert_allclose(got, expected.reindex(range(6)).to_numpy(), rtol=1e-12)
