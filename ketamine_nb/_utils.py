@@ -11,6 +11,7 @@ from pathlib import Path
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
+    "die_with_parent",
     "save_nifti",
     "write_json",
     "write_tsv",
@@ -112,3 +113,43 @@ def write_tsv(df, path, *, float_format: str = "%.10g") -> Path:
 def write_json(obj, path) -> Path:
     """Write ``obj`` as indented JSON (sorted keys), atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker-process initializer: end this process when its parent ends.
+
+    A pool's worker outlives a parent that was killed (``kill -9``, the
+    out-of-memory killer, a Jupyter kernel restarted): it would hold its
+    memory (a few hundred MB each) until it finished the work it had, or
+    forever if it waits for more. On Linux the kernel sends it SIGTERM when the
+    parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere, and should the
+    parent have died before this ran, a daemon thread checks the parent's
+    pid every two seconds.
+
+    Parameters
+    ----------
+    parent_pid : int
+        ``os.getpid()`` of the process that creates the pool.
+    """
+    import signal
+    import sys
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM, 0, 0, 0)          # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):                   # no prctl: the thread does it
+            pass
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(2.0)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._utils import save_nifti, write_json, write_tsv
+from ._utils import die_with_parent, save_nifti, write_json, write_tsv
 from .derivatives import (
     MNI_MAP_RESOLUTION,
     TEMPLATE_SPACE,
@@ -811,8 +811,11 @@ def _run_local(tasks, n_jobs: int, new_bar, config: PipelineConfig, fn=None,
         # Python >= 3.12 warns on fork whenever the process has other OS
         # threads; here those are OpenBLAS's idle pool, which is fork-safe.
         warnings.filterwarnings("ignore", message=".*use of fork", category=DeprecationWarning)
+        # Workers end with this process, even when it is killed (no orphans
+        # holding memory).
         pool = ProcessPoolExecutor(min(n_jobs, len(tasks)),
-                                   mp_context=multiprocessing.get_context(method))
+                                   mp_context=multiprocessing.get_context(method),
+                                   initializer=die_with_parent, initargs=(os.getpid(),))
         # With fork, the first task starts every worker (before the pool's
         # own thread); the progress bar and its thread come after.
         pool.submit(int).result()

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._utils import save_nifti, write_json, write_tsv
+from ._utils import die_with_parent, save_nifti, write_json, write_tsv
 from .exceptions import InputError
 from .regions import STUDY_REGIONS
 
@@ -1635,12 +1635,15 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
                disable=not progress)
     if n_jobs > 1:
         import multiprocessing as mp
+        import os
         from concurrent.futures import ProcessPoolExecutor
 
         from threadpoolctl import threadpool_limits
 
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        with threadpool_limits(1), ProcessPoolExecutor(n_jobs, mp_context=ctx) as ex:
+        with threadpool_limits(1), ProcessPoolExecutor(
+                n_jobs, mp_context=ctx, initializer=die_with_parent,
+                initargs=(os.getpid(),)) as ex:
             for _ in ex.map(_session_task, tasks, chunksize=2):
                 bar.update()
     else:

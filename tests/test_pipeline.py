@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -629,3 +630,66 @@ def test_the_halfway_step_resamples_each_volume_once_with_the_sessions_realignme
         twice = (md("twice", ses) / md("still", ses) - 1).abs()
         assert (once < twice).all(), pd.DataFrame({"once": once, "twice": twice})
         assert once.max() < 0.03
+
+
+_ORPHAN_SCRIPT = '''
+import os, sys, time
+from contextlib import nullcontext
+import ketamine_nb.pipeline as P
+
+P._warm_up = lambda config: None          # not needed to start two sleepers
+
+
+def task(t):
+    open(os.path.join(sys.argv[2], str(os.getpid())), "w").close()
+    time.sleep(90)
+    return {}
+
+
+if __name__ == "__main__":
+    P._start_method = lambda: sys.argv[1]
+    P._run_local([(i,) for i in range(2)], 2, nullcontext, P.PipelineConfig(), fn=task)
+'''
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its reaper counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_workers_end_when_the_parent_is_killed(tmp_path, method):
+    """kill -9 of the pipeline's process leaves no worker holding memory."""
+    import signal
+    import subprocess
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    started = tmp_path / "started"           # each worker leaves its pid here
+    started.mkdir()
+    proc = subprocess.Popen([sys.executable, str(script), method, str(started)])
+    pids = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(pids) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pids = [int(f.name) for f in started.iterdir()]
+        assert len(pids) == 2, "the workers did not start"
+        assert all(_alive(p) for p in pids)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in pids), "a worker outlived its killed parent"
+    finally:
+        proc.kill()
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
