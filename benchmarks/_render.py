@@ -159,6 +159,8 @@ QUOTED: tuple[tuple[str, str, str], ...] = (
     ("bench_dask", "workers1_wall_s", "run stage, 1 worker (`bench_dask` cohort)"),
     ("bench_artefacts", "default_cohort_all_artefacts_delta_md_r_ci_low",
      "all artefacts on, default cohort: r, 95 % interval, lower end"),
+    ("bench_realdata", "uih_sub01_max_abs_delta_md_vs_global_fraction",
+     "uih-retest sub-01: largest regional |ΔMD| relative to the slab's grey matter"),
     ("bench_artefacts", "all_artefacts_delta_md_r",
      "all artefacts on, 12 participants (data/README table): r"),
     ("bench_artefacts", "all_artefacts_md_max_abs_error_fraction",

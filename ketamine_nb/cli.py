@@ -25,8 +25,8 @@ def _add_simulation_args(p: argparse.ArgumentParser) -> None:
                    help="planted effect (default teaching)")
     g.add_argument("--realistic", action="store_true",
                    help="own anatomy per participant and scanner artefacts at realistic "
-                        "values (the pipeline's accuracy drops until its realignment and "
-                        "nonlinear registration land)")
+                        "values (off by default for now; what each costs the pipeline is in "
+                        "data/README.md)")
     g.add_argument("--subjects", type=int, default=d.n_subjects, metavar="N",
                    help=f"number of participants, randomised 2:1 (default {d.n_subjects})")
     g.add_argument("--seed", type=int, default=0,
@@ -77,12 +77,13 @@ def _config_from_args(args):
 
     # "off" is None inside the package; on the command line it is 0 (or less).
     csf = args.csf_md_threshold
+    fa = args.fa_threshold
     cov = args.min_coverage
     return PipelineConfig(fit_method=args.fit_method, denoise=args.denoise,
                           transform=args.transform, space=args.space,
                           probability_threshold=args.probability_threshold,
                           csf_md_threshold=None if csf is None or csf <= 0 else csf,
-                          fa_threshold=args.fa_threshold, regions=args.regions,
+                          fa_threshold=None if fa is None or fa <= 0 else fa, regions=args.regions,
                           realign=None if args.realign == "none" else args.realign,
                           exclude_volumes=args.exclude_volumes,
                           max_bval=args.max_bval,
@@ -131,7 +132,7 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
                    help=f"drop voxels with MD above this, mm²/s (default "
                         f"{d.csf_md_threshold:g}; 0 = keep all)")
     g.add_argument("--fa-threshold", type=float, default=None, metavar="FA",
-                   help="drop voxels with FA above this (default: off)")
+                   help="drop voxels with FA above this (default and 0: off)")
     g.add_argument("--regions", default=None, metavar="TSV",
                    help="region table (default: the study's seven regions)")
     g.add_argument("--realign", default=d.realign or "none",
@@ -322,7 +323,8 @@ def _cmd_demo(args) -> int:
     demo = Path(args.out) if args.out else get_demo_dir(args.data_dir)
     built = build_demo(demo, params=_params_from_args(args), random_state=args.seed,
                        config=_config_from_args(args), stats_config=_stats_config_from_args(args),
-                       n_jobs=args.n_jobs, force=args.force, progress=not args.quiet,
+                       n_jobs=args.n_jobs, simulate_n_jobs=args.jobs, force=args.force,
+                       progress=not args.quiet,
                        voxelwise=args.voxelwise,
                        voxelwise_permutations=args.voxelwise_permutations, log=print)
     bids, deriv = built.bids_dir, built.derivatives

@@ -219,7 +219,8 @@ class DemoResult:
 
 def build_demo(demo_dir, *, params=None, random_state: int = 0, config=None,
                stats_config: StatsConfig | None = None, n_jobs: int = DEMO_N_JOBS,
-               force: bool = False, progress: bool = True, voxelwise: bool = False,
+               simulate_n_jobs: int | None = None, force: bool = False,
+               progress: bool = True, voxelwise: bool = False,
                voxelwise_permutations: int = 1000, log=None) -> DemoResult:
     """Simulate the demo cohort (unless it is there), process it and fit the statistics.
 
@@ -239,7 +240,11 @@ def build_demo(demo_dir, *, params=None, random_state: int = 0, config=None,
     stats_config : StatsConfig, optional
         Analytic choices.
     n_jobs : int, default=DEMO_N_JOBS
-        Worker processes for the simulation and the pipeline.
+        Worker processes for the pipeline (and the simulation, unless
+        ``simulate_n_jobs`` is given).
+    simulate_n_jobs : int, optional
+        Worker processes for the simulation (``--jobs`` of ``ketamine-nb
+        demo``); the simulated files are the same whatever the number.
     force : bool, default=False
         Simulate and process again even when done before.
     progress : bool, default=True
@@ -268,7 +273,8 @@ def build_demo(demo_dir, *, params=None, random_state: int = 0, config=None,
     if simulated:
         n = params.n_subjects if params is not None else "the default"
         log(f"Simulating the demo cohort ({n} participants) in {bids}")
-        simulate_cohort(bids, params=params, seed=random_state, n_jobs=n_jobs,
+        simulate_cohort(bids, params=params, seed=random_state,
+                        n_jobs=n_jobs if simulate_n_jobs is None else simulate_n_jobs,
                         progress=progress, overwrite=True)
     else:
         log(f"Simulated cohort already in {bids} (use --force to make it again)")

@@ -93,6 +93,11 @@ def test_an_off_guard_is_none_inside(monkeypatch):
     assert _config_from_args(args).csf_md_threshold is None
     args = build_parser().parse_args(["run", "raw", "out"])
     assert _config_from_args(args).csf_md_threshold == PipelineConfig().csf_md_threshold
+    # the FA guard too: 0 is off (it used to reach PipelineConfig, which refused it)
+    args = build_parser().parse_args(["run", "raw", "out", "--fa-threshold", "0"])
+    assert _config_from_args(args).fa_threshold is None
+    args = build_parser().parse_args(["run", "raw", "out", "--fa-threshold", "0.7"])
+    assert _config_from_args(args).fa_threshold == 0.7
     for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(InputError, match="use None to switch the guard off"):
             PipelineConfig(csf_md_threshold=bad)
@@ -115,3 +120,20 @@ def test_lab_dry_run_prints_the_jupyterlab_command(capsys):
     out = capsys.readouterr().out
     assert "jupyter lab" in out and "00_start_here.ipynb" in out and "--no-browser" in out
     assert "--ServerApp.port=8899" in out
+
+
+def test_demo_passes_jobs_to_the_simulation_and_n_jobs_to_the_pipeline(monkeypatch, tmp_path):
+    """``demo --jobs`` sets the simulation's workers (it used to be ignored)."""
+    import ketamine_nb.workflows as wf
+
+    seen = {}
+
+    def fake_build_demo(demo, **kw):
+        seen.update(kw)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(wf, "build_demo", fake_build_demo)
+    with pytest.raises(SystemExit):
+        main(["demo", "--out", str(tmp_path / "d"), "--jobs", "1", "--n-jobs", "2"])
+    assert seen["simulate_n_jobs"] == 1 and seen["n_jobs"] == 2
+
