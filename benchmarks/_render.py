@@ -148,8 +148,6 @@ del G
 #: Figures without a goal, shown for the README and notebooks to quote (bench, metric, text).
 QUOTED: tuple[tuple[str, str, str], ...] = (
     ("readme_command1", "demo_wall_s", "README command 1: `ketamine-nb demo`"),
-    ("readme_command1", "demo_wall_loaded_s",
-     "README command 1: the demo, with other work beside it"),
     ("readme_command1", "install_s", "README command 1: the install"),
     ("readme_command1", "install_and_demo_wall_s", "README command 1: install + demo"),
     ("bench_demo", "simulate_stage_wall_s", "`ketamine-nb demo`: the simulation stage"),
