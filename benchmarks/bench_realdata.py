@@ -79,8 +79,9 @@ def measure(*, n_jobs: int = 2) -> dict:
     adequate = (sub01[["coverage_fov", "coverage_brain"]].min(axis=1) >= DEFAULT_MIN_COVERAGE)
     judged = [r for r in regions if r in BA10 or adequate[r]]
     worst = float(sub01.loc[judged, "pct_delta_md"].abs().max()) / 100
-    # Against the grey matter of the slab (the statistics' global covariate):
-    # a shift shared by the whole brain (scanner, time of day) drops out.
+    # As a ratio to the grey matter of the slab (the reference the statistics'
+    # global covariate adjusts for): a shift the whole slab shares (scanner,
+    # time of day) drops out. Descriptive; the covariate itself is a regression.
     g = sub01.loc["global_gm", "pct_delta_md"] / 100
     vs_global = {r: (1 + sub01.loc[r, "pct_delta_md"] / 100) / (1 + g) - 1 for r in judged}
     worst_vs_global = float(max(abs(v) for v in vs_global.values()))
@@ -104,7 +105,7 @@ def measure(*, n_jobs: int = 2) -> dict:
              f"{DEFAULT_MIN_COVERAGE}): {', '.join(judged)}; largest |ΔMD| "
              f"{worst * 100:.2f} %",
              "- the same relative to the grey matter of the slab (global_gm, "
-             f"{g * 100:+.2f} %; the statistics' global covariate): "
+             f"{g * 100:+.2f} %, the reference of the statistics' global covariate): "
              + ", ".join(f"{r} {v * 100:+.2f} %" for r, v in vs_global.items())
              + f"; largest {worst_vs_global * 100:.2f} %", "",
              "uih-retest sub-03, the same person with the phase-encoding direction reversed "

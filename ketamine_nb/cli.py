@@ -75,21 +75,20 @@ def _cmd_simulate(args) -> int:
 def _config_from_args(args):
     from .pipeline import PipelineConfig
 
-    # "off" is None inside the package; on the command line it is 0 (or less).
-    csf = args.csf_md_threshold
-    fa = args.fa_threshold
-    cov = args.min_coverage
+    def off_is_none(v):  # "off" is None inside the package; 0 (or less) on the command line
+        return None if v is None or v <= 0 else v
+
     return PipelineConfig(fit_method=args.fit_method, denoise=args.denoise,
                           transform=args.transform, space=args.space,
                           probability_threshold=args.probability_threshold,
-                          csf_md_threshold=None if csf is None or csf <= 0 else csf,
-                          fa_threshold=None if fa is None or fa <= 0 else fa, regions=args.regions,
+                          csf_md_threshold=off_is_none(args.csf_md_threshold),
+                          fa_threshold=off_is_none(args.fa_threshold), regions=args.regions,
                           realign=None if args.realign == "none" else args.realign,
                           exclude_volumes=args.exclude_volumes,
                           max_bval=args.max_bval,
                           atlas_registration=(None if args.atlas_registration == "none"
                                               else args.atlas_registration),
-                          min_coverage=None if cov is None or cov <= 0 else cov)
+                          min_coverage=off_is_none(args.min_coverage))
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:

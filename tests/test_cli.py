@@ -122,18 +122,36 @@ def test_lab_dry_run_prints_the_jupyterlab_command(capsys):
     assert "--ServerApp.port=8899" in out
 
 
+def _stop_at(monkeypatch, module, name) -> dict:
+    """Replace ``module.name`` by a stub that keeps its keyword arguments and stops the run."""
+    seen = {}
+
+    def stub(*args, **kw):
+        seen.update(kw)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(module, name, stub)
+    return seen
+
+
 def test_demo_passes_jobs_to_the_simulation_and_n_jobs_to_the_pipeline(monkeypatch, tmp_path):
     """``demo --jobs`` sets the simulation's workers (it used to be ignored)."""
     import ketamine_nb.workflows as wf
 
-    seen = {}
-
-    def fake_build_demo(demo, **kw):
-        seen.update(kw)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(wf, "build_demo", fake_build_demo)
+    seen = _stop_at(monkeypatch, wf, "build_demo")
     with pytest.raises(SystemExit):
         main(["demo", "--out", str(tmp_path / "d"), "--jobs", "1", "--n-jobs", "2"])
     assert seen["simulate_n_jobs"] == 1 and seen["n_jobs"] == 2
 
+
+@pytest.mark.parametrize("simulate_n_jobs, expected", [(None, 2), (1, 1)])
+def test_build_demo_gives_the_simulation_its_own_worker_count(monkeypatch, tmp_path,
+                                                                simulate_n_jobs, expected):
+    """``build_demo(simulate_n_jobs=)`` reaches ``simulate_cohort``; without it, ``n_jobs``."""
+    import ketamine_nb.simulate as sim
+    from ketamine_nb.workflows import build_demo
+
+    seen = _stop_at(monkeypatch, sim, "simulate_cohort")
+    with pytest.raises(SystemExit):
+        build_demo(tmp_path / "d", n_jobs=2, simulate_n_jobs=simulate_n_jobs, progress=False)
+    assert seen["n_jobs"] == expected
