@@ -1121,34 +1121,39 @@ def _move_and_distort(params, clean, shape, affine, T, coords, anat, brain, bval
     """
     from scipy.ndimage import binary_dilation, map_coordinates
 
-    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
-    xyz = affine[:3, :3] @ ijk + affine[:3, 3:4]
     pe, pe_vox = _pe_axis(params, affine)
     iso = affine[:3, :3] @ ((np.array(shape) - 1) / 2) + affine[:3, 3]
     reach = binary_dilation(brain.reshape(shape), iterations=4).reshape(-1)
     out_idx = np.flatnonzero(reach)
-    x = xyz[:, out_idx].astype(np.float64)
+    ijk = np.array(np.unravel_index(out_idx, shape), dtype=np.float64)
     disp_susc = np.zeros(out_idx.size)
     if params.susceptibility_hz:
         tmpl = anat.affine[:3, :3] @ coords[:, out_idx] + anat.affine[:3, 3:4]
         disp_susc = susceptibility_field(params, tmpl) * params.total_readout_time * pe_vox
     centre = (T @ np.r_[BRAIN_CENTRE, 1.0])[:3]
+    A, a = affine[:3, :3], affine[:3, 3]
     inv_aff = np.linalg.inv(affine)
+    Ai, ai = inv_aff[:3, :3], inv_aff[:3, 3]
     eddy = np.zeros((len(bvals), 4))
     by_volume = np.ascontiguousarray(clean.T)  # (volumes, voxels)
     moved = np.zeros((len(bvals), out_idx.size), np.float32)
     g_scanner = bvecs @ vox_axes.T
     for v in range(len(bvals)):
-        d = disp_susc
+        # Source voxel of each output voxel, as one affine map of its index
+        # plus the susceptibility term: with x = A ijk + a, the eddy
+        # displacement d_e = f . x + f0 and u = x - (d_s + d_e) pe,
+        # src = Ai (R^T (u - centre - t) + centre) + ai.
+        f, f0 = np.zeros(3), 0.0
         if params.eddy_mm and bvals[v] > 0:
             k = params.eddy_mm * bvals[v] / 1000.0
             eddy[v, :3] = k * g_scanner[v] / 100.0
             eddy[v, 3] = 0.25 * k * g_scanner[v, 2]
-            d = d + (eddy[v, :3] @ (x - iso[:, None])) + eddy[v, 3]
-        u = x - d[None, :] * pe[:, None]
-        R = _rotation(rot_v[v])
-        q = R.T @ (u - centre[:, None] - tr_v[v][:, None]) + centre[:, None]
-        src = inv_aff[:3, :3] @ q + inv_aff[:3, 3:4]
+            f, f0 = eddy[v, :3], eddy[v, 3] - eddy[v, :3] @ iso
+        Rt = _rotation(rot_v[v]).T
+        w = Ai @ Rt @ pe                                   # voxels per mm of displacement
+        lin = Ai @ Rt @ A - np.outer(w, f @ A)
+        off = Ai @ (Rt @ (a - centre - tr_v[v]) + centre) + ai - w * (f @ a + f0)
+        src = lin @ ijk + off[:, None] - w[:, None] * disp_susc[None, :]
         moved[v] = map_coordinates(by_volume[v].reshape(shape), src, order=1,
                                    mode="constant", cval=0.0, prefilter=False)
     out = np.zeros_like(clean)
