@@ -374,7 +374,7 @@ def make_session(tmp) -> Path:
     from ketamine_nb.simulate import SimulationParams, simulate_cohort
 
     out = Path(tmp) / "bids"
-    simulate_cohort(out, params=SimulationParams(n_subjects=3), seed=0, n_jobs=1,
+    simulate_cohort(out, params=SimulationParams.idealised(n_subjects=3), seed=0, n_jobs=1,
                     progress=False)
     return out / "sub-001" / "ses-pre" / "dwi" / "sub-001_ses-pre_dwi.nii.gz"
 

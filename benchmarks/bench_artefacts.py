@@ -99,7 +99,7 @@ def measure(*, n_subjects: int = 12, seed: int = 0, n_jobs: int = 2,
     with tempfile.TemporaryDirectory(prefix="bench_artefacts_") as tmp:
         for name in conditions:
             keys = tuple(REALISTIC) if CONDITIONS[name] == "all" else CONDITIONS[name]
-            params = SimulationParams(n_subjects=n_subjects,
+            params = SimulationParams.idealised(n_subjects=n_subjects,
                                       **{k: REALISTIC[k] for k in keys})
             bids, out = Path(tmp) / name / "bids", Path(tmp) / name / "out"
             t0 = time.perf_counter()

@@ -161,7 +161,7 @@ def measure(*, participants: int = 48, repeats: int = 2, distributed: bool = Fal
     try:
         bids = work / "bids"
         print(f"simulating {participants} participants", flush=True)
-        simulate_cohort(bids, params=SimulationParams(n_subjects=participants), seed=0,
+        simulate_cohort(bids, params=SimulationParams.idealised(n_subjects=participants), seed=0,
                         n_jobs=min(2, C.n_cpus()), progress=False)
         warm = C.run_measured([*cli_command(), "run", str(bids), str(work / "warmup"),
                                "--participant-label", "001", "--n-jobs", "1", "--quiet"])

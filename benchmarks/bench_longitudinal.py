@@ -54,13 +54,14 @@ def _pair():
 
     from ketamine_nb import longitudinal as L
     from ketamine_nb.dwi import brain_mask
-    from ketamine_nb.simulate import simulate_session
+    from ketamine_nb.simulate import SimulationParams, simulate_session
 
     Tpre, Tpost = _rigid((2, -1, 3), (1, -2, 0.5)), _rigid((-3, 2, -1), (-2, 1, 3))
     visits = {}
     for ses, T, seed in (("pre", Tpre, 5), ("post", Tpost, 6)):
-        img, bvals, bvecs = simulate_session(seed=1, head_transform=T,
-                                             rng=np.random.default_rng(seed))
+        img, bvals, bvecs = simulate_session(
+            SimulationParams.idealised(), seed=1, head_transform=T,
+            rng=np.random.default_rng(seed))
         img = nib.Nifti1Image(np.asarray(img.dataobj, np.float32), img.affine)
         g = gradient_table(bvals, bvecs=bvecs)
         visits[ses] = L.Visit(img, g, brain_mask(img, g))

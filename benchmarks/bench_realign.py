@@ -48,7 +48,7 @@ def _series(directions: int, b0: int):
     from ketamine_nb.motion import _rotation
     from ketamine_nb.simulate import SimulationParams, simulate_session
 
-    params = SimulationParams(n_directions=directions, n_b0=b0, bias_amplitude=0.0)
+    params = SimulationParams.idealised(n_directions=directions, n_b0=b0, bias_amplitude=0.0)
     truths, images = [], []
     for t, r in POSITIONS:
         T = np.eye(4)

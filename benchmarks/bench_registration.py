@@ -65,7 +65,7 @@ def measure(*, participants: int = 12, cohorts: int = 3) -> dict:
         for seed in range(cohorts):
             bids = Path(tmp) / f"seed{seed}"
             print(f"simulating cohort seed {seed}", flush=True)
-            simulate_cohort(bids, params=SimulationParams(n_subjects=participants),
+            simulate_cohort(bids, params=SimulationParams.idealised(n_subjects=participants),
                             seed=seed, n_jobs=min(2, C.n_cpus()), progress=False)
             motion = pd.read_csv(bids / "derivatives" / "simulation" / "head_motion.tsv",
                                  sep="\t")

@@ -19,14 +19,21 @@ def _add_simulation_args(p: argparse.ArgumentParser) -> None:
         "simulated cohort",
         "presets: teaching = a strong planted effect (default); paper = the effect the "
         "paper's p values imply (ketamine-arm r about 0.3, interaction power 25-60 %); "
-        "null = no relation between MD change and score change. --realistic adds each "
-        "participant's own anatomy and the scanner artefacts (see data/README.md)")
+        "null = no relation between MD change and score change. The cohort is realistic "
+        "by default: each participant's own anatomy and the scanner's artefacts (motion "
+        "within the series, eddy currents, susceptibility distortion, drift, multi-channel "
+        "noise); --idealised switches them off (see data/README.md)")
     g.add_argument("--preset", choices=PRESETS, default="teaching",
                    help="planted effect (default teaching)")
-    g.add_argument("--realistic", action="store_true",
-                   help="own anatomy per participant and scanner artefacts at realistic "
-                        "values (off by default for now; what each costs the pipeline is in "
-                        "data/README.md)")
+    real = g.add_mutually_exclusive_group()
+    real.add_argument("--realistic", dest="realistic", action="store_true", default=True,
+                      help="own anatomy per participant and scanner artefacts at realistic "
+                           "values (the default)")
+    real.add_argument("--idealised", dest="realistic", action="store_false",
+                      help="every participant the template's brain, no artefacts within a "
+                           "series, single-channel noise: the idealised cohort (faster to "
+                           "process; what each artefact costs the pipeline is in "
+                           "data/README.md)")
     g.add_argument("--subjects", type=int, default=d.n_subjects, metavar="N",
                    help=f"number of participants, randomised 2:1 (default {d.n_subjects})")
     g.add_argument("--seed", type=int, default=0,

@@ -129,6 +129,32 @@ class Results:
 
         return read_transform(self.paths(participant_id, session)["xfm"])
 
+    def true_motion(self, participant_id: str, session: str) -> pd.DataFrame:
+        """Return the simulator's per-volume truth of one session (simulated cohorts only).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per volume, as written to
+            ``derivatives/simulation/<sub>_ses-<session>_motion.tsv``: rotation
+            (degrees) and translation (mm) of the head from its session
+            position, ``framewise_displacement_mm`` (mm), the eddy-current
+            terms and the signal drift.
+
+        Raises
+        ------
+        InputError
+            When the raw dataset is not a simulated cohort (no truth).
+        """
+        path = None if self.bids_dir is None else (
+            self.bids_dir / "derivatives" / "simulation"
+            / f"{participant_id}_ses-{session}_motion.tsv")
+        if path is None or not path.exists():
+            raise InputError(f"{participant_id} ses-{session}: no simulated motion "
+                             f"({path or 'the raw dataset is unknown'}); only a cohort made "
+                             "by 'ketamine-nb simulate' knows its true motion")
+        return _read(path)
+
 
 def load_results(out_dir) -> Results:
     """Load what ``ketamine-nb run``/``stats``/``demo`` wrote.

@@ -10,22 +10,23 @@ from a picture:
   MNI152 2009 tissue maps nilearn ships; cerebrospinal fluid (CSF) fills the
   rest of the intracranial volume (ventricles and sulci). Partial volume is
   real: the 1 mm maps are averaged into the 2 mm working grid and sampled at
-  the 3 mm voxel centres of each session. With the realism switches on
-  (:data:`REALISTIC`), each participant has an own brain: the template
-  scaled and sheared, warped smoothly by a few millimetres and with
-  ventricles enlarged with age (:func:`participant_anatomy`).
+  the 3 mm voxel centres of each session. Each participant has an own
+  brain: the template scaled and sheared, warped smoothly by a few
+  millimetres and with ventricles enlarged with age
+  (:func:`participant_anatomy`; :meth:`SimulationParams.idealised` gives
+  everyone the template's brain).
 * **Signal.** Per voxel, a sum of three compartments,
   ``S = B * S0 * sum_k f_k s_k exp(-b g^T D_k g)``, with an anisotropic WM
   tensor along a smooth orientation field, a nearly isotropic GM tensor and
   free water for CSF, a relative proton-density/T2 weight ``s_k`` per
   tissue, and a smooth receive-bias field ``B`` per session.
-* **Noise.** Rician (magnitude of complex Gaussian noise) at a b0 SNR of 25
-  in grey matter, then rounded to int16; optionally non-central chi
-  (several receive channels) with a spatially varying SD.
+* **Noise.** Non-central chi (root-sum-of-squares of four receive
+  channels) with an SD that varies smoothly in space, at a b0 SNR of 25 in
+  grey matter, then rounded to int16; idealised: Rician (one channel), one SD.
 * **Head position.** Each session has its own rigid head position in the
   scanner (a few degrees and millimetres from MNI), so the pipeline has to
-  register every session; the true transforms are kept. Optionally the head
-  also moves within the series, with the gradients fixed in the scanner,
+  register every session; the true transforms are kept. The head also
+  moves within the series, with the gradients fixed in the scanner,
   and each volume carries eddy-current and EPI susceptibility displacement
   along the phase-encoding axis and a slow signal drift (per-volume truth in
   ``*_motion.tsv``).
@@ -57,6 +58,7 @@ from .regions import STUDY_REGIONS
 __all__ = [
     "DEFAULT_PATTERN",
     "PRESETS",
+    "IDEALISED",
     "REALISTIC",
     "ParticipantAnatomy",
     "TRUTH_CSF_MD_THRESHOLD",
@@ -102,9 +104,11 @@ _PRESET_VALUES = {
     "null": {"effect_slope": 0.0},
 }
 
-#: Realistic values of the realism switches that are off by default (the
-#: pipeline's tests run on the idealised cohort until its realignment and
-#: nonlinear registration land; see data/README.md).
+#: The realism switches at their realistic values: the defaults of
+#: :class:`SimulationParams` (each participant's own anatomy, motion within the
+#: series, eddy currents, susceptibility distortion, signal drift, four receive
+#: channels with a noise SD that varies in space; data/README.md gives the
+#: sources and what each costs the pipeline).
 REALISTIC = {
     "head_size_sd": 0.033,
     "head_axis_sd": 0.025,
@@ -119,6 +123,13 @@ REALISTIC = {
     "n_coils": 4,
     "noise_sigma_variation": 0.3,
 }
+
+#: The same switches off: the idealised cohort of the first edition (every
+#: participant has the template's brain, the head moves only between
+#: sessions, single-channel Rician noise with one SD). ``SimulationParams.idealised()``,
+#: ``ketamine-nb simulate --idealised``: for teaching one effect at a time and
+#: for tests that isolate one step.
+IDEALISED = {key: (1 if key == "n_coils" else None) for key in REALISTIC}
 
 #: Phase-encoding directions the simulator can write (BIDS ``PhaseEncodingDirection``).
 PHASE_ENCODING_DIRECTIONS = ("j-", "j", "i", "i-")
@@ -139,6 +150,11 @@ class SimulationParams:
 
     Diffusivities are in mm²/s, b-values in s/mm², lengths in mm, angles in
     degrees. ``data/README.md`` explains where each default comes from.
+
+    The defaults are realistic: each participant has an own brain and every
+    scanner artefact is on (:data:`REALISTIC`). :meth:`idealised` switches
+    them all off (:data:`IDEALISED`); each is also a field of its own, off
+    with ``None`` (``n_coils=1`` for one receive channel).
 
     Attributes
     ----------
@@ -195,41 +211,41 @@ class SimulationParams:
         Mean and SD of the 24 h MADRS change per arm.
     qids_per_madrs, qids_intercept, qids_sd : float, default=0.45, 2.0, 2.0
         QIDS-SR = qids_per_madrs * MADRS + qids_intercept + noise.
-    head_size_sd : float or None, default=None (realistic: 0.033)
+    head_size_sd : float or None, default=0.033 (idealised: None)
         SD of the log of each participant's linear head size relative to the
         template (3.3 %: intracranial volume CV about 10 %). ``None``: every
         participant has the template's size.
-    head_axis_sd : float or None, default=None (realistic: 0.025)
+    head_axis_sd : float or None, default=0.025 (idealised: None)
         SD of the log of each axis's extra scale (shape: long, wide, tall heads).
-    warp_rms : float or None, default=None (realistic: 3.0)
+    warp_rms : float or None, default=3.0 (idealised: None)
         RMS displacement (mm) of each participant's smooth nonlinear warp
         (``None``: no warp).
     warp_spacing : float, default=16.0
         Control-point spacing of that warp (mm); it is smooth over a few cm.
-    ventricle_growth : float or None, default=None (realistic: 0.02)
+    ventricle_growth : float or None, default=0.02 (idealised: None)
         Relative lateral-ventricle volume growth per year of age around 40
         (the template's age); ``None``: template ventricles for everyone.
-    ventricle_sd : float or None, default=None (realistic: 0.25)
+    ventricle_sd : float or None, default=0.25 (idealised: None)
         SD of the log ventricle volume between participants of the same age.
     plant_extent : float, default=2.5
         Size of the field that carries a region's planted change: a smooth
         ellipsoid around the region's centre, at this Mahalanobis radius of
         the atlas region's probability-weighted spread (not the pipeline's
         thresholded label).
-    motion_rms : float or None, default=None (realistic: 0.3)
+    motion_rms : float or None, default=0.3 (idealised: None)
         Head motion within the series: each volume's rigid position differs
         from the session's by a slow drift plus jitter of this RMS size
         (mm for translations, degrees for rotations). The gradient directions
         stay fixed in the scanner, so the tissue sees them rotated.
-    motion_spikes : float or None, default=None (realistic: 0.5)
+    motion_spikes : float or None, default=0.5 (idealised: None)
         Expected number of sudden movements per series (1-3 mm and degrees,
         from that volume on).
-    eddy_mm : float or None, default=None (realistic: 1.0)
+    eddy_mm : float or None, default=1.0 (idealised: None)
         Eddy-current distortion: displacement along the phase-encoding axis
         at 100 mm from the isocentre, for a unit gradient at b = 1000 s/mm²
         (scaled with b and with the gradient's direction), plus a shift of
         a quarter of it.
-    susceptibility_hz : float or None, default=None (realistic: 40.0)
+    susceptibility_hz : float or None, default=40.0 (idealised: None)
         Peak off-resonance (Hz) over the orbitofrontal cortex (0.7 of it over
         each temporal pole): EPI displacement along the phase-encoding axis
         of ``Hz * total_readout_time`` voxels.
@@ -237,14 +253,14 @@ class SimulationParams:
         Effective readout time (s), written to the sidecar.
     phase_encoding_direction : str, default="j-"
         BIDS phase-encoding direction of the series, written to the sidecar.
-    signal_drift : float or None, default=None (realistic: 0.02)
+    signal_drift : float or None, default=0.02 (idealised: None)
         Relative loss of signal from the first to the last volume (scanner
         drift, linear in the volume index).
-    n_coils : int, default=1 (realistic: 4)
+    n_coils : int, default=4 (idealised: 1)
         Receive channels combined by root-sum-of-squares: the magnitude
         noise is non-central chi with ``2 n_coils`` degrees of freedom
         (1: Rician). ``noise_sigma`` is the noise SD per channel and part.
-    noise_sigma_variation : float or None, default=None (realistic: 0.3)
+    noise_sigma_variation : float or None, default=0.3 (idealised: None)
         Peak relative variation of the noise SD over the field of view
         (smooth; parallel-imaging g-factor and coil geometry).
     fov_slab : tuple or None, default=None
@@ -285,22 +301,22 @@ class SimulationParams:
     qids_per_madrs: float = 0.45
     qids_intercept: float = 2.0
     qids_sd: float = 2.0
-    head_size_sd: float | None = None
-    head_axis_sd: float | None = None
-    warp_rms: float | None = None
+    head_size_sd: float | None = 0.033
+    head_axis_sd: float | None = 0.025
+    warp_rms: float | None = 3.0
     warp_spacing: float = 16.0
-    ventricle_growth: float | None = None
-    ventricle_sd: float | None = None
+    ventricle_growth: float | None = 0.02
+    ventricle_sd: float | None = 0.25
     plant_extent: float = 2.5
-    motion_rms: float | None = None
-    motion_spikes: float | None = None
-    eddy_mm: float | None = None
-    susceptibility_hz: float | None = None
+    motion_rms: float | None = 0.3
+    motion_spikes: float | None = 0.5
+    eddy_mm: float | None = 1.0
+    susceptibility_hz: float | None = 40.0
     total_readout_time: float = 0.045
     phase_encoding_direction: str = "j-"
-    signal_drift: float | None = None
-    n_coils: int = 1
-    noise_sigma_variation: float | None = None
+    signal_drift: float | None = 0.02
+    n_coils: int = 4
+    noise_sigma_variation: float | None = 0.3
     fov_slab: tuple | None = None
     second_shell: float | None = None
 
@@ -328,8 +344,8 @@ class SimulationParams:
                 raise InputError(f"simulation parameters: {msg}")
 
     @classmethod
-    def preset(cls, name: str = "teaching", *, realistic: bool = False, **overrides):
-        """Parameters of a named preset (:data:`PRESETS`), optionally realistic.
+    def preset(cls, name: str = "teaching", *, realistic: bool = True, **overrides):
+        """Parameters of a named preset (:data:`PRESETS`), realistic or idealised.
 
         Parameters
         ----------
@@ -338,9 +354,10 @@ class SimulationParams:
             (the defaults). ``paper``: the effect calibrated on the paper's
             reported p values (interaction p 0.016-0.082; ketamine-arm r about
             0.3). ``null``: no relation between MD change and score change.
-        realistic : bool, default=False
-            Also switch on each participant's own anatomy and the scanner
-            artefacts at their realistic values (:data:`REALISTIC`).
+        realistic : bool, default=True
+            Each participant's own anatomy and the scanner artefacts at their
+            realistic values (:data:`REALISTIC`, the defaults); ``False``:
+            the idealised cohort (:data:`IDEALISED`).
         **overrides
             Any other field.
 
@@ -352,15 +369,25 @@ class SimulationParams:
             raise InputError(f"simulation preset {name!r} is unknown; choose one of "
                              f"{', '.join(PRESETS)}")
         values = dict(_PRESET_VALUES[name])
-        if realistic:
-            values.update(REALISTIC)
+        values.update(REALISTIC if realistic else IDEALISED)
         values.update(overrides)
         return cls(**values)
 
     @classmethod
     def realistic(cls, **overrides):
-        """Return the defaults with every realism switch on (:data:`REALISTIC`)."""
+        """Return the defaults, every realism switch on (:data:`REALISTIC`)."""
         return cls(**{**REALISTIC, **overrides})
+
+    @classmethod
+    def idealised(cls, **overrides):
+        """Return the defaults with every realism switch off (:data:`IDEALISED`).
+
+        Every participant then has the template's brain (only the head's
+        position differs), the head moves only between sessions, and the
+        noise is single-channel Rician with one SD: the cohort of the first
+        edition, for teaching one effect at a time and for tests of one step.
+        """
+        return cls(**{**IDEALISED, **overrides})
 
     def slope(self, region: str, arm: str) -> float:
         """Planted slope (relative MD change per MADRS point) for a region and arm."""
@@ -946,8 +973,9 @@ def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
         Source of the noise and the bias field; a fresh one from ``seed`` if
         omitted.
     noise : bool, default=True
-        Add Rician noise and round to int16. With ``False`` the image holds
-        the noise-free float32 signal (for tests and teaching).
+        Add magnitude noise (Rician for one channel, non-central chi for
+        several) and round to int16. With ``False`` the image holds the
+        noise-free float32 signal (for tests and teaching).
     return_truth : bool, default=False
         Also return the noise-free tissue fractions and region weights in
         native space.

@@ -85,7 +85,11 @@ def rng():
 
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory):
-    """Simulate an 8-participant cohort (5 ketamine, 3 saline) once per test session."""
+    """Simulate an 8-participant cohort (5 ketamine, 3 saline) once per test session.
+
+    At the simulator's defaults, as a user gets it: each participant's own
+    anatomy and every scanner artefact on.
+    """
     from ketamine_nb.simulate import SimulationParams, simulate_cohort
 
     out = tmp_path_factory.mktemp("cohort") / "bids"
@@ -119,6 +123,27 @@ def processed_cohort(small_cohort, tmp_path_factory):
                       robustness=True)
     return {"bids": small_cohort, "out": out, "res": res, "stats": stats,
             "raw_hashes": before}
+
+
+@pytest.fixture(scope="session")
+def processed_idealised(tmp_path_factory):
+    """The same 8 participants simulated idealised, through the pipeline only.
+
+    For the tests of one step against an exact truth: every participant has
+    the template's brain, so the planted rigid head position is the whole
+    truth of a session's registration, and nothing within a series moves.
+    Returns a dict: ``bids``, ``out``, ``res`` and ``results`` (load_results).
+    """
+    from ketamine_nb.pipeline import run_pipeline
+    from ketamine_nb.results import load_results
+    from ketamine_nb.simulate import SimulationParams, simulate_cohort
+
+    bids = tmp_path_factory.mktemp("idealised") / "bids"
+    simulate_cohort(bids, params=SimulationParams.idealised(n_subjects=8), seed=3,
+                    progress=False)
+    out = bids.parent / "out"
+    res = run_pipeline(bids, out, progress=False, n_jobs=2)
+    return {"bids": bids, "out": out, "res": res, "results": load_results(out)}
 
 
 @pytest.fixture(scope="session")

@@ -130,14 +130,15 @@ def _simulated_pair(change=None):
     from dipy.core.gradients import gradient_table
 
     from ketamine_nb.dwi import brain_mask
-    from ketamine_nb.simulate import simulate_session
+    from ketamine_nb.simulate import SimulationParams, simulate_session
 
     Tpre = _rigid((2, -1, 3), (1, -2, 0.5))
     Tpost = _rigid((-3, 2, -1), (-2, 1, 3))
     visits = {}
     for ses, T, ch, seed in (("pre", Tpre, None, 5), ("post", Tpost, change, 6)):
-        img, bvals, bvecs = simulate_session(seed=1, head_transform=T, region_change=ch,
-                                             rng=np.random.default_rng(seed))
+        img, bvals, bvecs = simulate_session(
+            SimulationParams.idealised(), seed=1, head_transform=T,
+            region_change=ch, rng=np.random.default_rng(seed))
         img = nib.Nifti1Image(np.asarray(img.dataobj, np.float32), img.affine)
         g = gradient_table(bvals, bvecs=bvecs)
         visits[ses] = L.Visit(img, g, brain_mask(img, g))
@@ -173,14 +174,15 @@ def test_post_to_pre_registration_starts_from_the_centres_of_mass():
     from dipy.core.gradients import gradient_table
 
     from ketamine_nb.dwi import brain_mask
-    from ketamine_nb.simulate import simulate_session
+    from ketamine_nb.simulate import SimulationParams, simulate_session
 
     Tpre = _rigid((-1.483, -2.668, -2.101), (-0.541, 0.580, 3.822))
     Tpost = _rigid((-1.075, -0.260, 1.745), (-2.724, -3.204, -3.049))
     v = {}
     for ses, T, seed in (("pre", Tpre, 5), ("post", Tpost, 6)):
-        img, bvals, bvecs = simulate_session(seed=2, head_transform=T,
-                                             rng=np.random.default_rng(seed))
+        img, bvals, bvecs = simulate_session(
+            SimulationParams.idealised(), seed=2, head_transform=T,
+            rng=np.random.default_rng(seed))
         img = nib.Nifti1Image(np.asarray(img.dataobj, np.float32), img.affine)
         g = gradient_table(bvals, bvecs=bvecs)
         v[ses] = (L.mean_dwi(img, g), brain_mask(img, g))

@@ -39,7 +39,7 @@ POSITIONS = [np.eye(4), _rigid([1.5, -1.0, 0.8], [2.0, -1.0, 1.5]),
 @pytest.fixture(scope="module")
 def series():
     """Noise-free series of one head at each position (no receive bias, which is scanner-fixed)."""
-    params = SimulationParams(bias_amplitude=0.0)
+    params = SimulationParams.idealised(bias_amplitude=0.0)
     images = []
     for T in POSITIONS:
         img, bvals, bvecs = simulate_session(params, seed=0, noise=False, head_transform=T)
@@ -233,7 +233,7 @@ def test_an_early_step_with_signal_drift_is_found_for_every_volume():
     """
     from ketamine_nb.simulate import REALISTIC
 
-    params = SimulationParams(signal_drift=REALISTIC["signal_drift"])
+    params = SimulationParams.idealised(signal_drift=REALISTIC["signal_drift"])
     n = params.n_b0 + params.n_directions
     step_rot, step_tr = np.array([0.15, 0.05, 2.5]), np.array([0.0, 0.0, -3.0])
     rot, tr = np.zeros((n, 3)), np.zeros((n, 3))

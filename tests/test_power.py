@@ -34,7 +34,7 @@ def test_fast_interaction_test_equals_region_stats():
     from ketamine_nb.simulate import SimulationParams, simulate_tables
     from ketamine_nb.stats import StatsConfig, region_stats, stats_input
 
-    d = simulate_tables(SimulationParams(n_subjects=40), seed=3)
+    d = simulate_tables(SimulationParams.idealised(n_subjects=40), seed=3)
     rows, _ = stats_input(d["ground_truth"], d["scores"])
     rows = rows[rows["region"].isin(["BA10_L", "vACC"])]
     ref = region_stats(rows, config=StatsConfig(n_permutations=0, n_bootstrap=0)).set_index(

@@ -118,7 +118,7 @@ def _qsiprep_tree(tmp_path, *, b_table_for=("sub-02", "post")):
     """A fake QSIPrep output (derivative) and the raw BIDS folder with participants and scores."""
     from ketamine_nb.simulate import SimulationParams, simulate_session
 
-    params = SimulationParams(n_directions=12, n_b0=2)
+    params = SimulationParams.idealised(n_directions=12, n_b0=2)
     img, bvals, bvecs = simulate_session(params, seed=0)
     deriv, raw = tmp_path / "qsiprep", tmp_path / "raw"
     deriv.mkdir()

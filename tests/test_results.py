@@ -86,3 +86,29 @@ def test_qc_table_reads_every_session(small_results):
     snr = small_results.roi_md.drop_duplicates(["participant_id", "session"])
     merged = t.merge(snr, on=["participant_id", "session"])
     np.testing.assert_allclose(merged["snr_b0"], merged["qc_snr_b0"], rtol=1e-6)
+
+
+def test_true_motion_and_the_volumes_the_head_jumped_into_are_left_out(small_results):
+    """The realistic cohort's sudden movements: each is found and its volume left out.
+
+    The simulator writes every volume's true motion; where the head jumped by
+    more than the outlier threshold (framewise displacement > 2 mm), the
+    pipeline's realignment must leave that volume out of the fit.
+    """
+    import json
+
+    from ketamine_nb.derivatives import session_paths
+    from ketamine_nb.motion import FD_THRESHOLD_MM
+
+    jumps = 0
+    for pid, ses in small_results.sessions.itertuples(index=False):
+        truth = small_results.true_motion(pid, ses)
+        assert len(truth) == 33 and truth["framewise_displacement_mm"].iloc[0] == 0
+        qc = json.loads(session_paths(small_results.out_dir, pid, ses)["qc"].read_text())
+        excluded = set(qc["realignment"]["excluded_volumes"])
+        for v in np.flatnonzero(truth["framewise_displacement_mm"] > FD_THRESHOLD_MM + 0.5):
+            jumps += 1
+            assert v in excluded, (pid, ses, v, sorted(excluded))
+    assert jumps >= 2  # the 8 participants' 16 series hold a few jumps (seed 3)
+    with pytest.raises(InputError, match="simulate"):
+        small_results.true_motion("sub-099", "pre")

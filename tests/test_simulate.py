@@ -68,7 +68,7 @@ def test_known_tensor_fits_back_to_its_md(evals, rng):
 def test_pure_tissue_voxels_of_a_session_fit_back_to_planted_md():
     """Noise-free, GM and WM share one tensor, CSF gives no signal: every voxel is pure."""
     gm = (0.9e-3, 0.75e-3, 0.75e-3)
-    params = SimulationParams(wm_evals=gm, s0_csf=0.0)
+    params = SimulationParams.idealised(wm_evals=gm, s0_csf=0.0)
     mult, change = 1.07, -0.04
     img, bvals, bvecs, truth = simulate_session(
         params, head_transform=np.eye(4), md_multiplier=mult,
@@ -90,7 +90,7 @@ def test_pure_tissue_voxels_of_a_session_fit_back_to_planted_md():
 
 
 def test_csf_raises_md_of_a_partial_volume_voxel():
-    params = SimulationParams()
+    params = SimulationParams.idealised()
     img, bvals, bvecs, truth = simulate_session(params, noise=False, return_truth=True)
     frac = truth["fractions"].get_fdata()
     data = np.asarray(img.dataobj, dtype=np.float64)
@@ -104,7 +104,7 @@ def test_csf_raises_md_of_a_partial_volume_voxel():
 
 
 def test_rician_noise_level_in_background_and_grey_matter():
-    params = SimulationParams()
+    params = SimulationParams.idealised()
     img, bvals, _, truth = simulate_session(params, rng=np.random.default_rng(1),
                                             return_truth=True)
     assert img.get_data_dtype() == np.int16
@@ -120,7 +120,7 @@ def test_rician_noise_level_in_background_and_grey_matter():
 
 
 def test_each_session_has_its_own_head_position():
-    params = SimulationParams()
+    params = SimulationParams.idealised()
     T = np.eye(4)
     T[:3, 3] = [3.0, -2.0, 4.0]
     ang = np.deg2rad(3.0)
@@ -152,7 +152,7 @@ def test_a_warp_of_known_displacement_moves_the_brain_by_it():
     """A uniform 6 mm warp along x, then a 10 % larger head: known shift, known volume."""
     from ketamine_nb.simulate import ParticipantAnatomy, participant_anatomy
 
-    params = SimulationParams()
+    params = SimulationParams.idealised()
     shape = participant_anatomy(SimulationParams.realistic()).warp.shape
     shift = np.zeros(shape)
     shift[0] = 6.0  # B-spline coefficients of a constant field are the constant
@@ -199,7 +199,7 @@ def test_participants_have_their_own_brain_size_and_ventricles():
         fields.append(t["fractions"].get_fdata()[..., 2].sum())
     assert fields[0] > fields[1]
     # switched off: the template for everyone
-    a = participant_anatomy(SimulationParams(), seed=4, index=3, age=60)  # all off
+    a = participant_anatomy(SimulationParams.idealised(), seed=4, index=3, age=60)  # all off
     np.testing.assert_allclose(a.to_template(pts), pts, atol=1e-12)
 
 
@@ -207,7 +207,7 @@ def test_truth_separates_the_planted_change_from_the_default_definition():
     """The change is planted in smooth fields around the regions, not in the atlas labels."""
     from ketamine_nb.simulate import _anatomy, simulate_tables
 
-    params = SimulationParams()
+    params = SimulationParams.idealised()
     anat = _anatomy(params)
     for k, name in enumerate(anat.region_names):
         label = anat.region_weight[..., k] >= 0.5
@@ -222,7 +222,7 @@ def test_truth_separates_the_planted_change_from_the_default_definition():
     assert 0.02 < seen["amygdala_L"] < 0.05
     assert 0 < seen["hippocampus_L"] < seen["amygdala_L"] / 2
     assert seen["BA10_R"] == 0 and seen["amygdala_R"] == 0
-    truth = simulate_tables(SimulationParams(n_subjects=30), seed=2)["ground_truth"]
+    truth = simulate_tables(SimulationParams.idealised(n_subjects=30), seed=2)["ground_truth"]
     for col in ("md_pre", "md_post", "delta_md", "tissue_md_pre", "tissue_md_post",
                 "tissue_delta_md", "planted_change"):
         assert truth[col].notna().all(), col
@@ -235,26 +235,44 @@ def test_truth_separates_the_planted_change_from_the_default_definition():
 
 @pytest.mark.parametrize("name", ["teaching", "paper", "null"])
 def test_presets(name):
-    from ketamine_nb.simulate import PRESETS, REALISTIC
+    from ketamine_nb.simulate import IDEALISED, PRESETS, REALISTIC
 
     assert name in PRESETS
-    p = SimulationParams.preset(name)
+    p = SimulationParams.preset(name, realistic=False)
     expected = {"teaching": SimulationParams().effect_slope, "paper": 0.0006, "null": 0.0}
     assert p.effect_slope == pytest.approx(expected[name])
-    assert p.warp_rms is None
-    r = SimulationParams.preset(name, realistic=True, n_subjects=12)
+    for key, value in IDEALISED.items():
+        assert getattr(p, key) == value
+    r = SimulationParams.preset(name, n_subjects=12)  # realistic by default
     assert r.n_subjects == 12 and r.effect_slope == p.effect_slope
     for key, value in REALISTIC.items():
         assert getattr(r, key) == value
+
+
+def test_the_defaults_are_realistic_and_idealised_switches_every_artefact_off():
+    """Issue 13: each artefact has a realistic default and can be switched off."""
+    from ketamine_nb.simulate import IDEALISED, REALISTIC
+
+    d, off = SimulationParams(), SimulationParams.idealised(n_subjects=5)
+    assert set(IDEALISED) == set(REALISTIC)
+    for key, value in REALISTIC.items():
+        assert getattr(d, key) == value and value != IDEALISED[key], key
+        assert getattr(off, key) == IDEALISED[key], key
+    assert off.n_subjects == 5 and off.n_coils == 1
+    assert SimulationParams.realistic() == d
+    # Everything else is the same in both.
+    same = {k: v for k, v in vars(d).items() if k not in REALISTIC}
+    assert same == {k: v for k, v in vars(SimulationParams.idealised()).items()
+                    if k not in REALISTIC}
     with pytest.raises(InputError, match="preset"):
         SimulationParams.preset("huge")
 
 
 def test_parameters_are_validated():
     with pytest.raises(InputError, match="n_directions"):
-        SimulationParams(n_directions=3)
+        SimulationParams.idealised(n_directions=3)
     with pytest.raises(InputError, match="s/mm"):
-        SimulationParams(bval=1.0)
+        SimulationParams.idealised(bval=1.0)
 
 
 # --------------------------------------------------------------------------
@@ -262,7 +280,7 @@ def test_parameters_are_validated():
 
 
 def test_design_is_randomised_two_to_one():
-    participants, scores, *_ = _design(SimulationParams(), seed=0)
+    participants, scores, *_ = _design(SimulationParams.idealised(), seed=0)
     assert len(participants) == 98
     assert participants["participant_id"].tolist() == [f"sub-{i:03d}" for i in range(1, 99)]
     assert (participants["arm"] == "ketamine").sum() == 65
@@ -273,7 +291,7 @@ def test_design_is_randomised_two_to_one():
 
 
 def test_clinical_change_is_larger_under_ketamine_and_qids_tracks_madrs():
-    _, scores, *_ = _design(SimulationParams(n_subjects=3000), seed=5)
+    _, scores, *_ = _design(SimulationParams.idealised(n_subjects=3000), seed=5)
     d = scores["madrs_post"] - scores["madrs_pre"]
     ket = scores["arm"] == "ketamine"
     assert d[ket].mean() == pytest.approx(-14, abs=1.0)
@@ -283,7 +301,7 @@ def test_clinical_change_is_larger_under_ketamine_and_qids_tracks_madrs():
 
 
 def test_planted_slopes_follow_the_reported_pattern():
-    params = SimulationParams(n_subjects=4000)
+    params = SimulationParams.idealised(n_subjects=4000)
     _, scores, _, _, changes, _ = _design(params, seed=11)
     d = (scores["madrs_post"] - scores["madrs_pre"]).to_numpy(float)
     for region in STUDY_REGIONS:
@@ -339,7 +357,7 @@ def test_tables_ground_truth_and_images_agree(small_cohort):
 
 
 def test_same_seed_gives_byte_identical_files_serial_or_parallel(tmp_path):
-    params = SimulationParams(n_subjects=3)
+    params = SimulationParams.idealised(n_subjects=3)
     a = simulate_cohort(tmp_path / "a", params=params, seed=9, progress=False, n_jobs=1)
     b = simulate_cohort(tmp_path / "b", params=params, seed=9, progress=False, n_jobs=2)
     ha, hb = _tree_hashes(a), _tree_hashes(b)
@@ -353,7 +371,7 @@ def test_same_seed_gives_byte_identical_files_serial_or_parallel(tmp_path):
 def test_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("precious")
     with pytest.raises(InputError, match="not empty"):
-        simulate_cohort(tmp_path, params=SimulationParams(n_subjects=3), progress=False)
+        simulate_cohort(tmp_path, params=SimulationParams.idealised(n_subjects=3), progress=False)
     assert (tmp_path / "keep.txt").read_text() == "precious"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
@@ -381,7 +399,7 @@ def test_cli_simulate_writes_a_cohort_and_rejects_bad_input(tmp_path):
     assert "BIDS dataset" in ok.stdout
     saved = json.loads((tmp_path / "c" / "derivatives" / "simulation"
                         / "simulation_parameters.json").read_text())
-    assert saved["effect_slope"] == 0.0 and saved["warp_rms"] is None
+    assert saved["effect_slope"] == 0.0 and saved["warp_rms"] == 3.0  # realistic by default
     huge = subprocess.run([*exe, "simulate", str(tmp_path / "e"), "--preset", "huge"],
                           capture_output=True, text=True)
     assert huge.returncode == 2 and "teaching" in huge.stderr
@@ -398,8 +416,24 @@ def test_cli_simulate_writes_a_cohort_and_rejects_bad_input(tmp_path):
     assert again.returncode == 2 and "not empty" in again.stderr and "--overwrite" in again.stderr
 
 
+@pytest.mark.parametrize("flags, realistic", [([], True), (["--realistic"], True),
+                                              (["--idealised"], False)])
+def test_cli_realistic_by_default_and_idealised_on_request(flags, realistic):
+    from ketamine_nb.cli import _params_from_args, build_parser
+    from ketamine_nb.simulate import IDEALISED, REALISTIC
+
+    for cmd in ("simulate", "demo"):
+        args = build_parser().parse_args([cmd, *(["OUT"] if cmd == "simulate" else []),
+                                          "--preset", "paper", *flags])
+        p = _params_from_args(args)
+        assert p.effect_slope == 0.0006
+        assert {k: getattr(p, k) for k in REALISTIC} == (REALISTIC if realistic else IDEALISED)
+    with pytest.raises(SystemExit):  # one or the other
+        build_parser().parse_args(["simulate", "OUT", "--realistic", "--idealised"])
+
+
 # --------------------------------------------------------------------------
-# Scanner artefacts (each switchable; off by default)
+# Scanner artefacts (each switchable; on by default)
 
 
 def _weighted_moments(vol, affine):
@@ -415,7 +449,7 @@ def test_a_rotation_of_known_angle_moves_the_volume_by_it():
     """Volume 11 (a b0) turned by 4 degrees about z and shifted 2 mm: its moments follow."""
     from ketamine_nb.simulate import BRAIN_CENTRE, _rotation, acquisition_scheme
 
-    params = SimulationParams()
+    params = SimulationParams.idealised()
     n = acquisition_scheme(params)[0].size
     rot, tr = np.zeros((n, 3)), np.zeros((n, 3))
     rot[11:, 2], tr[11:, 0] = 4.0, 2.0
@@ -445,7 +479,7 @@ def test_gradients_stay_in_the_scanner_when_the_head_turns():
     """A 90-degree turn about z swaps what x and y gradients see in the tissue."""
     from ketamine_nb.simulate import acquisition_scheme
 
-    params = SimulationParams()
+    params = SimulationParams.idealised()
     n = acquisition_scheme(params)[0].size
     rot = np.zeros((n, 3))
     rot[:, 2] = 90.0
@@ -463,9 +497,9 @@ def test_gradients_stay_in_the_scanner_when_the_head_turns():
 def test_eddy_displacement_follows_the_gradient_along_phase_encoding():
     from ketamine_nb.simulate import _native_grid
 
-    params = SimulationParams(eddy_mm=4.0)
+    params = SimulationParams.idealised(eddy_mm=4.0)
     img, bvals, bvecs, truth = simulate_session(params, noise=False, return_truth=True)
-    ref, _, _ = simulate_session(SimulationParams(), noise=False)
+    ref, _, _ = simulate_session(SimulationParams.idealised(), noise=False)
     vols = truth["volumes"]
     g_scanner = bvecs * [-1, 1, 1]  # LAS voxel frame to scanner frame
     np.testing.assert_allclose(vols[["eddy_x_per_mm", "eddy_y_per_mm", "eddy_z_per_mm"]],
@@ -487,14 +521,14 @@ def test_eddy_displacement_follows_the_gradient_along_phase_encoding():
 def test_susceptibility_displaces_the_orbitofrontal_cortex_not_the_occipital_lobe():
     from ketamine_nb.simulate import susceptibility_field
 
-    params = SimulationParams(susceptibility_hz=40.0)
+    params = SimulationParams.idealised(susceptibility_hz=40.0)
     assert susceptibility_field(params, np.array([[0.0], [40.0], [-22.0]]))[0] == \
         pytest.approx(40.0, rel=0.01)
     assert susceptibility_field(params, np.array([[0.0], [-80.0], [10.0]]))[0] < 0.1
     from scipy.ndimage import shift as nd_shift
 
     img, _, _ = simulate_session(params, noise=False)
-    ref, _, _ = simulate_session(SimulationParams(), noise=False)
+    ref, _, _ = simulate_session(SimulationParams.idealised(), noise=False)
     aff = img.affine
     b0, b0_ref = np.asarray(img.dataobj)[..., 0], np.asarray(ref.dataobj)[..., 0]
     ijk = np.indices(b0.shape).reshape(3, -1)
@@ -515,7 +549,7 @@ def test_susceptibility_displaces_the_orbitofrontal_cortex_not_the_occipital_lob
 
 def test_multi_coil_noise_level_is_estimated_back():
     """Background of a root-sum-of-squares image: E[M^2] = 2 L sigma^2 (non-central chi)."""
-    params = SimulationParams(n_coils=4)
+    params = SimulationParams.idealised(n_coils=4)
     img, bvals, _, truth = simulate_session(params, rng=np.random.default_rng(3),
                                             return_truth=True)
     data = np.asarray(img.dataobj, dtype=np.float64)
@@ -525,7 +559,7 @@ def test_multi_coil_noise_level_is_estimated_back():
     # ... while a single coil gives the Rician (Rayleigh) background
     assert data[background].mean() > 1.5 * 2.0 * np.sqrt(np.pi / 2)
     # a spatially varying sigma: its map is known and estimated back locally
-    params = SimulationParams(noise_sigma_variation=0.3)
+    params = SimulationParams.idealised(noise_sigma_variation=0.3)
     img, _, _, truth = simulate_session(params, rng=np.random.default_rng(4),
                                         return_truth=True)
     data = np.asarray(img.dataobj, dtype=np.float64)
@@ -545,7 +579,8 @@ def test_multi_coil_noise_level_is_estimated_back():
 
 
 def test_drift_slab_and_second_shell():
-    params = SimulationParams(signal_drift=0.05, fov_slab=(-10.0, 60.0), second_shell=2000.0)
+    params = SimulationParams.idealised(signal_drift=0.05, fov_slab=(-10.0, 60.0),
+                                        second_shell=2000.0)
     img, bvals, bvecs, truth = simulate_session(params, noise=False, return_truth=True)
     assert set(bvals) == {0.0, 1000.0, 2000.0}
     assert (bvals == 2000).sum() == (bvals == 1000).sum() == 30
@@ -559,7 +594,7 @@ def test_drift_slab_and_second_shell():
     z = img.affine[2, 2] * np.arange(img.shape[2]) + img.affine[2, 3]
     assert z.min() >= -10 - 3 and z.max() <= 60 + 3 and img.shape[2] <= 25
     with pytest.raises(InputError, match="fov_slab"):
-        SimulationParams(fov_slab=(0.0, 5.0))
+        SimulationParams.idealised(fov_slab=(0.0, 5.0))
 
 
 @pytest.mark.slow

@@ -154,7 +154,7 @@ def test_covariates_enter_the_formula_and_unknown_ones_are_refused(rng):
 
 @pytest.fixture(scope="module")
 def default_cohort_tables():
-    return simulate_tables(SimulationParams(), seed=0)
+    return simulate_tables(SimulationParams.idealised(), seed=0)
 
 
 def test_planted_signs_come_back_on_the_default_cohort(default_cohort_tables):
@@ -189,7 +189,7 @@ def test_planted_signs_come_back_on_the_default_cohort(default_cohort_tables):
 @pytest.mark.slow
 def test_family_wise_error_is_near_nominal_under_the_null():
     """20 null cohorts (no planted effect): BH at 0.05 controls the FWER under the null."""
-    params = SimulationParams(effect_slope=0.0)
+    params = SimulationParams.idealised(effect_slope=0.0)
     any_hit, pvals = 0, []
     for seed in range(20):
         d = simulate_tables(params, seed=100 + seed)

@@ -551,7 +551,7 @@ def simulated(tmp_path_factory):
     from ketamine_nb.simulate import SimulationParams, simulate_cohort
 
     out = tmp_path_factory.mktemp("simulated") / "bids"
-    simulate_cohort(out, params=SimulationParams(n_subjects=4), progress=False)
+    simulate_cohort(out, params=SimulationParams.idealised(n_subjects=4), progress=False)
     return out
 
 
