@@ -280,6 +280,29 @@ def test_gradients_both_signs_coloured_by_b(gtab):
         plot_gradients(gtab, ax=plt.figure().add_subplot())
 
 
+
+def test_framewise_displacement_draws_estimate_truth_excluded_and_threshold():
+    from ketamine_nb.plotting import plot_framewise_displacement
+
+    motion = pd.DataFrame({"volume": range(5), "fd": [0, 0.3, 3.1, 0.4, 0.2],
+                           "excluded": [False, False, True, False, False]})
+    truth = pd.DataFrame({"volume": range(5),
+                          "framewise_displacement_mm": [0, 0.2, 2.9, 0.3, 0.1]})
+    fig = plot_framewise_displacement(motion, truth, threshold=2.0, title="sub-001")
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    np.testing.assert_allclose(lines["estimated by the realignment"].get_ydata(), motion["fd"])
+    np.testing.assert_allclose(lines["true (simulator)"].get_ydata(), [0, 0.2, 2.9, 0.3, 0.1])
+    np.testing.assert_allclose(lines["left out of the fit"].get_xdata(), [2])
+    np.testing.assert_allclose(lines["outlier threshold"].get_ydata(), [2.0, 2.0])
+    assert ax.get_ylabel() == "framewise displacement (mm)" and ax.get_title() == "sub-001"
+    bare = plot_framewise_displacement(motion.drop(columns="excluded"), threshold=False)
+    assert [ln.get_label() for ln in bare.axes[0].get_lines()] == [
+        "estimated by the realignment"]
+    with pytest.raises(InputError, match="fd"):
+        plot_framewise_displacement(truth)
+
+
 # ---------------------------------------------------------------- maps
 
 def test_md_map_has_a_contour_per_region_and_cut(small_results):

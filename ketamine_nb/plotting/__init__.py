@@ -17,6 +17,7 @@ from .inference import plot_permutation_null
 from .maps import (
     plot_delta_md_map,
     plot_dwi_slices,
+    plot_framewise_displacement,
     plot_glass_stat,
     plot_gradients,
     plot_md_difference,
@@ -57,6 +58,7 @@ __all__ = [
     "plot_delta_by_arm",
     "plot_delta_md_map",
     "plot_dwi_slices",
+    "plot_framewise_displacement",
     "plot_fit_methods",
     "plot_forest",
     "plot_glass_stat",

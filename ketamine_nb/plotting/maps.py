@@ -31,6 +31,7 @@ from ._base import (
 __all__ = [
     "plot_delta_md_map",
     "plot_dwi_slices",
+    "plot_framewise_displacement",
     "plot_glass_stat",
     "plot_gradients",
     "plot_md_difference",
@@ -171,6 +172,60 @@ def plot_dwi_slices(dwi_img, gtab, *, volumes=None, axis: str = "axial", slice_i
             ax.text(0.02, 0.02, "L", color="w", transform=ax.transAxes, fontsize=8)
             ax.text(0.98, 0.02, "R", color="w", ha="right", transform=ax.transAxes, fontsize=8)
     fig.suptitle(f"DWI, {axis} slice {index}", fontsize=10)
+    return fig
+
+
+def plot_framewise_displacement(motion, truth=None, *, threshold=None, figure=None,
+                                title: str = ""):
+    """Framewise displacement of every volume, estimated and (simulated) true.
+
+    Parameters
+    ----------
+    motion : pandas.DataFrame
+        The realignment's table (:func:`ketamine_nb.motion.realign_series`):
+        ``volume`` and ``fd`` (mm); volumes with ``excluded`` true are marked.
+    truth : pandas.DataFrame, optional
+        The simulator's per-volume truth
+        (:meth:`ketamine_nb.results.Results.true_motion`): ``volume`` and
+        ``framewise_displacement_mm`` (mm).
+    threshold : float, optional
+        The outlier threshold (mm) drawn as a dashed line; default
+        :data:`ketamine_nb.motion.FD_THRESHOLD_MM`, ``False`` for none.
+    figure : matplotlib.figure.Figure, optional
+        Figure to draw into (cleared first); a new one if omitted.
+    title : str, default=""
+        Title of the axes.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
+    """
+    from ..motion import FD_THRESHOLD_MM
+
+    for col in ("volume", "fd"):
+        if col not in motion:
+            raise InputError(f"the motion table has no {col!r} column; give the table "
+                             "realign_series returns")
+    fig = _new_figure(figure, (6.4, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(motion["volume"], motion["fd"], "o-", color="#0072B2",
+            label="estimated by the realignment")
+    if truth is not None:
+        ax.plot(truth["volume"], truth["framewise_displacement_mm"], "x:", color="#E69F00",
+                label="true (simulator)")
+    if "excluded" in motion and motion["excluded"].any():
+        out = motion[motion["excluded"].astype(bool)]
+        ax.plot(out["volume"], out["fd"], "s", mfc="none", mec="#D55E00", ms=11, mew=1.5,
+                label="left out of the fit")
+    threshold = FD_THRESHOLD_MM if threshold is None else threshold
+    if threshold is not False:
+        ax.axhline(threshold, color="#D55E00", ls="--", label="outlier threshold")
+    ax.set_xlabel("volume")
+    ax.set_ylabel("framewise displacement (mm)")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
     return fig
 
 
