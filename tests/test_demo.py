@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 
+@pytest.mark.slow  # about 100 s (3 realistic participants, one worker); CI runs it
 def test_demo_simulates_runs_and_reuses(tmp_path):
     home = tmp_path / "home"
     cmd = [sys.executable, "-m", "ketamine_nb.cli", "demo", "--data-dir", str(home),

@@ -207,7 +207,9 @@ def test_roi_tables_have_the_documented_columns(processed):
             ).all()
 
 
-@pytest.mark.parametrize("cohort, min_r", [("idealised", 0.9), ("realistic", 0.78)])
+@pytest.mark.parametrize("cohort, min_r", [
+    pytest.param("idealised", 0.9, marks=pytest.mark.slow),  # a second cohort: CI runs it
+    ("realistic", 0.78)])
 def test_regional_md_and_its_change_recover_the_ground_truth(cohort, min_r, processed,
                                                              processed_idealised):
     """Regional MD within 5 % of the truth; ΔMD follows the truth.
@@ -231,6 +233,7 @@ def test_regional_md_and_its_change_recover_the_ground_truth(cohort, min_r, proc
     assert r >= min_r, r
 
 
+@pytest.mark.slow  # the idealised cohort's pipeline run (about 80 s); CI runs it
 def test_registration_recovers_the_true_head_position(processed_idealised):
     """Each session's rigid registration to MNI finds the planted head position.
 

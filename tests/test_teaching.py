@@ -273,6 +273,7 @@ def test_transform_error_of_a_translation_and_a_rotation():
     np.testing.assert_allclose(err, [0.0, 10 * np.sqrt(2), 0.0], atol=1e-9)
 
 
+@pytest.mark.slow  # on the idealised cohort (shared with test_pipeline); CI runs it
 def test_registration_errors_on_the_simulated_cohort(processed_idealised):
     small_results = processed_idealised["results"]  # the template's brain: exact truth
     t = kt.registration_errors(small_results)
@@ -301,6 +302,7 @@ def test_registration_errors_on_the_simulated_cohort(processed_idealised):
         kt.registration_errors(replace(small_results, bids_dir=None))
 
 
+@pytest.mark.slow  # on the idealised cohort (shared with test_pipeline); CI runs it
 def test_registration_shift_zero_is_close_to_the_pipelines_roi_md(processed_idealised):
     small_results = processed_idealised["results"]  # the template's brain: exact truth
     t = kt.registration_shift_table(small_results, "sub-002", "post", shifts_mm=(0, 6),
