@@ -301,22 +301,22 @@ class SimulationParams:
     qids_per_madrs: float = 0.45
     qids_intercept: float = 2.0
     qids_sd: float = 2.0
-    head_size_sd: float | None = 0.033
-    head_axis_sd: float | None = 0.025
-    warp_rms: float | None = 3.0
+    head_size_sd: float | None = REALISTIC["head_size_sd"]
+    head_axis_sd: float | None = REALISTIC["head_axis_sd"]
+    warp_rms: float | None = REALISTIC["warp_rms"]
     warp_spacing: float = 16.0
-    ventricle_growth: float | None = 0.02
-    ventricle_sd: float | None = 0.25
+    ventricle_growth: float | None = REALISTIC["ventricle_growth"]
+    ventricle_sd: float | None = REALISTIC["ventricle_sd"]
     plant_extent: float = 2.5
-    motion_rms: float | None = 0.3
-    motion_spikes: float | None = 0.5
-    eddy_mm: float | None = 1.0
-    susceptibility_hz: float | None = 40.0
+    motion_rms: float | None = REALISTIC["motion_rms"]
+    motion_spikes: float | None = REALISTIC["motion_spikes"]
+    eddy_mm: float | None = REALISTIC["eddy_mm"]
+    susceptibility_hz: float | None = REALISTIC["susceptibility_hz"]
     total_readout_time: float = 0.045
     phase_encoding_direction: str = "j-"
-    signal_drift: float | None = 0.02
-    n_coils: int = 4
-    noise_sigma_variation: float | None = 0.3
+    signal_drift: float | None = REALISTIC["signal_drift"]
+    n_coils: int = REALISTIC["n_coils"]
+    noise_sigma_variation: float | None = REALISTIC["noise_sigma_variation"]
     fov_slab: tuple | None = None
     second_shell: float | None = None
 
@@ -369,7 +369,8 @@ class SimulationParams:
             raise InputError(f"simulation preset {name!r} is unknown; choose one of "
                              f"{', '.join(PRESETS)}")
         values = dict(_PRESET_VALUES[name])
-        values.update(REALISTIC if realistic else IDEALISED)
+        if not realistic:  # the defaults are the realistic values
+            values.update(IDEALISED)
         values.update(overrides)
         return cls(**values)
 
