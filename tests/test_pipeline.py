@@ -220,8 +220,9 @@ def test_regional_md_and_its_change_recover_the_ground_truth(cohort, min_r, requ
 
     The realistic cohort (the simulator's defaults: own anatomy, motion, eddy
     currents, susceptibility distortion, multi-channel noise) is harder: on
-    these 8 participants r = 0.84 (seed 3; 0.82 before the realignment link kept to the brain mask); the issue's r >= 0.85 is judged on
-    the default 98 by benchmarks/bench_artefacts.py (0.864).
+    these 8 participants r = 0.84 (seed 3; 0.82 before the realignment's link
+    kept to the brain mask); the issue's r >= 0.85 is judged on the default 98
+    by benchmarks/bench_artefacts.py (0.864).
     """
     # Only the cohort asked for: the idealised one costs a pipeline run of its own.
     run = request.getfixturevalue("processed" if cohort == "realistic"
