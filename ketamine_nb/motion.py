@@ -421,7 +421,8 @@ def _link_by_mutual_information(level, moving, static, c, mask, starts=()):
     """Rigid Q (centred) taking ``static``-template points to ``moving``-template points.
 
     dipy's mutual-information registration (``dipy.align.imaffine``), rigid,
-    on two levels (4 and 2 voxel-widths of smoothing and subsampling off):
+    on two levels (half resolution smoothed by one voxel, then full
+    resolution), within the brain mask:
     the one registration per shell that links the DW contrast to the b0
     contrast. It runs from the identity and from each of ``starts`` (centred
     4 x 4 guesses, e.g. from where the b = 0 volumes were found) and keeps

@@ -36,9 +36,9 @@ def _hashes(root):
 def processed(processed_cohort):
     """The 8-participant cohort run once through the pipeline (two worker processes; conftest).
 
-    Serial runs of some of its participants are compared with it below
-    (``test_other_session_labels_and_uncompressed_nifti``), Dask's
-    distributed scheduler and spawned workers byte for byte.
+    Serial runs of some of its participants (``test_dask_workers_give_identical_outputs``,
+    byte for byte; ``test_other_session_labels_and_uncompressed_nifti``, tables), Dask's
+    distributed scheduler and spawned workers are compared with it below.
     """
     return processed_cohort
 
@@ -360,9 +360,8 @@ def test_dask_workers_give_identical_outputs(processed, tmp_path):
 
     labels = ["sub-002", "sub-003"]
     out = tmp_path / "dask"
-    # --workers 2: Dask's local multiprocessing scheduler with 2 processes.
-    res = run_pipeline(processed["bids"], out, participant_label=labels[:1], n_jobs=2,
-                       progress=False)
+    # Serially (the shared run used Dask's local multiprocessing scheduler, 2 processes).
+    res = run_pipeline(processed["bids"], out, participant_label=labels[:1], progress=False)
     assert set(res.sessions["status"]) == {"processed"}
     # --scheduler ADDRESS: join a cluster started elsewhere (as dask-jobqueue would).
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
@@ -378,7 +377,7 @@ def test_dask_workers_give_identical_outputs(processed, tmp_path):
     local = pd.read_csv(processed["out"] / "roi_deltas.tsv", sep="\t")
     distributed = pd.read_csv(out / "roi_deltas.tsv", sep="\t")
     pd.testing.assert_frame_equal(distributed, local[local["participant_id"].isin(labels)]
-                                  .reset_index(drop=True))
+                                  .reset_index(drop=True), check_exact=True)
 
 
 def test_spawned_workers_give_identical_outputs(processed, tmp_path, monkeypatch):
