@@ -75,6 +75,7 @@ __all__ = [
     "simulate_session",
     "simulate_tables",
     "tensor_signal",
+    "true_volume_transforms",
     "truth_agreement",
 ]
 
@@ -927,9 +928,13 @@ def susceptibility_field(params: SimulationParams, points):
 
 def _pe_axis(params: SimulationParams, affine):
     """Return the phase-encoding direction (unit scanner-frame vector) and its voxel size."""
-    axis = {"i": 0, "j": 1, "k": 2}[params.phase_encoding_direction[0]]
-    sign = -1.0 if params.phase_encoding_direction.endswith("-") else 1.0
-    col = affine[:3, axis]
+    return _pe_vector(params.phase_encoding_direction, affine)
+
+
+def _pe_vector(direction: str, affine):
+    axis = {"i": 0, "j": 1, "k": 2}[direction[0]]
+    sign = -1.0 if direction.endswith("-") else 1.0
+    col = np.asarray(affine, float)[:3, axis]
     return sign * col / np.linalg.norm(col), float(np.linalg.norm(col))
 
 
@@ -1199,6 +1204,65 @@ def _volume_table(params, bvals, rot_v, tr_v, eddy, drift) -> pd.DataFrame:
         "eddy_x_per_mm": eddy[:, 0], "eddy_y_per_mm": eddy[:, 1],
         "eddy_z_per_mm": eddy[:, 2], "eddy_shift_mm": eddy[:, 3],
         "signal_scale": drift})
+
+
+def true_volume_transforms(motion, head_transform, img, phase_encoding_direction="j-"):
+    """Each volume's true rigid transform, as a realignment reports it (simulated series only).
+
+    The model of :func:`simulate_session`, run forwards: a point ``y`` of the
+    reference (volume 0, unmoved) is found in volume ``v`` at ``x`` with
+    ``x - d_v(x) e = M_v y``, ``M_v`` the volume's head motion (rotation about
+    the head's centre, then translation), ``d_v`` its eddy-current
+    displacement along the phase-encoding direction ``e`` (``f . (x - iso) +
+    shift``, ``iso`` the centre of the grid). That affine map is reduced to its
+    nearest rigid transform (the rotation of its polar decomposition, the
+    head's centre carried exactly): what a rigid realignment can recover. The
+    susceptibility displacement is left out: fixed in the scanner, it is
+    nearly the same in every volume.
+
+    Parameters
+    ----------
+    motion : pandas.DataFrame
+        The session's ``derivatives/simulation/<sub>_ses-<ses>_motion.tsv``
+        (:meth:`ketamine_nb.results.Results.true_motion`).
+    head_transform : array-like, shape (4, 4)
+        The session's head position (``mni_to_scanner`` of
+        ``derivatives/simulation/head_motion.tsv``).
+    img : nibabel.Nifti1Image
+        The session's DWI (its grid and affine).
+    phase_encoding_direction : str, default="j-"
+        As in the DWI's sidecar.
+
+    Returns
+    -------
+    transforms : list of numpy.ndarray, shape (4, 4)
+        Per volume, a point of the reference (scanner mm) to the same point in
+        the volume (mm): the convention of
+        ``realign_series(...)[2].attrs["transforms"]``.
+    centre : numpy.ndarray, shape (3,)
+        The head's centre (scanner mm), the origin of the rotations.
+    """
+    from .motion import _polar_rotation
+
+    affine = np.asarray(img.affine, float)
+    centre = (np.asarray(head_transform, float) @ np.r_[BRAIN_CENTRE, 1.0])[:3]
+    pe, _ = _pe_vector(phase_encoding_direction, affine)
+    iso = affine[:3, :3] @ ((np.array(img.shape[:3]) - 1) / 2) + affine[:3, 3]
+    out = []
+    for r in motion.itertuples():
+        M = np.eye(4)
+        M[:3, :3] = _rotation([r.rot_x_deg, r.rot_y_deg, r.rot_z_deg])
+        M[:3, 3] = centre + [r.trans_x_mm, r.trans_y_mm, r.trans_z_mm] - M[:3, :3] @ centre
+        f = np.array([r.eddy_x_per_mm, r.eddy_y_per_mm, r.eddy_z_per_mm])
+        E = np.eye(4)  # x - (f . (x - iso) + shift) e = M y, solved for x
+        E[:3, :3] = np.linalg.inv(np.eye(3) - np.outer(pe, f))
+        E[:3, 3] = E[:3, :3] @ ((r.eddy_shift_mm - f @ iso) * pe)
+        A = E @ M
+        R = np.eye(4)
+        R[:3, :3] = _polar_rotation(A[:3, :3])
+        R[:3, 3] = (A @ np.r_[centre, 1.0])[:3] - R[:3, :3] @ centre
+        out.append(R)
+    return out, centre
 
 
 _MD_TABLES: dict = {}
