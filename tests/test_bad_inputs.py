@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ketamine_nb.cli import main
-from ketamine_nb.derivatives import session_paths
+from ketamine_nb.derivatives import participant_paths, session_paths
 from ketamine_nb.dwi import check_gradients, read_gradients
 from ketamine_nb.exceptions import InputError
 from ketamine_nb.pipeline import run_pipeline
@@ -54,10 +54,15 @@ def base(processed_cohort, tmp_path_factory):
     parts[parts["participant_id"].isin([GOOD, BAD])].to_csv(raw / "participants.tsv",
                                                             sep="\t", index=False)
     for pid in (GOOD, BAD):
-        shutil.copytree(src / pid, raw / pid)
+        shutil.copytree(src / pid, raw / pid)   # copy2: sizes and times kept
+    # Their outputs from the shared run (processed there, by two worker
+    # processes): this run only reuses them and writes the two-participant tables.
     deriv = root / "deriv"
+    for pid in (GOOD, BAD):
+        shutil.copytree(processed_cohort["out"] / pid, deriv / pid)
     res = run_pipeline(raw, deriv, progress=False)
     assert res.exit_code == 0
+    assert set(res.sessions["status"]) == {"reused"}, res.sessions
     return {"raw": raw, "deriv": deriv}
 
 
@@ -65,10 +70,15 @@ def _case(base, tmp_path, mutate, *, seed_sessions=((GOOD, "pre"), (GOOD, "post"
                                                    (BAD, "pre"), (BAD, "post"))):
     raw, out = tmp_path / "raw", tmp_path / "out"
     shutil.copytree(base["raw"], raw)
-    # Seed the derivatives of the sessions the case does not touch (reused, fast).
+    # Seed the derivatives of the sessions the case does not touch (reused, fast),
+    # and the halfway-space outputs of a participant whose two sessions are seeded
+    # (reused too, unless the case changes one of its sessions).
     for pid, ses in seed_sessions:
         d = session_paths(base["deriv"], pid, ses)["dir"]
         shutil.copytree(d, out / pid / f"ses-{ses}" / "dwi")
+    for pid in dict.fromkeys(p for p, _ in seed_sessions):
+        if {(pid, "pre"), (pid, "post")} <= set(seed_sessions):
+            shutil.copytree(participant_paths(base["deriv"], pid)["dir"], out / pid / "dwi")
     extra = mutate(raw, out) or []
     return raw, out, extra
 
@@ -377,12 +387,23 @@ def test_a_changed_raw_file_is_recomputed_not_reused(base, tmp_path, capsys):
     assert qc["inputs"] != old["inputs"]
     assert session_paths(out, GOOD, "pre")["md"].read_bytes() != \
         session_paths(base["deriv"], GOOD, "pre")["md"].read_bytes()
+    # The halfway step, seeded too, is redone on the new session; the other is reused.
+    longitudinal = [json.loads(participant_paths(d, GOOD)["qc"].read_text())
+                    for d in (out, base["deriv"])]
+    assert longitudinal[0]["inputs"] != longitudinal[1]["inputs"]
+    assert session_paths(out, BAD, "post")["md"].read_bytes() == \
+        session_paths(base["deriv"], BAD, "post")["md"].read_bytes()
 
 
 def test_killed_run_resumes_to_identical_tables(base, tmp_path):
-    """SIGKILL in the middle, start again: byte-identical tables to an uninterrupted run."""
+    """SIGKILL in the middle, start again: byte-identical tables to an uninterrupted run.
+
+    The other participant's outputs are seeded (reused), so the run that is
+    killed is one participant's: its pre session, then its post session.
+    """
     raw = base["raw"]
     out = tmp_path / "killed"
+    shutil.copytree(base["deriv"] / BAD, out / BAD)
     cmd = [sys.executable, "-m", "ketamine_nb.cli", "run", str(raw), str(out), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

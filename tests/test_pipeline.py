@@ -454,7 +454,7 @@ def test_a_rerun_with_nothing_to_do_starts_no_worker(processed, tmp_path, monkey
 
 
 def test_other_session_labels_and_uncompressed_nifti(processed, tmp_path):
-    """The same two participants renamed to baseline/24h and stored as .nii.
+    """A participant's sessions renamed to baseline/24h and stored as .nii.
 
     Run serially (the CLI's default), compared with the shared run's two worker
     processes: the same tables.
@@ -464,31 +464,30 @@ def test_other_session_labels_and_uncompressed_nifti(processed, tmp_path):
     for name in ("dataset_description.json", "participants.json"):
         shutil.copy(src / name, bids / name)
     parts = pd.read_csv(src / "participants.tsv", sep="\t")
-    parts[parts["participant_id"].isin(["sub-001", "sub-004"])].to_csv(
-        bids / "participants.tsv", sep="\t", index=False)
-    labels = {"pre": "baseline", "post": "24h"}
-    for pid in ("sub-001", "sub-004"):
-        for old, new in labels.items():
-            d = bids / pid / f"ses-{new}" / "dwi"
-            d.mkdir(parents=True)
-            stem_old = src / pid / f"ses-{old}" / "dwi" / f"{pid}_ses-{old}_dwi"
-            stem_new = d / f"{pid}_ses-{new}_dwi"
-            (d / f"{stem_new.name}.nii").write_bytes(
-                gzip.decompress(stem_old.with_name(stem_old.name + ".nii.gz").read_bytes()))
-            for ext in (".bval", ".bvec", ".json"):
-                shutil.copy(stem_old.with_name(stem_old.name + ext),
-                            stem_new.with_name(stem_new.name + ext))
-        sessions = (src / pid / f"{pid}_sessions.tsv").read_text()
-        (bids / pid / f"{pid}_sessions.tsv").write_text(
-            sessions.replace("ses-pre", "ses-baseline").replace("ses-post", "ses-24h"))
+    parts[parts["participant_id"] == "sub-004"].to_csv(bids / "participants.tsv", sep="\t",
+                                                       index=False)
+    pid, labels = "sub-004", {"pre": "baseline", "post": "24h"}
+    for old, new in labels.items():
+        d = bids / pid / f"ses-{new}" / "dwi"
+        d.mkdir(parents=True)
+        stem_old = src / pid / f"ses-{old}" / "dwi" / f"{pid}_ses-{old}_dwi"
+        stem_new = d / f"{pid}_ses-{new}_dwi"
+        (d / f"{stem_new.name}.nii").write_bytes(
+            gzip.decompress(stem_old.with_name(stem_old.name + ".nii.gz").read_bytes()))
+        for ext in (".bval", ".bvec", ".json"):
+            shutil.copy(stem_old.with_name(stem_old.name + ext),
+                        stem_new.with_name(stem_new.name + ext))
+    sessions = (src / pid / f"{pid}_sessions.tsv").read_text()
+    (bids / pid / f"{pid}_sessions.tsv").write_text(
+        sessions.replace("ses-pre", "ses-baseline").replace("ses-post", "ses-24h"))
     exe = [sys.executable, "-m", "ketamine_nb.cli", "run", str(bids), str(tmp_path / "out"),
            "--pre-session", "baseline", "--post-session", "24h", "--quiet"]
     proc = subprocess.run(exe, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "2 processed" not in proc.stdout and "4 processed" in proc.stdout
+    assert "sessions: 2 processed" in proc.stdout, proc.stdout
     new = pd.read_csv(tmp_path / "out" / "roi_deltas.tsv", sep="\t")
     old = pd.read_csv(processed["out"] / "roi_deltas.tsv", sep="\t")
-    old = old[old["participant_id"].isin(["sub-001", "sub-004"])].reset_index(drop=True)
+    old = old[old["participant_id"] == pid].reset_index(drop=True)
     pd.testing.assert_frame_equal(new, old)
     # Wrong labels: a one-line error listing the labels found, exit 2.
     bad = subprocess.run(exe[:-5] + ["--pre-session", "pre", "--quiet"],
@@ -508,16 +507,21 @@ def test_raw_data_untouched_and_out_dir_inside_raw_refused(processed):
 
 
 def test_a_broken_session_fails_alone(processed, tmp_path):
-    bids = tmp_path / "bids"
+    bids, out = tmp_path / "bids", tmp_path / "out"
     shutil.copytree(processed["bids"], bids, ignore=shutil.ignore_patterns("derivatives"))
+    # The sessions that are not broken are done already (the shared run's outputs, reused).
+    shutil.copytree(processed["out"] / "sub-006", out / "sub-006")
+    shutil.copytree(session_paths(processed["out"], "sub-005", "pre")["dir"],
+                    session_paths(out, "sub-005", "pre")["dir"])
     broken = bids / "sub-005" / "ses-post" / "dwi" / "sub-005_ses-post_dwi.nii.gz"
     broken.write_bytes(broken.read_bytes()[:5000])  # a half-copied file
-    res = run_pipeline(bids, tmp_path / "out", participant_label=["sub-005", "sub-006"],
-                       progress=False)
+    res = run_pipeline(bids, out, participant_label=["sub-005", "sub-006"], progress=False)
     assert res.exit_code == 1
     assert res.failures[["participant_id", "session"]].values.tolist() == [["sub-005", "post"]]
     assert "sub-005_ses-post_dwi.nii.gz" in res.failures["error"].iloc[0]
     assert set(res.roi_deltas["participant_id"]) == {"sub-006"}
+    assert set(res.sessions.loc[res.sessions["participant_id"] == "sub-006", "status"]) \
+        == {"reused"}
     failures = pd.read_csv(tmp_path / "out" / "failures.tsv", sep="\t")
     assert failures["participant_id"].tolist() == ["sub-005"]
 
