@@ -119,7 +119,9 @@ def processed_cohort(small_cohort, tmp_path_factory):
     before = tree_hashes(small_cohort)
     out = tmp_path_factory.mktemp("derivatives") / "out"
     # Two worker processes (CI has two cores); serial runs of some participants
-    # are compared with these outputs in test_pipeline.
+    # are compared with these outputs in test_pipeline. test_bad_inputs and the
+    # broken-session test seed their runs with these outputs, which the pipeline
+    # reuses because shutil.copytree keeps the raw files' sizes and times.
     res = run_pipeline(small_cohort, out, progress=False, n_jobs=2)
     stats = run_stats(out, config=StatsConfig(n_permutations=200, n_bootstrap=200),
                       robustness=True)

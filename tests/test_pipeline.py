@@ -509,19 +509,21 @@ def test_raw_data_untouched_and_out_dir_inside_raw_refused(processed):
 def test_a_broken_session_fails_alone(processed, tmp_path):
     bids, out = tmp_path / "bids", tmp_path / "out"
     shutil.copytree(processed["bids"], bids, ignore=shutil.ignore_patterns("derivatives"))
-    # The sessions that are not broken are done already (the shared run's outputs, reused).
+    # The other participant is done already (the shared run's outputs, reused); the
+    # broken session is the first of the run, so work goes on after it fails.
     shutil.copytree(processed["out"] / "sub-006", out / "sub-006")
-    shutil.copytree(session_paths(processed["out"], "sub-005", "pre")["dir"],
-                    session_paths(out, "sub-005", "pre")["dir"])
-    broken = bids / "sub-005" / "ses-post" / "dwi" / "sub-005_ses-post_dwi.nii.gz"
+    broken = bids / "sub-005" / "ses-pre" / "dwi" / "sub-005_ses-pre_dwi.nii.gz"
     broken.write_bytes(broken.read_bytes()[:5000])  # a half-copied file
     res = run_pipeline(bids, out, participant_label=["sub-005", "sub-006"], progress=False)
     assert res.exit_code == 1
-    assert res.failures[["participant_id", "session"]].values.tolist() == [["sub-005", "post"]]
-    assert "sub-005_ses-post_dwi.nii.gz" in res.failures["error"].iloc[0]
+    assert res.failures[["participant_id", "session"]].values.tolist() == [["sub-005", "pre"]]
+    assert "sub-005_ses-pre_dwi.nii.gz" in res.failures["error"].iloc[0]
+    status = res.sessions.set_index(["participant_id", "session"])["status"]
+    assert status[("sub-005", "post")] == "processed"
+    assert status[("sub-006", "pre")] == status[("sub-006", "post")] == "reused"
+    assert set(res.participants.loc[res.participants["participant_id"] == "sub-006",
+                                    "status"]) == {"reused"}
     assert set(res.roi_deltas["participant_id"]) == {"sub-006"}
-    assert set(res.sessions.loc[res.sessions["participant_id"] == "sub-006", "status"]) \
-        == {"reused"}
     failures = pd.read_csv(tmp_path / "out" / "failures.tsv", sep="\t")
     assert failures["participant_id"].tolist() == ["sub-005"]
 
