@@ -425,6 +425,8 @@ def test_killed_run_resumes_to_identical_tables(base, tmp_path):
         nib.load(f).get_fdata()
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
+    # It resumes: the session finished before the kill and the seeded ones are reused.
+    assert "sessions: 1 processed, 3 reused, 0 failed" in again.stdout, again.stdout
     for table in ("roi_md.tsv", "roi_deltas.tsv"):
         assert (out / table).read_bytes() == (base["deriv"] / table).read_bytes(), table
 
