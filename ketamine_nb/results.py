@@ -48,7 +48,10 @@ class Results:
     stats_roi, stats_input, reliability, robustness : pandas.DataFrame or None
         Written by ``ketamine-nb stats`` (None when not run).
     config : dict
-        The pipeline's processing choices.
+        The pipeline's processing choices (``pipeline_config.json``).
+    stats_config : dict
+        The statistics' choices (``stats_config.json``; empty when
+        ``ketamine-nb stats`` has not run).
     ground_truth : pandas.DataFrame or None
         The simulated cohort's planted truth, when the raw dataset has one.
     """
@@ -65,6 +68,7 @@ class Results:
     robustness: pd.DataFrame | None = None
     config: dict = field(default_factory=dict)
     ground_truth: pd.DataFrame | None = None
+    stats_config: dict = field(default_factory=dict)
     _voxels: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
@@ -186,9 +190,8 @@ def load_results(out_dir) -> Results:
                 bids = Path(unquote(urlparse(src[0]["URL"]).path))
         except (ValueError, KeyError, AttributeError):
             bids = None
-    config = {}
-    if (out / "pipeline_config.json").is_file():
-        config = json.loads((out / "pipeline_config.json").read_text())
+    config, stats_config = (json.loads(p.read_text()) if p.is_file() else {}
+                            for p in (out / "pipeline_config.json", out / "stats_config.json"))
     truth = None
     if bids is not None:
         truth = _read(bids / "derivatives" / "simulation" / "ground_truth_roi.tsv")
@@ -199,4 +202,4 @@ def load_results(out_dir) -> Results:
                    stats_input=_read(out / TABLES["stats_input"]),
                    reliability=_read(out / TABLES["reliability"]),
                    robustness=_read(out / TABLES["robustness"]), config=config,
-                   ground_truth=truth)
+                   ground_truth=truth, stats_config=stats_config)

@@ -27,11 +27,12 @@ import numpy as np
 import pandas as pd
 
 from .exceptions import InputError, StudyWarning
+from .motion import ADVISORY_FLAGS
 from .regions import GLOBAL_GM
 from .stats import MIN_PER_ARM, design_arms, detect_outcomes
 
-__all__ = ["CHOICES", "DEFAULT_GRID", "ESTIMATORS", "ORIENTATIONS", "ols_interaction",
-           "robustness_grid", "robustness_summary"]
+__all__ = ["CHOICES", "DEFAULT_GRID", "ESTIMATORS", "ORIENTATIONS", "configured_specification",
+           "ols_interaction", "robustness_grid", "robustness_summary"]
 
 #: Model orientations: the ROI model (score on MD) and the voxelwise one.
 ORIENTATIONS = ("score ~ md", "md ~ score")
@@ -181,12 +182,16 @@ def _flagged(qc: pd.DataFrame | None, pids, regions) -> np.ndarray:
     pi = {p: i for i, p in enumerate(pids)}
     ri = {r: i for i, r in enumerate(regions)}
     q = qc.copy()
+    if "qc_flags" in q:   # advisory session flags (volumes left out) put nothing in doubt
+        q["qc_flags"] = [";".join(f for f in str(x).split(";")
+                                  if f.strip() and f.strip() not in ADVISORY_FLAGS)
+                         if isinstance(x, str) else "" for x in q["qc_flags"]]
     bad = np.zeros(len(q), bool)
     for col in ("qc_flags", "flag"):
         if col in q:
             bad |= q[col].fillna("").astype(str).str.strip().ne("").to_numpy()
     if "qc_flags" in q:   # a session-level flag removes the whole session
-        sess = q.loc[q["qc_flags"].fillna("").astype(str).str.strip().ne(""), "participant_id"]
+        sess = q.loc[q["qc_flags"].str.strip().ne(""), "participant_id"]
         for p in set(sess):
             if p in pi:
                 out[pi[p], :] = True
@@ -263,7 +268,9 @@ def robustness_grid(voxels: pd.DataFrame, scores: pd.DataFrame, *, pre: str = "p
         ``roi_md.tsv``: ``participant_id``, ``region`` and the pipeline's
         ``qc_flags`` (per session: motion...) and ``flag`` (per region:
         coverage). With ``exclude_flagged=True`` a participant with a flagged
-        session leaves every region, a flagged region leaves that region.
+        session leaves every region, a flagged region leaves that region;
+        advisory flags (:data:`ketamine_nb.motion.ADVISORY_FLAGS`: outlier
+        volumes found and left out) exclude nothing.
 
     Returns
     -------
@@ -398,8 +405,11 @@ def robustness_summary(robustness: pd.DataFrame, *, alpha: float = 0.05) -> pd.D
     pandas.DataFrame
         ``region``, ``n_specifications`` (with an estimate), ``t_median``,
         ``t_min``, ``t_max`` (interaction t = β / SE, unitless),
-        ``share_positive`` (fraction with t > 0) and ``share_significant``
-        (fraction with p < ``alpha``, uncorrected).
+        ``share_positive`` (fraction with t > 0), ``share_significant``
+        (fraction with p < ``alpha``, uncorrected) and ``n_min``, ``n_max``
+        (the fewest and most participants a specification kept: a choice
+        that leaves participants out, such as ``exclude_flagged``, shows
+        here).
     """
     d = robustness.assign(t=robustness["beta_interaction"] / robustness["se_interaction"])
     d = d[np.isfinite(d["t"])]
@@ -409,4 +419,46 @@ def robustness_summary(robustness: pd.DataFrame, *, alpha: float = 0.05) -> pd.D
                         "share_positive": g["t"].apply(lambda s: (s > 0).mean()),
                         "share_significant": g["p_interaction"].apply(
                             lambda s: (s < alpha).mean())})
+    if "n" in d:
+        out["n_min"], out["n_max"] = g["n"].min(), g["n"].max()
     return out.reset_index()
+
+
+def configured_specification(pipeline_config: dict | None = None,
+                             stats_config: dict | None = None) -> dict:
+    """Return the grid's specification that the pipeline and the statistics ran.
+
+    Parameters
+    ----------
+    pipeline_config : dict, optional
+        ``Results.config`` (``pipeline_config.json``): the atlas threshold
+        and the CSF guard (mm²/s); the package's defaults when omitted.
+    stats_config : dict, optional
+        ``Results.stats_config`` (``stats_config.json``): the score change,
+        the covariates, the global covariate; the first outcome modelled
+        (MADRS unless ``outcomes`` says otherwise).
+
+    Returns
+    -------
+    dict
+        A value for every choice of :data:`CHOICES`, as the robustness table
+        writes them (``covariates`` joined by ``+`` or ``"none"``; no CSF
+        guard as ``None``): pass it to
+        :func:`ketamine_nb.plotting.plot_robustness` as ``highlight`` to mark
+        the one specification reported.
+    """
+    from .regions import DEFAULT_PROBABILITY_THRESHOLD
+    from .roi import DEFAULT_CSF_MD_THRESHOLD
+
+    pc, sc = dict(pipeline_config or {}), dict(stats_config or {})
+    csf = pc.get("csf_md_threshold", DEFAULT_CSF_MD_THRESHOLD)
+    covs = tuple(sc.get("covariates") or ())
+    outcomes = sc.get("outcomes") or ("madrs",)
+    return {"fit_method": "configured",
+            "probability_threshold": float(pc.get("probability_threshold",
+                                                  DEFAULT_PROBABILITY_THRESHOLD)),
+            "csf_md_threshold": float(csf) if csf else None,
+            "outcome": str(outcomes[0]), "change": sc.get("change", "absolute"),
+            "covariates": "+".join(covs) or "none",
+            "global_covariate": bool(sc.get("global_covariate", False)),
+            "exclude_flagged": False, "orientation": ORIENTATIONS[0], "estimator": "OLS"}

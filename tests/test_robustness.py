@@ -277,11 +277,16 @@ def test_qc_exclusion_drops_flagged_sessions_everywhere_and_flagged_regions_ther
                         "flag": ""} for p in pids for s in ("pre", "post") for r in "AB"])
     qc.loc[(qc.participant_id == pids[0]) & (qc.session == "post"), "qc_flags"] = "high_motion"
     qc.loc[(qc.participant_id == pids[1]) & (qc.region == "A"), "flag"] = "coverage_fov 0.6"
+    # Outlier volumes found and left out: advisory, the session stays.
+    qc.loc[(qc.participant_id == pids[2]) & (qc.session == "pre"), "qc_flags"] = \
+        "motion_outliers"
+    qc.loc[(qc.participant_id == pids[3]) & (qc.session == "pre"), "qc_flags"] = \
+        "motion_outliers;outliers_kept"
     g = robustness_grid(voxels, scores, qc=qc,
                         grid=dict(ONE_SPEC, exclude_flagged=(False, True)))
     n = g.set_index(["region", "exclude_flagged"])["n"]
     assert n[("A", False)] == n[("B", False)] == len(pids)
-    assert n[("A", True)] == len(pids) - 2 and n[("B", True)] == len(pids) - 1
+    assert n[("A", True)] == len(pids) - 3 and n[("B", True)] == len(pids) - 2
     with pytest.raises(InputError, match="exclude_flagged"):
         robustness_grid(voxels, scores, grid=dict(ONE_SPEC, exclude_flagged=(True,)))
 
