@@ -196,7 +196,8 @@ def _stats_config_from_args(args):
                        statistic=args.statistic, q_from=args.q_from,
                        n_permutations=args.permutations or None,
                        n_bootstrap=args.bootstrap or None,
-                       correction=args.correction, random_state=args.random_state)
+                       correction=args.correction, random_state=args.random_state,
+                       keep_flagged=args.keep_flagged)
 
 
 def _add_stats_args(p: argparse.ArgumentParser) -> None:
@@ -215,6 +216,10 @@ def _add_stats_args(p: argparse.ArgumentParser) -> None:
                         "the treated one")
     g.add_argument("--global-covariate", action="store_true",
                    help="adjust for the whole-brain grey-matter ΔMD (the global_gm row)")
+    g.add_argument("--keep-flagged", action="store_true",
+                   help="keep in the model the regional ΔMD values the pipeline flagged but "
+                        "kept (visits or atlas registration not to be trusted, e.g. "
+                        "visits_dissimilar); by default they are left out with a note")
     g.add_argument("--change", default=d.change, choices=CHANGES,
                    help="score change in points or percent of baseline (default absolute)")
     g.add_argument("--md-change", default=d.md_change, choices=CHANGES,
@@ -260,7 +265,8 @@ def _print_stats(res, out_dir) -> None:
               f"missing values ({row.participants})", file=sys.stderr)
     print(f"tables: {Path(out_dir) / 'stats_roi.tsv'} (columns: stats_roi.json)")
     print(f"        {Path(out_dir) / 'stats_input.tsv'}")
-    print(f"        {Path(out_dir) / 'reliability.tsv'}")
+    if res.reliability is not None:
+        print(f"        {Path(out_dir) / 'reliability.tsv'}")
     if res.robustness is not None:
         print(f"        {Path(out_dir) / 'robustness.tsv'}")
     for outcome, v in res.voxelwise.items():

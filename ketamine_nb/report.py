@@ -16,9 +16,11 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ._utils import atomic_write_text
+from .regions import GLOBAL_GM
 
 __all__ = ["pseudonym_map", "write_report"]
 
@@ -203,13 +205,20 @@ def write_report(out_dir, *, path=None, pseudonymise: bool = False, seed: int | 
             parts.append(_table_html(anon(flagged[["participant_id", "session", "qc_snr_b0",
                                                    "qc_flags"]])))
     if "flag" in res.roi_deltas:
-        gaps = res.roi_deltas[res.roi_deltas["delta_md"].isna()
-                              & (res.roi_deltas["flag"].fillna("").astype(str) != "")]
+        d = res.roi_deltas
+        gaps = d[(d["flag"].fillna("").astype(str) != "")
+                 & (d["region"].astype(str) != GLOBAL_GM)]
         if len(gaps):
+            gaps = gaps.assign(delta_md=np.where(gaps["delta_md"].isna(), "n/a",
+                                                 "left out of the model"))
             parts.append("<h2>Regions not reported</h2><p>A region whose coverage (field "
-                         "of view, brain mask) or registration cannot be trusted has no "
-                         "ΔMD: the reason is given, never a number from a sliver.</p>"
-                         + _table_html(anon(gaps[["participant_id", "region", "flag"]])))
+                         "of view, brain mask) is too small has no ΔMD (n/a): the reason is "
+                         "given, never a number from a sliver. A region measured in a "
+                         "participant whose visits or atlas registration cannot be trusted "
+                         "keeps its ΔMD in roi_deltas.tsv, flagged, and is left out of the "
+                         "model (unless --keep-flagged).</p>"
+                         + _table_html(anon(gaps[["participant_id", "region", "delta_md",
+                                                  "flag"]])))
     if viewer:
         from .exceptions import InputError
         from .widgets.viewer import viewer_html

@@ -61,8 +61,9 @@ paper left open is made here, once, and can be changed (:class:`StatsConfig`):
   abstract reports per region and outcome (which quantity, which sign); a
   row is ``consistent`` when every reported quantity has the reported sign
   and its 95 % interval excludes 0, ``contradicts`` when one has the other
-  sign with an interval excluding 0, else ``inconclusive`` (95 % intervals
-  of the configured statistic, uncorrected: a verdict is a reading aid, the
+  sign with an interval excluding 0, ``not estimated`` when no reported
+  quantity could be estimated (too few participants), else ``inconclusive``
+  (95 % intervals of the configured statistic, uncorrected: a verdict is a reading aid, the
   q values are the inference). Right BA10 is
   judged on the per-arm slopes (the paper found the relation in both arms),
   the hippocampi on MADRS only.
@@ -178,7 +179,7 @@ EXPECTED_PATTERN = (
 )
 
 #: Verdicts of a row against :data:`EXPECTED_PATTERN`.
-VERDICTS = ("consistent", "inconclusive", "contradicts", "not reported")
+VERDICTS = ("consistent", "inconclusive", "contradicts", "not estimated", "not reported")
 
 #: How a change is expressed: points (or 10⁻⁶ mm²/s for ΔMD), or percent of
 #: the pre value. Used by :class:`StatsConfig` and the command line.
@@ -234,6 +235,11 @@ class StatsConfig:
         permutations).
     random_state : int, default=0
         Seed of the permutations and the bootstrap (scikit-learn's name).
+    keep_flagged : bool, default=False
+        Keep in the model the regional ΔMD values the pipeline kept but
+        flagged (``roi_deltas.tsv``'s ``flag``: a participant whose two visits
+        or whose atlas registration cannot be trusted, such as
+        ``visits_dissimilar``). By default they are left out, with a note.
     """
 
     outcomes: tuple | None = None
@@ -248,6 +254,7 @@ class StatsConfig:
     correction: str = "fdr_bh"
     q_from: str = "permutation"
     random_state: int = 0
+    keep_flagged: bool = False
 
     def __post_init__(self):
         if self.outcomes is not None:
@@ -420,6 +427,9 @@ def stats_input(roi_deltas: pd.DataFrame, scores: pd.DataFrame, *,
                          f"{', '.join(c for c in extra.columns if c != 'participant_id')}")
     d = roi_deltas[["participant_id", "arm", "region", "md_pre", "md_post", "delta_md"]].copy()
     d["delta_md"] = pd.to_numeric(d["delta_md"], errors="coerce")
+    if "flag" in roi_deltas:
+        _leave_out_flagged(d, roi_deltas["flag"], keep=config.keep_flagged,
+                           global_used=config.global_covariate)
     d["delta_md_e6"] = (100.0 * d["delta_md"] / d["md_pre"] if config.md_change == "percent"
                         else d["delta_md"] * 1e6)
     is_global = d["region"].astype(str) == GLOBAL_GM
@@ -446,6 +456,41 @@ def stats_input(roi_deltas: pd.DataFrame, scores: pd.DataFrame, *,
             "score_pre", "score_post", "delta_score", *extra_cols, *cov]
     rows = rows.loc[~bad, cols].reset_index(drop=True)
     return rows, dropped
+
+
+def _leave_out_flagged(d: pd.DataFrame, flag: pd.Series, *, keep: bool,
+                       global_used: bool) -> None:
+    """Blank (in place) the ΔMD of regions the pipeline flagged but kept, with a note.
+
+    The pipeline gives no number for a region it could not measure (``n/a``
+    with the reason); a region it measured in a participant whose visits or
+    atlas registration cannot be trusted keeps its number beside the flag.
+    Such a number does not enter the model unless ``keep``. The global
+    reference is never blanked; with the global covariate a flagged one is
+    noted.
+    """
+    flag = flag.fillna("").astype(str).str.strip().reindex(d.index).fillna("")
+    is_global = d["region"].astype(str) == GLOBAL_GM
+    hit = (flag != "") & d["delta_md"].notna()
+    regional = hit & ~is_global
+    if regional.any():
+        which = "; ".join(f"{p} {r} ({f})" for p, r, f in zip(
+            d.loc[regional, "participant_id"], d.loc[regional, "region"], flag[regional],
+            strict=True))
+        if keep:
+            warnings.warn(f"{int(regional.sum())} flagged regional ΔMD value(s) kept in the "
+                          f"model (keep_flagged): {which}", StudyWarning, stacklevel=3)
+        else:
+            d.loc[regional, "delta_md"] = np.nan
+            warnings.warn(f"{int(regional.sum())} regional ΔMD value(s) the pipeline flagged "
+                          f"left out of the model: {which}; --keep-flagged "
+                          "(StatsConfig(keep_flagged=True)) keeps them", StudyWarning,
+                          stacklevel=3)
+    if global_used and (hit & is_global).any():
+        ids = ", ".join(d.loc[hit & is_global, "participant_id"].astype(str))
+        warnings.warn(f"the global covariate ({GLOBAL_GM}) is flagged for {ids} (e.g. a "
+                      "partial field of view): it covers only part of their grey matter",
+                      StudyWarning, stacklevel=3)
 
 
 def model_formula(covariates=(), *, control: str = "saline",
@@ -926,14 +971,17 @@ def _verdict(region, outcome, values):
     if not expected:
         return "not reported", ""
     text = "; ".join(f"{t} {'+' if s > 0 else '-'}" for t, s in expected)
-    agree, against = [], False
+    agree, against, estimated = [], False, False
     for target, sign in expected:
         est, lo, hi = values.get(target, (np.nan, np.nan, np.nan))
+        estimated |= bool(np.isfinite(est))
         excludes = np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0)
         agree.append(bool(excludes and np.sign(est) == sign))
         against |= bool(excludes and np.sign(est) == -sign)
     if against:
         return "contradicts", text
+    if not estimated:
+        return "not estimated", text
     return ("consistent" if all(agree) else "inconclusive"), text
 
 
@@ -1132,7 +1180,8 @@ def column_descriptions(table: pd.DataFrame, config: StatsConfig | None = None) 
                             "(quantity and sign)", "", "descriptive"),
         "verdict": ("consistent: every reported quantity has the reported sign and its "
                     "interval excludes 0; contradicts: one has the other sign with an "
-                    "interval excluding 0; else inconclusive", "", "descriptive"),
+                    "interval excluding 0; not estimated: too few participants; else "
+                    "inconclusive", "", "descriptive"),
     }
     out = {}
     for col in table.columns:
@@ -1203,7 +1252,8 @@ def reliable_change(roi_deltas: pd.DataFrame, *, reference_arm: str | None = Non
         raise InputError(f"no {reference_arm} participants with ΔMD; the reference arm "
                          "needs at least two")
     d["rci"] = (d["delta_md"] - d["region"].map(mean)) / d["region"].map(sd)
-    d["reliable"] = d["rci"].abs() > z
+    # A region never measured (n/a) has no share of reliable changes, not 0 %.
+    d["reliable"] = (d["rci"].abs() > z).where(d["rci"].notna())
     summary = pd.DataFrame({"reference_arm": reference_arm, "mean_delta_reference": mean,
                             "sd_delta_reference": sd, "sem_session": sd / np.sqrt(2)})
     summary["cv_percent"] = 100 * summary["sem_session"] / d.groupby("region")["md_pre"].mean()
@@ -1349,7 +1399,8 @@ def study_comparison(stats_roi: pd.DataFrame, *, outcome: str | None = None,
         ``slope_*`` with their 95 % intervals, ``beta_interaction`` with its
         interval, ``p_interaction``, ``p_perm_interaction``, ``q`` (FDR or
         Holm), ``verdict`` (``consistent``, ``inconclusive``,
-        ``contradicts`` or ``not reported``; see :data:`EXPECTED_PATTERN`)
+        ``contradicts``, ``not estimated`` or ``not reported``; see
+        :data:`EXPECTED_PATTERN`)
         and ``significant`` (``q < alpha``).
 
     Notes
@@ -1496,7 +1547,7 @@ def multiple_comparisons(stats_roi: pd.DataFrame, *, column: str = "p_interactio
         else np.arange(len(p)).astype(str)
     controls = {"none": "nothing: each test alone at alpha",
                 "bonferroni": "family-wise error (any false positive)",
-                "holm": "family-wise error, uniformly more powerful than Bonferroni",
+                "holm": "family-wise error, never less powerful than Bonferroni",
                 "fdr_bh": "false discovery rate (expected share of false positives)"}
     rows = []
     for method, what in controls.items():

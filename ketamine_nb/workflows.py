@@ -22,6 +22,7 @@ import pandas as pd
 from ._utils import write_json, write_tsv
 from .derivatives import TABLES, load_cohort_voxels, read_tsv
 from .exceptions import InputError, StudyWarning
+from .regions import GLOBAL_GM
 from .results import Results, load_results
 from .robustness import robustness_grid
 from .stats import (
@@ -149,6 +150,15 @@ def run_stats(out_dir, *, bids_dir=None, config: StatsConfig | None = None, pre:
     notes = list(dict.fromkeys(str(w.message) for w in caught
                                if issubclass(w.category, StudyWarning)))
     if rows.empty:
+        regional = deltas[deltas["region"].astype(str) != GLOBAL_GM]
+        if len(regional) and pd.to_numeric(regional["delta_md"], errors="coerce").isna().all():
+            why = (", ".join(sorted(set(";".join(regional["flag"].dropna().astype(str))
+                                        .split(";")) - {""}))
+                   if "flag" in regional else "")
+            raise InputError(f"{deltas_path}: no region has a ΔMD to model"
+                             f"{f' (flags: {why})' if why else ''}; the regions lie outside "
+                             "the field of view or the brain mask, or their registration "
+                             "cannot be trusted: see the flag column")
         raise InputError(f"{deltas_path}: no participant has both a ΔMD and the scores; check "
                          "that participant_id values match the scores table")
     table = region_stats(rows, config=config)
@@ -163,6 +173,8 @@ def run_stats(out_dir, *, bids_dir=None, config: StatsConfig | None = None, pre:
     write_json(columns, out / "stats_roi.json")
     if reliability is not None:
         write_tsv(reliability, out / TABLES["reliability"])
+    else:  # an earlier run's table would describe other data
+        (out / TABLES["reliability"]).unlink(missing_ok=True)
     write_json(asdict(config), out / "stats_config.json")
     result = StatsResult(out_dir=out, config=config, stats_roi=table, stats_input=rows,
                          dropped=dropped, reliability=reliability, columns=columns,
@@ -295,6 +307,12 @@ def _robustness(out: Path, scores, participants, *, pre: str = "pre", post: str 
     grid, so that both give the same table.
     """
     roi_md = read_tsv(out / TABLES["roi_md"], missing_ok=True)
+    deltas = read_tsv(out / TABLES["roi_deltas"], missing_ok=True)
+    if roi_md is not None and deltas is not None and "flag" in deltas:
+        # Flags the pipeline gives a participant's ΔMD (visits or atlas
+        # registration not to be trusted) are in roi_deltas.tsv only.
+        roi_md = pd.concat([roi_md, deltas[["participant_id", "region", "flag"]]],
+                           ignore_index=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StudyWarning)
         voxels = load_cohort_voxels(out, float_dtype="float32")   # 15 M rows on the demo

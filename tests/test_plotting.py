@@ -161,6 +161,11 @@ def test_scatter_annotates_r_from_the_stats_row(memory_results):
     assert any(t.startswith("ketamine") and "r = 0.42 [0.10, 0.66]" in t for t in legend)
     assert any(t.startswith("saline") and "r = -0.05 [-0.40, 0.30]" in t for t in legend)
     assert "p = 0.012" in ax.get_title() and "q = 0.03" in ax.get_title()
+    # The title's p is the one the q came from: the permutation p when there is one.
+    perm = pd.concat([row, pd.Series({"p_perm_interaction": 0.0042,
+                                      "q_source": "p_perm_interaction"})])
+    fig = plot_scatter(memory_results.stats_input, "BA10_L", "madrs", stats_roi=perm)
+    assert "p (permutation) = 0.0042" in fig.axes[0].get_title()
     assert ax.get_ylabel() == "ΔMADRS (% of baseline)"
     with pytest.raises(InputError):
         plot_scatter(memory_results.stats_input, "nowhere", "madrs")
@@ -183,6 +188,15 @@ def test_forest_marks_exactly_the_q_below_alpha(forest_table):
     assert any(np.allclose(line.get_xdata(), 0) for line in ax.lines)  # zero line
     with pytest.raises(InputError):
         plot_forest(forest_table, outcome="hamd")
+    # With the table's interval (the configured test's), the bars are that interval.
+    lo, hi = [-0.1, -0.9, -1.2, 0.1, -1.0], [1.9, 0.7, -0.1, 0.5, 1.0]
+    fig, ax = plt.subplots()
+    plot_forest(forest_table.assign(interaction_ci_low=lo * 2, interaction_ci_high=hi * 2),
+                outcome="madrs", ax=ax)
+    (bars,) = [c for c in ax.collections if c.get_gid() is None]
+    ends = np.array([[s[0][0], s[1][0]] for s in bars.get_segments()])
+    np.testing.assert_allclose(np.sort(ends, axis=1), np.c_[lo, hi], rtol=1e-9)
+    assert "95 % interval" in ax.get_xlabel()
 
 
 def test_forest_of_the_pipeline_table(small_results):

@@ -300,7 +300,7 @@ def test_registration_shift_uses_the_region_palette():
 
 
 def test_every_teaching_figure_is_exported_with_a_caption_and_alt_text():
-    for name in (*TEACHING_FIGURES, "plot_forest", "plot_registration_shift"):
+    for name in (*TEACHING_FIGURES, "plot_forest", "plot_registration_shift", "plot_power"):
         assert name in kp.__all__ and callable(getattr(kp, name))
         entry = kp.ALT_TEXT[name]
         assert "\n" not in entry["caption"] and len(entry["caption"]) < 200
@@ -308,3 +308,19 @@ def test_every_teaching_figure_is_exported_with_a_caption_and_alt_text():
     assert "ALT_TEXT" in kp.__all__
     for name in ("permutation_null", "permutation_p", "bland_altman", "PermutationNull"):
         assert name in stats.__all__
+
+
+def test_power_bars_are_the_rates_with_their_intervals():
+    power = pd.DataFrame({"region": ["A", "B", "C"],
+                          "quantity": ["power", "false_positive_rate", "rejection_rate"],
+                          "rate": [0.6, 0.05, 0.1], "ci_low": [0.4, 0.01, 0.05],
+                          "ci_high": [0.75, 0.2, 0.3]})
+    fig = kp.plot_power(power)
+    ax = fig.axes[0]
+    bars = sorted(ax.patches, key=lambda b: b.get_y())
+    np.testing.assert_allclose([b.get_width() for b in bars], power["rate"])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["A", "B", "C"]
+    assert len({b.get_facecolor() for b in bars}) == 3  # shaded by what the rate is
+    assert len(ax.get_legend().get_texts()) == 3
+    with pytest.raises(InputError, match="one outcome"):
+        kp.plot_power(pd.concat([power, power]))

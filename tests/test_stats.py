@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -410,6 +411,17 @@ def test_a_null_row_is_inconclusive_not_a_match(rng):
     assert t["verdict"] == "inconclusive"
 
 
+def test_a_row_without_estimates_is_not_estimated_not_inconclusive():
+    from ketamine_nb.stats import VERDICTS, _verdict
+
+    nan = (np.nan, np.nan, np.nan)
+    assert _verdict("BA10_L", "madrs", {"interaction": nan})[0] == "not estimated"
+    assert _verdict("BA10_L", "madrs", {})[0] == "not estimated"
+    assert _verdict("vACC", "madrs", {})[0] == "not reported"
+    assert _verdict("BA10_L", "madrs", {"interaction": (0.1, -0.2, 0.4)})[0] == "inconclusive"
+    assert "not estimated" in VERDICTS
+
+
 def test_expected_pattern_is_the_one_table_of_the_paper():
     from ketamine_nb.stats import EXPECTED_PATTERN
 
@@ -560,3 +572,49 @@ def test_global_covariate_removes_a_relation_carried_by_a_shared_change():
         assert t[f"p_slope_{a}"] < 1e-6 and t[f"p_slope_{a}_global"] > 0.05
     with pytest.raises(InputError, match="global_gm"):
         global_covariate_effect(deltas[deltas["region"] == "A"], scores)
+
+
+def test_flagged_regional_delta_is_left_out_of_the_model_unless_kept():
+    """A ΔMD the pipeline kept but flagged (visits not to be trusted) never enters silently."""
+    from ketamine_nb.exceptions import StudyWarning
+    from ketamine_nb.regions import GLOBAL_GM
+    from ketamine_nb.stats import stats_input
+
+    ids = [f"sub-{i:02d}" for i in range(8)]
+    arms = ["ketamine"] * 4 + ["saline"] * 4
+    deltas = pd.DataFrame([{"participant_id": p, "arm": a, "region": r, "md_pre": 8e-4,
+                            "md_post": 8e-4 + 1e-6 * k, "delta_md": 1e-6 * k, "flag": ""}
+                           for k, (p, a) in enumerate(zip(ids, arms, strict=True))
+                           for r in ("BA10_L", GLOBAL_GM)])
+    bad = (deltas.participant_id == "sub-03") & (deltas.region == "BA10_L")
+    deltas.loc[bad, "flag"] = "visits_dissimilar"
+    deltas.loc[(deltas.participant_id == "sub-05") & (deltas.region == GLOBAL_GM),
+               "flag"] = "coverage_fov<0.8"
+    scores = pd.DataFrame({"participant_id": ids, "arm": arms, "madrs_pre": 30.0,
+                           "madrs_post": np.arange(8) + 10.0})
+    cfg = StatsConfig(outcomes=("madrs",), n_permutations=None, n_bootstrap=0)
+    with pytest.warns(StudyWarning, match=r"1 regional ΔMD value\(s\).*sub-03 BA10_L "
+                                          r"\(visits_dissimilar\).*--keep-flagged"):
+        rows, dropped = stats_input(deltas, scores, config=cfg)
+    assert "sub-03" not in set(rows["participant_id"]) and len(rows) == 7
+    assert dropped.set_index("region").loc["BA10_L", "participants"] == "sub-03"
+    with pytest.warns(StudyWarning, match="kept in the model"):
+        kept, _ = stats_input(deltas, scores, config=replace(cfg, keep_flagged=True))
+    assert len(kept) == 8 and deltas.loc[bad, "delta_md"].notna().all()  # input untouched
+    with pytest.warns(StudyWarning) as caught:
+        glob, _ = stats_input(deltas, scores, config=replace(cfg, global_covariate=True))
+    assert any("global covariate" in str(w.message) and "flagged for sub-05" in str(w.message)
+               for w in caught)
+    assert "sub-05" in set(glob["participant_id"])  # the reference is never blanked
+
+
+def test_reliable_share_of_a_region_never_measured_is_missing_not_zero():
+    ids = [f"s{i}" for i in range(6)]
+    arms = ["ketamine"] * 3 + ["saline"] * 3
+    d = pd.DataFrame({"participant_id": ids * 2, "arm": arms * 2, "region": ["A"] * 6 + ["B"] * 6,
+                      "md_pre": 8e-4,
+                      "delta_md": [1e-5, 2e-6, -3e-6, 1e-6, -1e-6, 2e-6] + [np.nan] * 6})
+    _, summary = reliable_change(d, reference_arm="saline")
+    s = summary.set_index("region")
+    assert s.loc["A", "reliable_share_ketamine"] == pytest.approx(2 / 3)  # |RCI| > 1.96: 2 of 3
+    assert np.isnan(s.loc["B", "reliable_share_ketamine"])

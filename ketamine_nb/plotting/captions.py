@@ -71,6 +71,16 @@ ALT_TEXT = {
                "between arms. The corrected q value of each row is written on the right; "
                "filled diamonds are rows with q below 0.05.",
     },
+    "plot_power": {
+        "caption": "Share of simulated trials in which the interaction reaches p < 0.05, per "
+                   "region, with its Monte-Carlo 95 % interval.",
+        "alt": "Horizontal bar chart with one bar per region: the share of simulated trials "
+               "whose interaction test reached p below 0.05, from 0 to 1, with an error bar "
+               "for the Monte-Carlo interval. Bars are shaded by what the share is: power "
+               "where an interaction was planted, the false positive rate where nothing was, "
+               "and a rejection rate where the same relation was planted in both arms. A "
+               "dotted line marks 0.05 and a dashed line the usual target power of 0.8.",
+    },
     "plot_registration_shift": {
         "caption": "What a registration error does: the change in each region's MD when the "
                    "regions are moved on purpose by a few millimetres.",

@@ -155,8 +155,12 @@ class ScatterFigure(FigureHandle):
         name = _outcome_label(outcome)
         self.artists["ylabel"].set_text(ylabel or f"Δ{name} = post − pre (points; < 0 = better)")
         title = f"{region}: Δ{name} vs ΔMD"
-        if stats_row is not None and np.isfinite(stats_row.get("p_interaction", np.nan)):
-            title += f"\narm × ΔMD interaction p = {_fmt_p(stats_row['p_interaction'])}"
+        # The p the q was computed from (the permutation p unless there were
+        # no permutations), so that p and q in the title belong together.
+        pcol = _p_column(stats_row) if stats_row is not None else None
+        if pcol is not None:
+            kind = " (permutation)" if pcol == "p_perm_interaction" else ""
+            title += f"\narm × ΔMD interaction p{kind} = {_fmt_p(stats_row[pcol])}"
             q = stats_row.get("q_fdr", stats_row.get("q_holm"))
             if q is not None:
                 title += f", q = {_fmt_p(q)}"
@@ -362,6 +366,19 @@ def _stats_row(stats_roi, region, outcome):
 
 
 
+def _p_column(row):
+    """Return the column of the interaction p that a stats row's q came from, or None.
+
+    ``q_source`` names it (``p_perm_interaction`` by default); without it, the
+    permutation p when there is one, else the classical ``p_interaction``.
+    """
+    for c in (str(row.get("q_source", "")), "p_perm_interaction", "p_interaction"):
+        v = row.get(c) if c.startswith("p_") else None
+        if v is not None and np.isfinite(float(v)):
+            return c
+    return None
+
+
 def _q_column(table):
     for c in ("q_fdr", "q_holm"):
         if c in table:
@@ -394,8 +411,10 @@ def plot_forest(stats_roi: pd.DataFrame, *, outcome: str = "madrs", ax=None,
     -------
     matplotlib.figure.Figure
         One row per region, top to bottom in table order: the estimate (the
-        ketamine slope minus the saline slope) ± 1.96 SE, its q on the right,
-        and a zero line (no arm difference).
+        ketamine slope minus the saline slope) with the table's 95 % interval
+        (``interaction_ci_low``/``_high``: the configured test's, t quantile
+        with its degrees of freedom; ± 1.96 SE when the table has none), its
+        q on the right, and a zero line (no arm difference).
     """
     from matplotlib.lines import Line2D
 
@@ -409,11 +428,17 @@ def plot_forest(stats_roi: pd.DataFrame, *, outcome: str = "madrs", ax=None,
     y = np.arange(len(t))
     # A model with fewer than 3 participants in an arm has no estimate (NaN or no column).
     est, se = t.reindex(columns=["beta_interaction", "se_interaction"]).to_numpy(float).T
-    half = _Z95 * se
+    if {"interaction_ci_low", "interaction_ci_high"} <= set(t.columns):
+        # The table's interval: the configured test's (Aspin-Welch by default:
+        # each arm's variance, Welch-Satterthwaite df), as its p-values are.
+        lo, hi = t[["interaction_ci_low", "interaction_ci_high"]].to_numpy(float).T
+        xerr, what = np.vstack([est - lo, hi - est]), "95 % interval"
+    else:
+        xerr, what = _Z95 * se, "± 1.96 SE"
     sig = (t[qcol] < alpha).to_numpy()
     fig, ax = _axes(ax, (6.4, 0.45 * len(t) + 1.6))
     ax.axvline(0, color="0.4", lw=0.8, ls="--")
-    ax.errorbar(est, y, xerr=half, fmt="none", ecolor="0.25", elinewidth=1.3, capsize=3)
+    ax.errorbar(est, y, xerr=xerr, fmt="none", ecolor="0.25", elinewidth=1.3, capsize=3)
     ax.scatter(est[sig], y[sig], marker="D", s=42, color="0.1", zorder=3, gid="significant")
     ax.scatter(est[~sig], y[~sig], marker="D", s=42, facecolor="white", edgecolor="0.1",
                zorder=3, gid="not significant")
@@ -430,7 +455,7 @@ def plot_forest(stats_roi: pd.DataFrame, *, outcome: str = "madrs", ax=None,
         Line2D([], [], ls="", marker="D", mfc="white", mec="0.1", label=f"q ≥ {alpha:g}")],
         fontsize=8, loc="lower right")
     name = OUTCOMES.get(outcome, {}).get("label", outcome)
-    ax.set_xlabel(xlabel or f"ketamine − saline slope, ± 1.96 SE\n"
+    ax.set_xlabel(xlabel or f"ketamine − saline slope, {what}\n"
                             f"({name} points per 10⁻⁶ mm²/s of ΔMD)")
     ax.set_title(f"Arm × ΔMD interaction on Δ{name}", fontsize=10)
     return fig
@@ -489,4 +514,56 @@ def plot_truth_vs_measured(roi_deltas: pd.DataFrame, ground_truth: pd.DataFrame,
            title=f"Measured vs {which} ΔMD, all regions\nr = {r:.3f}, "
                  f"n = {len(d)} participant × region")
     ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+_RATE_COLORS = {"power": "0.35", "false_positive_rate": "0.8", "rejection_rate": "0.6"}
+
+
+def plot_power(power: pd.DataFrame, *, ax=None, alpha: float = 0.05, target: float = 0.8):
+    """Rejection rates of :func:`ketamine_nb.power_analysis` with their intervals.
+
+    Parameters
+    ----------
+    power : pandas.DataFrame
+        ``power_analysis``'s table (one outcome): ``region``, ``quantity``,
+        ``rate``, ``ci_low``, ``ci_high``.
+    ax : matplotlib.axes.Axes, optional
+        Axes to draw into.
+    alpha : float, default=0.05
+        Level of the tests: a dotted line, where a false positive rate belongs.
+    target : float, default=0.8
+        The power a trial is usually designed for: a dashed line.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One bar per region, top to bottom in table order, shaded by what the
+        rate is (power, false positive rate, or the rejection rate of a
+        relation planted alike in both arms), with the Monte-Carlo interval.
+    """
+    from matplotlib.patches import Patch
+
+    if power["region"].duplicated().any():
+        raise InputError("plot_power: one row per region expected; pass one outcome, e.g. "
+                         "power[power['outcome'] == 'madrs']")
+    fig, ax = _axes(ax, (6.4, 0.45 * len(power) + 1.6))
+    y = np.arange(len(power))
+    rate = power["rate"].to_numpy(float)
+    err = np.vstack([rate - power["ci_low"].to_numpy(float),
+                     power["ci_high"].to_numpy(float) - rate])
+    colors = [_RATE_COLORS.get(q, "0.6") for q in power["quantity"]]
+    ax.barh(y, rate, xerr=err, color=colors, edgecolor="0.2", capsize=3, gid="rates")
+    ax.axvline(alpha, color="k", ls=":", lw=1)
+    ax.axvline(target, color="k", ls="--", lw=1)
+    ax.set_yticks(y, power["region"])
+    ax.set_ylim(len(power) - 0.5, -0.5)
+    ax.set(xlim=(0, 1), xlabel=f"share of simulated trials with interaction p < {alpha:g}")
+    shown = list(dict.fromkeys(power["quantity"]))
+    names = {"power": "power (interaction planted)",
+             "false_positive_rate": "false positive rate (nothing planted)",
+             "rejection_rate": "rejection rate (same relation in both arms)"}
+    ax.legend(handles=[Patch(facecolor=_RATE_COLORS.get(q, "0.6"), edgecolor="0.2",
+                             label=names.get(q, q)) for q in shown],
+              fontsize=8, loc="lower right")
     return fig
