@@ -231,11 +231,15 @@ def _checked_gradients(bvals, bvecs, n_volumes: int, *, source: str, b0_threshol
         raise InputError(f"{source}: no b=0 volume (all b-values > {b0_threshold:g} s/mm²); "
                          "the tensor fit needs at least one b=0 volume")
     if not np.any(dw):
-        if 0 < bvals.max() <= 10:
+        # ms/µm²: most volumes at b of order 1 (1 ms/µm² = 1000 s/mm²). A series of
+        # b = 0 volumes written as 0-5 s/mm² (as scanners do) is not that.
+        if 0 < bvals.max() <= 10 and np.mean(bvals > 0.1) > 0.5:
             raise InputError(f"{source}: b-values look like ms/µm² (max {bvals.max():g}); "
                              "multiply by 1000 to get s/mm²")
-        raise InputError(f"{source}: no diffusion-weighted volume; a DWI series needs "
-                         f"b-values above {b0_threshold:g} s/mm²")
+        raise InputError(f"{source}: no diffusion-weighted volume (b-values up to "
+                         f"{bvals.max():g} s/mm², all counted as b=0); a DWI series needs "
+                         f"b-values above {b0_threshold:g} s/mm²: check that this is the "
+                         "diffusion series and its .bval file")
     if bvals.max() > 10000:
         raise InputError(f"{source}: b-values up to {bvals.max():g} look like s/m² or wrong "
                          "units; write them in s/mm² (e.g. 1000)")

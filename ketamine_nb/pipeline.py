@@ -669,8 +669,14 @@ class PipelineResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when everything worked, 1 when some sessions failed."""
-        return 1 if len(self.failures) else 0
+        """0 when everything worked, 1 when some sessions failed, 2 when no participant is left."""
+        if not len(self.failures):
+            return 0
+        return 1 if self._n_done() else 2
+
+    def _n_done(self) -> int:
+        d = self.roi_deltas
+        return int(d["participant_id"].nunique()) if len(d) else 0
 
     def summary(self) -> str:
         """Return a short human summary."""
@@ -681,18 +687,21 @@ class PipelineResult:
             lines.append(f"  failed {row.participant_id} ses-{row.session}: {row.error}")
         if len(self.failures):
             left_out = self.failures["participant_id"].nunique()
-            done = (self.roi_deltas["participant_id"].nunique() if len(self.roi_deltas)
-                    else 0)
-            lines.append(f"{left_out} participant(s) left out (listed in "
-                         f"{self.out_dir / 'failures.tsv'}); the tables are complete and "
-                         f"usable for the other {done} participant(s). Exit code 1 means "
-                         "exactly this: some participants failed, the rest completed.")
+            done = self._n_done()
+            where = f"listed in {self.out_dir / 'failures.tsv'}"
+            lines.append(
+                f"{left_out} participant(s) left out ({where}); the tables are complete and "
+                f"usable for the other {done} participant(s). Exit code 1 means exactly "
+                "this: some participants failed, the rest completed." if done else
+                f"{left_out} participant(s) left out ({where}) and none completed: fix the "
+                "inputs named above and run again (exit code 2).")
         d = self.roi_deltas
         if len(d) and "flag" in d:
             flagged = d[(d["flag"].fillna("").astype(str) != "") & d["delta_md"].isna()]
             if len(flagged):
                 lines.append(f"{len(flagged)} participant x region value(s) are n/a, the "
-                             "region not covered (coverage below --min-coverage):")
+                             "region not covered (coverage below --min-coverage) or left "
+                             "without voxels (no_voxels):")
                 for (region, flag), g in flagged.groupby(["region", "flag"], sort=False):
                     who = ", ".join(g["participant_id"].astype(str).head(6))
                     more = f" and {len(g) - 6} more" if len(g) > 6 else ""
@@ -921,6 +930,11 @@ def roi_tables(out_dir, sessions: pd.DataFrame, participants: pd.DataFrame, *,
               else pd.DataFrame(columns=cols))
     if len(roi_md):
         roi_md = apply_coverage(roi_md, min_coverage=config.min_coverage)
+        # A region with no voxel left (a high probability threshold, a guard)
+        # has no MD: say so, also when coverage is not checked.
+        empty = (pd.to_numeric(roi_md["n_voxels"], errors="coerce").fillna(0).eq(0)
+                 & roi_md["flag"].fillna("").astype(str).eq(""))
+        roi_md.loc[empty, "flag"] = "no_voxels"
     if len(roi_md):
         roi_md["region"] = roi_md["region"].astype(str)
         roi_md = roi_md.sort_values(["participant_id", "session", "region"],
@@ -944,6 +958,12 @@ def roi_tables(out_dir, sessions: pd.DataFrame, participants: pd.DataFrame, *,
         why = [";".join(filter(None, [w, *reg.get(ix[0], [])]))
                for w, ix in zip(why, wide.index, strict=True)]
         d = wide[[pre, post]].assign(flag=why)
+        # Only participants with both visits processed have a ΔMD row; one
+        # with a single visit is listed by load_study (and the run summary),
+        # not given flags of the visit it has.
+        ses_of = roi_md.groupby("participant_id")["session"].agg(set)
+        both = {p for p, s in ses_of.items() if {pre, post} <= s}
+        d = d[d.index.get_level_values("participant_id").isin(both)]
         d = d[d[[pre, post]].notna().all(axis=1) | (d["flag"] != "")].reset_index()
         d.columns = ["participant_id", "region", "md_pre", "md_post", "flag"]
         d["delta_md"] = d["md_post"] - d["md_pre"]

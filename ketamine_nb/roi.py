@@ -149,11 +149,13 @@ def summarise_regions(voxels: pd.DataFrame, *,
 
     Notes
     -----
-    ``md_wmean = sum(p * MD) / sum(p)`` over the kept voxels, as nilearn's
-    ``NiftiMapsMasker`` weights probabilistic regions: voxels at the region's
-    edge, where partial volume and registration error are largest, count
-    less. It is the pipeline's default summary (see
-    :class:`ketamine_nb.pipeline.PipelineConfig`).
+    ``md_wmean = sum(p * MD) / sum(p)`` over the kept voxels: voxels at the
+    region's edge, where partial volume and registration error are largest,
+    count less. (nilearn's ``NiftiMapsMasker`` does something else: it fits
+    all maps to the image at once by least squares, which for one map gives
+    ``sum(p * MD) / sum(p ** 2)``, a value in the image's units only when the
+    map's probabilities are near 1.) It is the pipeline's default summary
+    (see :class:`ketamine_nb.pipeline.PipelineConfig`).
     """
     keys = [*by, "region"]
     v = voxels[voxels["probability"] >= probability_threshold]

@@ -63,6 +63,14 @@ def test_nan_direction_of_a_b0_is_accepted_with_a_note(tmp_path):
     assert gtab.bvals.size == 8                                 # no volume left out
 
 
+def test_a_series_of_b0s_is_not_mistaken_for_ms_per_um2(tmp_path):
+    bvecs = np.vstack([[0, 0, 0], _directions(6)])
+    with pytest.raises(InputError, match=r"no diffusion-weighted volume.*up to 1.25.*\.bval"):
+        load_dwi(_write(tmp_path, [1.25] + [0] * 6, bvecs))
+    with pytest.raises(InputError, match=r"ms/µm².*multiply by 1000"):
+        load_dwi(_write(tmp_path, [0] + [1.0] * 6, bvecs))
+
+
 def test_nan_direction_of_a_dw_volume_is_refused(tmp_path):
     bvecs = np.vstack([[0, 0, 0], _directions(6)]).astype(object)
     bvecs[3] = ["nan", "nan", "nan"]

@@ -734,3 +734,22 @@ def test_workers_end_when_the_parent_is_killed(tmp_path, method):
         for p in pids:
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_exit_code_2_and_its_words_when_no_participant_completed(tmp_path):
+    from ketamine_nb.pipeline import PipelineResult
+
+    failures = pd.DataFrame({"participant_id": ["sub-01"], "session": ["pre"],
+                             "error": ["x.nii.gz: truncated; copy it again"]})
+    sessions = pd.DataFrame({"participant_id": ["sub-01"], "session": ["pre"],
+                             "status": ["failed"]})
+    none = PipelineResult(tmp_path, sessions, failures, pd.DataFrame(), pd.DataFrame())
+    assert none.exit_code == 2
+    assert "none completed" in none.summary() and "exit code 2" in none.summary()
+    one = PipelineResult(tmp_path, sessions, failures, pd.DataFrame(),
+                         pd.DataFrame({"participant_id": ["sub-02"], "region": ["BA10_L"],
+                                       "delta_md": [1e-6], "flag": [""]}))
+    assert one.exit_code == 1 and "Exit code 1 means exactly this" in one.summary()
+    ok = PipelineResult(tmp_path, sessions.iloc[:0], failures.iloc[:0], pd.DataFrame(),
+                        pd.DataFrame())
+    assert ok.exit_code == 0
