@@ -24,7 +24,7 @@ its stem is in :data:`CONVERTED`; add it there when it is done.
    b. the fill-in code cell, tagged ``exercise``, which runs as is: the
       learner's line is a placeholder such as ``answer = None  # your code``
       (it contains ``# your code`` and no ``...``);
-   c. the solution code cell, tagged ``solution`` and ``hide-input`` (Jupyter
+   c. the solution code cell, tagged ``solution`` and ``hide-cell`` (Jupyter
       Book hides it; tests/test_notebooks.py executes it like any cell). Its
       last line is an ``assert`` or a ``print(`` that checks the answer with
       the package's result, so a wrong solution fails or shows it.
@@ -142,8 +142,8 @@ def exercise_problems(nb, stem: str) -> list[str]:
         elif "# your code" not in fill.source or "..." in fill.source:
             out.append(f"cell {i + 1}: a fill-in cell has a '# your code' placeholder "
                        "and no '...'")
-        if sol is None or sol.cell_type != "code" or not {"solution", "hide-input"} <= _tags(sol):
-            out.append(f"cell {i + 2}: the solution cell (tags 'solution', 'hide-input') "
+        if sol is None or sol.cell_type != "code" or not {"solution", "hide-cell"} <= _tags(sol):
+            out.append(f"cell {i + 2}: the solution cell (tags 'solution', 'hide-cell') "
                        "must follow the fill-in cell")
         elif not _code(sol) or not _code(sol)[-1].lstrip().startswith(("assert ", "print(")):
             out.append(f"cell {i + 2}: a solution ends with an assert or a print( check")
@@ -226,7 +226,7 @@ def test_the_checks_catch_a_bad_notebook():
                      "add up to 3 min"):
         assert expected in header, expected
     exercises = " ".join(exercise_problems(nb, "09_bad"))
-    for expected in ("Exercise 9.1", "Think!", "no '...'", "'hide-input'", "interleaved"):
+    for expected in ("Exercise 9.1", "Think!", "no '...'", "'hide-cell'", "interleaved"):
         assert expected in exercises, expected
     assert "mystnb.image.alt" in " ".join(figure_problems(nb))
     hygiene = " ".join(hygiene_problems(nb))

@@ -77,6 +77,10 @@ def _deltas(res, min_coverage):
 def test_uih_incomplete_participant_is_listed_and_the_others_run(uih):
     assert "sub-02" in set(uih.failures["participant_id"])
     assert {"sub-01", "sub-03"} <= set(uih.roi_deltas["participant_id"])
+    # One visit: no ΔMD rows (not rows flagged with its one visit's coverage), and the
+    # summary counts the two participants that completed.
+    assert "sub-02" not in set(uih.roi_deltas["participant_id"])
+    assert "usable for the other 2 participant(s)" in uih.summary()
 
 
 def test_uih_ba10_coverage_is_measured_and_the_regions_below_the_slab_are_flagged(uih):
@@ -102,7 +106,7 @@ def test_uih_ba10_coverage_is_measured_and_the_regions_below_the_slab_are_flagge
     for region in ("BA10_R", "amygdala_L", "hippocampus_L", "vACC"):
         assert np.isnan(d.loc[("sub-01", region), "delta_md"])
         assert d.loc[("sub-01", region), "flag"] != ""
-    assert "BA10_L" in uih.summary() and "coverage" in uih.summary()
+    assert "BA10_R: coverage_brain<0.8 (sub-01" in uih.summary()
 
 
 def test_uih_single_visit_participant_has_its_coverage_checked(uih):
