@@ -402,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--post-session", default="post", metavar="LABEL",
                    help="session label after the infusion (default post)")
     p.add_argument("--participant-label", nargs="+", metavar="LABEL",
-                   help="only these participants (sub- optional)")
+                   help="only these participants (sub- optional); the cohort tables "
+                        "(roi_md.tsv, roi_deltas.tsv) then hold only them: run again without "
+                        "it to rebuild the whole cohort's (the others' sessions are reused)")
     p.add_argument("--acq", default=None, help="acq- entity of the DWI series to use")
     p.add_argument("--run", default=None, help="run- entity of the DWI series to use")
     p.add_argument("--raw-dir", default=None, metavar="DIR",

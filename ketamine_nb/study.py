@@ -485,12 +485,12 @@ def _check_root(bids_dir, need_participants: bool = True) -> Path:
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{desc}: not valid JSON ({_first_line(exc)}); fix the file") from None
     if need_participants and not (root / "participants.tsv").is_file():
-        hint = ""
+        fix = ("add it with the columns participant_id and arm (ketamine or saline), one row "
+               "per participant")
         if _is_derivative(root):
-            hint = ("; this is a derivatives folder (e.g. QSIPrep's): pass the raw BIDS dataset "
-                    "with the participants and scores as raw_dir= (--raw-dir), or")
-        raise InputError(f"{root / 'participants.tsv'}: not found{hint}; add it with the columns "
-                         "participant_id and arm (ketamine or saline), one row per participant")
+            fix = ("this is a derivatives folder (e.g. QSIPrep's): pass the raw BIDS dataset "
+                   f"with the participants and scores as --raw-dir (raw_dir= in Python), or {fix}")
+        raise InputError(f"{root / 'participants.tsv'}: not found; {fix}")
     return root
 
 
@@ -672,11 +672,20 @@ def _collect_scores(root, participants, tree, pre, post, outcomes, problems) -> 
                     store.add(pid, t, o, vals[i], f"{rel} line {_line(i)}")
 
     for o in outcomes:
+        s = _short_name(o)
         if o not in store.seen:
-            s = _short_name(o)
             problems.append(f"{o}: no such column in any score table (sub-*/sub-*_sessions.tsv, "
                             f"phenotype/*.tsv, participants.tsv); {s}_pre and {s}_post are all "
-                            "n/a; add the scores, or pass outcomes= with the column names used")
+                            f"n/a; add the scores (wide tables: {o}_{pre} and {o}_{post}), or "
+                            "name the columns used with --outcomes (outcomes= in Python)")
+            continue
+        for tp, lab in (("pre", pre), ("post", post)):
+            if not any(t == tp and out == o for _, t, out in store.values):
+                problems.append(
+                    f"{o}: no score for ses-{lab} in any table, so every {s}_{tp} is n/a; "
+                    f"a wide table needs a column {o}_{lab} (or {o}_ses-{lab}), a long one "
+                    f"rows with session_id ses-{lab}: check the column names and the session "
+                    "labels (--pre-session/--post-session)")
 
     keep = ["participant_id", "arm"] + [c for c in ("age", "sex") if c in participants.columns]
     scores = participants[keep].copy()

@@ -161,6 +161,11 @@ def run_stats(out_dir, *, bids_dir=None, config: StatsConfig | None = None, pre:
                              "cannot be trusted: see the flag column")
         raise InputError(f"{deltas_path}: no participant has both a ΔMD and the scores; check "
                          "that participant_id values match the scores table")
+    lost = sorted(set(deltas["arm"].dropna().astype(str)) - set(rows["arm"].astype(str)))
+    if lost:
+        raise InputError(f"{deltas_path}: no {' or '.join(lost)} participant has both a ΔMD "
+                         "and the scores, so the arms cannot be compared; check their rows and "
+                         "score columns in the scores table")
     table = region_stats(rows, config=config)
     control = table["control_arm"].iloc[0]
     columns = column_descriptions(table, config)

@@ -618,3 +618,34 @@ def test_reliable_share_of_a_region_never_measured_is_missing_not_zero():
     s = summary.set_index("region")
     assert s.loc["A", "reliable_share_ketamine"] == pytest.approx(2 / 3)  # |RCI| > 1.96: 2 of 3
     assert np.isnan(s.loc["B", "reliable_share_ketamine"])
+
+
+def _stats_folder(tmp_path, deltas, scores):
+    from ketamine_nb._utils import write_tsv
+
+    out = tmp_path / "out"
+    out.mkdir()
+    write_tsv(deltas, out / "roi_deltas.tsv")
+    write_tsv(scores, out / "scores.tsv")
+    return out
+
+
+def test_run_stats_names_the_real_cause_when_a_model_cannot_be_fitted(tmp_path):
+    from ketamine_nb.workflows import run_stats
+
+    d = simulate_tables(SimulationParams(n_subjects=12), seed=1)
+    deltas, scores = d["ground_truth"], d["scores"]
+    # An arm whose scores are all missing: not "exactly two arms, found 1".
+    saline = scores["arm"] == "saline"
+    out = _stats_folder(tmp_path, deltas, scores.assign(
+        madrs_pre=scores["madrs_pre"].where(~saline), qids_pre=scores["qids_pre"].where(~saline)))
+    with pytest.raises(InputError, match=r"no saline participant has both a ΔMD and the "
+                                         r"scores.*scores table"):
+        run_stats(out, config=StatsConfig(n_permutations=None, n_bootstrap=0))
+    # Every region n/a (a slab): the flags are named, not the participant ids.
+    (tmp_path / "out").rename(tmp_path / "first")
+    out = _stats_folder(tmp_path, deltas.assign(delta_md=np.nan, flag="coverage_fov<0.8"),
+                        scores)
+    with pytest.raises(InputError, match=r"no region has a ΔMD to model \(flags: "
+                                         r"coverage_fov<0.8\)"):
+        run_stats(out, config=StatsConfig(n_permutations=None, n_bootstrap=0))

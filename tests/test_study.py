@@ -238,8 +238,21 @@ def test_custom_outcomes_and_missing_outcome(tmp_path):
     # The default outcomes are nowhere: all n/a, one problem each, no crash.
     study = load_with_problems(root)
     assert study.scores[["madrs_pre", "madrs_post", "qids_pre", "qids_post"]].isna().all().all()
-    assert "pass outcomes=" in problem_with(study, "madrs_total", "no such column")
+    assert "--outcomes" in problem_with(study, "madrs_total", "no such column")
     problem_with(study, "qids_total", "no such column")
+
+
+def test_scores_for_one_visit_only_are_named_with_the_columns_looked_for(tmp_path):
+    """A misspelt pre column: the post scores are there, the pre ones nowhere."""
+    root = make_bids(tmp_path / "bids", ARMS3)
+    for pid, (a, b) in zip(ARMS3, [(20, 8), (18, 17), (25, 12)], strict=True):
+        write_sessions_tsv(root, pid, [["ses-before", a], ["ses-post", b]],
+                           header=("session_id", "madrs_total"))
+    study = load_with_problems(root)
+    assert study.scores["madrs_pre"].isna().all() and study.scores["madrs_post"].notna().all()
+    msg = problem_with(study, "madrs_total", "no score for ses-pre")
+    assert "madrs_total_pre" in msg and "session_id ses-pre" in msg and "--pre-session" in msg
+    assert not any("no score for ses-post" in p for p in study.problems)
 
 
 # --------------------------------------------------------------------------
@@ -379,7 +392,10 @@ def test_unknown_subjects_in_dwi_tree_and_score_tables(tmp_path):
     assert "sub-99" not in set(study.sessions["participant_id"])
     assert "sub-99" not in set(study.scores["participant_id"])
     assert study.complete_participants() == list(ARMS3)
-    assert len(study.problems) == 2
+    # The only post scores are sub-77's: no known participant has one, and that is said.
+    problem_with(study, "madrs_total", "no score for ses-post")
+    problem_with(study, "qids_total", "no score for ses-post")
+    assert len(study.problems) == 4
 
 
 def test_participant_without_dwi_folder(tmp_path):
