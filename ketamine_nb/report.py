@@ -153,10 +153,12 @@ def write_report(out_dir, *, path=None, pseudonymise: bool = False, seed: int | 
     parts.append("<h2>Regional MD change by arm</h2>")
     parts.append(_fig_html(plotting.plot_delta_by_arm(res.roi_deltas),
                            "ΔMD = post − pre by arm and region"))
-    summary = (res.roi_deltas.assign(delta_e3=res.roi_deltas["delta_md"] * 1e3)
-               .groupby(["region", "arm"], sort=False)["delta_e3"]
-               .agg(n="size", mean="mean", sd="std").reset_index()
-               .rename(columns={"mean": "mean ΔMD (1e-3 mm²/s)", "sd": "SD"}))
+    # n counts the participants with a ΔMD (a region not covered is n/a, not a value);
+    # 10⁻⁶ mm²/s as in the figures and the model.
+    summary = (res.roi_deltas.assign(delta_e6=res.roi_deltas["delta_md"] * 1e6)
+               .groupby(["region", "arm"], sort=False)["delta_e6"]
+               .agg(n="count", mean="mean", sd="std").reset_index()
+               .rename(columns={"mean": "mean ΔMD (10⁻⁶ mm²/s)", "sd": "SD (10⁻⁶ mm²/s)"}))
     parts.append(_table_html(summary))
     if res.ground_truth is not None:
         parts.append(_fig_html(plotting.plot_truth_vs_measured(res.roi_deltas,
