@@ -10,6 +10,7 @@ from ketamine_nb.exceptions import InputError
 from ketamine_nb.robustness import (
     CHOICES,
     DEFAULT_GRID,
+    configured_specification,
     ols_interaction,
     robustness_grid,
     robustness_summary,
@@ -336,3 +337,30 @@ def test_grid_reads_the_control_arm(rng):
     a = g[g.region == "A"].iloc[0]
     assert a["slope_ketamine"] == pytest.approx(2.0, abs=0.1)
     assert a["slope_midazolam"] == pytest.approx(0.0, abs=0.1)
+
+
+def test_configured_specification_is_the_one_run_and_one_row_of_the_default_grid():
+    import itertools
+
+    spec = configured_specification()  # the package's defaults
+    assert tuple(spec) == CHOICES
+    assert spec == {"fit_method": "configured", "probability_threshold": 0.25,
+                    "csf_md_threshold": 1.1e-3, "outcome": "madrs", "change": "absolute",
+                    "covariates": "none", "global_covariate": False, "exclude_flagged": False,
+                    "orientation": "score ~ md", "estimator": "OLS"}
+    # From a run's configuration files (as Results.config / Results.stats_config hold them).
+    run = configured_specification(
+        {"probability_threshold": 0.4, "csf_md_threshold": None},
+        {"outcomes": ["qids"], "change": "percent", "covariates": ["age", "sex"],
+         "global_covariate": True})
+    assert run["probability_threshold"] == 0.4 and run["csf_md_threshold"] is None
+    assert (run["outcome"], run["change"], run["covariates"], run["global_covariate"]) == \
+        ("qids", "percent", "age+sex", True)
+    # Exactly one specification of the default grid, as the grid writes its values.
+    def written(choice, v):
+        return "+".join(v) or "none" if choice == "covariates" else v
+
+    for s in (spec, run):
+        hits = [combo for combo in itertools.product(*DEFAULT_GRID.values())
+                if all(written(c, v) == s[c] for c, v in zip(CHOICES, combo, strict=True))]
+        assert len(hits) == 1, s
