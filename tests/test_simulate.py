@@ -547,6 +547,36 @@ def test_susceptibility_displaces_the_orbitofrontal_cortex_not_the_occipital_lob
     assert abs(found["back"]) <= 0.25, found
 
 
+@pytest.mark.parametrize("n_coils", [1, 4])
+def test_magnitude_noise_matches_its_definition(n_coils):
+    """The sampler's shortcut draws the root-sum-of-squares of 2 L Gaussian parts exactly."""
+    from scipy import stats
+
+    from ketamine_nb.simulate import magnitude_noise
+
+    rng = np.random.default_rng(11)
+    sigma = 6.0
+    for c in (0.0, 4.0, 30.0):
+        clean = np.full((4000, 10), c, np.float32)
+        if c:
+            clean[:, 0] = 0.0  # a zero inside a voxel with signal: still its own law
+        got = magnitude_noise(clean, sigma, n_coils, rng).astype(float)
+        # The definition: signal in the first channel's real part, noise in all 2 L parts.
+        parts = sigma * rng.standard_normal((2 * n_coils, *clean.shape))
+        parts[0] += clean
+        ref = np.rint(np.sqrt((parts ** 2).sum(0)))
+        # E[M^2] = c^2 + 2 L sigma^2 (nine volumes of ten carry c)
+        assert (got ** 2).mean() == pytest.approx(0.9 * c * c + 2 * n_coils * sigma ** 2,
+                                                  rel=0.03)
+        assert stats.ks_2samp(got[:, 1:].ravel(), ref[:, 1:].ravel()).pvalue > 1e-3
+        assert stats.ks_2samp(got[:, 0], ref[:, 0]).pvalue > 1e-3
+    # a per-voxel sigma is applied per voxel
+    sig = np.where(np.arange(4000) < 2000, 2.0, 8.0).astype(np.float32)
+    got = magnitude_noise(np.zeros((4000, 10), np.float32), sig, n_coils, rng).astype(float)
+    for sel, s in ((slice(0, 2000), 2.0), (slice(2000, None), 8.0)):
+        assert np.sqrt((got[sel] ** 2).mean() / (2 * n_coils)) == pytest.approx(s, rel=0.03)
+
+
 def test_multi_coil_noise_level_is_estimated_back():
     """Background of a root-sum-of-squares image: E[M^2] = 2 L sigma^2 (non-central chi)."""
     params = SimulationParams.idealised(n_coils=4)
