@@ -684,7 +684,8 @@ class PipelineResult:
         lines = [f"sessions: {c.get('processed', 0)} processed, {c.get('reused', 0)} reused, "
                  f"{c.get('failed', 0)} failed"]
         for row in self.failures.itertuples():
-            lines.append(f"  failed {row.participant_id} ses-{row.session}: {row.error}")
+            ses = "" if str(row.session) in ("n/a", "", "nan") else f" ses-{row.session}"
+            lines.append(f"  failed {row.participant_id}{ses}: {row.error}")
         if len(self.failures):
             left_out = self.failures["participant_id"].nunique()
             done = self._n_done()
@@ -1106,9 +1107,15 @@ def run_pipeline(bids_dir, out_dir, *, pre: str = "pre", post: str = "post",
         if participant_label else set(study.participants["participant_id"]))
     complete = set(study.complete_participants())
     problems = list(getattr(study, "problems", []))
+    have = study.sessions.groupby("participant_id")["timepoint"].agg(set) \
+        if len(study.sessions) else pd.Series(dtype=object)
     for pid in sorted(wanted_ids - complete):
         why = [p for p in problems if re.search(rf"\b{re.escape(pid)}\b", p)]
-        rows.append({"participant_id": pid, "session": "n/a",
+        # The session that is missing or unusable, when only one of the two is.
+        lacking = [lab for lab, tp in ((pre, "pre"), (post, "post"))
+                   if tp not in have.get(pid, set())]
+        rows.append({"participant_id": pid,
+                     "session": lacking[0] if len(lacking) == 1 else "n/a",
                      "error": "; ".join(why) or f"{pid}: no usable ses-{pre} and ses-{post} "
                                                 "DWI pair; left out of the deltas"})
     for r in halfway_failed:

@@ -29,7 +29,7 @@ import pandas as pd
 from .exceptions import InputError, StudyWarning
 from .motion import ADVISORY_FLAGS
 from .regions import GLOBAL_GM
-from .stats import MIN_PER_ARM, design_arms, detect_outcomes
+from .stats import MIN_PER_ARM, covariate_error, design_arms, detect_outcomes
 
 __all__ = ["CHOICES", "DEFAULT_GRID", "ESTIMATORS", "ORIENTATIONS", "configured_specification",
            "ols_interaction", "robustness_grid", "robustness_summary"]
@@ -355,7 +355,7 @@ def robustness_grid(voxels: pd.DataFrame, scores: pd.DataFrame, *, pre: str = "p
                     y = 100 * y / spre
             missing = [c for c in covs if c not in s]
             if missing:
-                raise InputError(f"covariate(s) {missing} not available")
+                raise covariate_error(missing, participants, scores)
             cov = _covariate_matrix(s, covs)
             if glob:
                 cov = np.column_stack([cov, dglob])

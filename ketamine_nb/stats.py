@@ -321,6 +321,43 @@ def _rule(outcome, rules):
     return (rules if rules is not None else OUTCOMES).get(outcome)
 
 
+def covariate_error(missing, participants, scores) -> InputError:
+    """Build the error for covariates in neither table, naming what is there.
+
+    Covariates are participant columns: ``participants.tsv`` first, then
+    the columns of the scores table that are not an outcome's
+    ``<outcome>_pre``/``<outcome>_post`` pair (a baseline score such as
+    ``madrs_pre`` is a legitimate covariate and is named apart).
+
+    Parameters
+    ----------
+    missing : list of str
+        The covariates not found.
+    participants : pandas.DataFrame or None
+        ``participants.tsv``.
+    scores : pandas.DataFrame
+        The scores table.
+
+    Returns
+    -------
+    InputError
+        One line: what is missing, the columns of each table, the fix.
+    """
+    skip = {"participant_id", "arm"}
+    pcols = [] if participants is None else [c for c in participants.columns if c not in skip]
+    score_cols = [c for c in scores.columns if c not in skip and c not in pcols]
+    paired = [c for c in score_cols if str(c).endswith(("_pre", "_post"))]
+    other = [c for c in score_cols if c not in paired]
+    baseline = [c for c in paired if str(c).endswith("_pre")]
+    return InputError(
+        f"covariate(s) {', '.join(map(str, missing))} not found; participants.tsv has "
+        f"{', '.join(map(str, pcols)) or 'no column besides participant_id and arm'}"
+        + (f"; the scores also have {', '.join(map(str, other))}" if other else "")
+        + (f"; baseline scores usable as covariates: {', '.join(map(str, baseline))}"
+           if baseline else "")
+        + "; add the column to participants.tsv or choose one of these")
+
+
 def clinical_change(scores: pd.DataFrame, outcomes=None, *, rules=None) -> pd.DataFrame:
     """Score changes, response and remission, in one place.
 
@@ -423,8 +460,7 @@ def stats_input(roi_deltas: pd.DataFrame, scores: pd.DataFrame, *,
                              on="participant_id", how="left", suffixes=("", "_p"))
     missing = [c for c in cov if c not in extra]
     if missing:
-        raise InputError(f"covariate(s) {missing} not found; available: "
-                         f"{', '.join(c for c in extra.columns if c != 'participant_id')}")
+        raise covariate_error(missing, participants, scores)
     d = roi_deltas[["participant_id", "arm", "region", "md_pre", "md_post", "delta_md"]].copy()
     d["delta_md"] = pd.to_numeric(d["delta_md"], errors="coerce")
     if "flag" in roi_deltas:

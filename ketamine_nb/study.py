@@ -636,6 +636,12 @@ def _collect_scores(root, participants, tree, pre, post, outcomes, problems) -> 
     # (b), (c) phenotype/*.tsv, long or wide; (c) participants.tsv, wide.
     phenotype = sorted((root / "phenotype").glob("*.tsv")) if (root / "phenotype").is_dir() \
         else []
+    if (root / "phenotype").is_dir():
+        for other in sorted((root / "phenotype").iterdir()):
+            if other.is_file() and other.suffix.lower() in {".csv", ".xlsx", ".xls", ".txt"}:
+                problems.append(f"{other.relative_to(root)}: not read; BIDS phenotype tables "
+                                f"are tab-separated .tsv files: save it as "
+                                f"phenotype/{other.stem}.tsv (with a .json sidecar)")
     tables = [(p, None) for p in phenotype] + [(root / "participants.tsv", participants)]
     for path, df in tables:
         rel = path.relative_to(root)

@@ -214,6 +214,8 @@ def test_a_bad_session_fails_alone(base, tmp_path, capsys, name, mutate, where, 
     assert code == 1, err
     failures = pd.read_csv(out / "failures.tsv", sep="\t")
     assert failures["participant_id"].tolist() == [BAD], failures
+    # the session at fault is named, whether it failed to load or is missing
+    assert failures["session"].tolist() == ["post"], failures
     msg = failures["error"].iloc[0]
     assert where in msg and what.lower() in msg.lower(), msg
     assert "\n" not in msg
@@ -231,6 +233,7 @@ def test_exit_1_says_in_words_that_the_rest_is_complete(base, tmp_path, capsys):
     assert "1 participant(s) left out" in printed and "failures.tsv" in printed
     assert "complete and usable for the other 1 participant(s)" in printed
     assert "Exit code 1 means exactly this" in printed
+    assert f"failed {BAD} ses-post: " in printed
     _good_complete(out)
 
 

@@ -180,7 +180,7 @@ def test_grid_refuses_unknown_choices_with_one_line(rng):
         robustness_grid(voxels, scores, grid=dict(ONE_SPEC, fit_method=("NLLS",)))
     with pytest.raises(InputError, match="not in the voxel tables"):
         robustness_grid(voxels, scores, pre="baseline", grid=ONE_SPEC)
-    with pytest.raises(InputError, match="not available"):
+    with pytest.raises(InputError, match="covariate.s. bmi not found; participants.tsv"):
         robustness_grid(voxels, scores, grid=dict(ONE_SPEC, covariates=(("bmi",),)))
 
 

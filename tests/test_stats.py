@@ -149,8 +149,14 @@ def test_covariates_enter_the_formula_and_unknown_ones_are_refused(rng):
     rows, _ = stats_input(deltas, scores, config=cfg, participants=participants)
     t = region_stats(rows, config=cfg).iloc[0]
     assert t["formula"].endswith("+ score_pre + age")
-    with pytest.raises(InputError, match="covariate"):
-        stats_input(deltas, scores, config=StatsConfig(covariates=("height",)))
+    with pytest.raises(InputError, match="covariate") as err:
+        stats_input(deltas, scores, config=StatsConfig(covariates=("height",)),
+                    participants=participants)
+    # what each table has, the baseline scores apart, and the fix; no outcome's post score
+    assert str(err.value) == (
+        "covariate(s) height not found; participants.tsv has age; baseline scores usable "
+        "as covariates: madrs_pre, qids_pre; add the column to participants.tsv or choose "
+        "one of these")
 
 
 @pytest.fixture(scope="module")
@@ -649,3 +655,24 @@ def test_run_stats_names_the_real_cause_when_a_model_cannot_be_fitted(tmp_path):
     with pytest.raises(InputError, match=r"no region has a ΔMD to model \(flags: "
                                          r"coverage_fov<0.8\)"):
         run_stats(out, config=StatsConfig(n_permutations=None, n_bootstrap=0))
+
+
+def test_run_stats_removes_a_stale_reliability_table(tmp_path, monkeypatch):
+    """Without a reliability estimate, an earlier run's reliability.tsv must not stay behind."""
+    from ketamine_nb import workflows
+    from ketamine_nb.workflows import run_stats
+
+    d = simulate_tables(SimulationParams(n_subjects=12), seed=1)
+    out = _stats_folder(tmp_path, d["ground_truth"], d["scores"])
+    cfg = StatsConfig(n_permutations=None, n_bootstrap=0)
+    first = run_stats(out, config=cfg)
+    assert first.reliability is not None and (out / "reliability.tsv").is_file()
+
+    def no_estimate(*args, **kwargs):
+        raise InputError("no saline participants with ΔMD; the reference arm needs at least two")
+
+    monkeypatch.setattr(workflows, "reliable_change", no_estimate)
+    second = run_stats(out, config=cfg)
+    assert second.reliability is None
+    assert not (out / "reliability.tsv").exists()
+    assert (out / "stats_roi.tsv").is_file()

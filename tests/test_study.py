@@ -183,6 +183,18 @@ def test_layout_b_long_phenotype(tmp_path):
     assert list(sc.columns) == ["arm", "madrs_pre", "madrs_post", "qids_pre", "qids_post"]
 
 
+def test_a_phenotype_csv_is_named_not_silently_ignored(tmp_path):
+    root = make_bids(tmp_path / "bids", ARMS3)
+    write_sessions_tsv(root, "sub-01", [["ses-pre", 30, 14], ["ses-post", 12, 6]])
+    (root / "phenotype").mkdir()
+    (root / "phenotype" / "depression.csv").write_text("participant_id,madrs_total_pre\n")
+    (root / "phenotype" / "depression.json").write_text("{}")  # a sidecar: no note
+    study = load_with_problems(root)
+    msg = problem_with(study, "phenotype/depression.csv")
+    assert "not read" in msg and "save it as phenotype/depression.tsv" in msg
+    assert not any("depression.json" in p for p in study.problems)
+
+
 @pytest.mark.parametrize("where", ["phenotype", "participants"])
 @pytest.mark.parametrize("suffix", ["{}", "ses-{}"])
 def test_layout_c_wide_columns(tmp_path, where, suffix):
