@@ -182,6 +182,8 @@ def test_compare_fit_methods_agree_on_clean_data(rng):
     assert table["fit_method"].tolist() == ["OLS", "WLS", "NLLS", "RESTORE"]
     assert set(maps) == {"OLS", "WLS", "NLLS", "RESTORE"}
     assert (table["n_voxels"] == 12 * 12 * 6).all() and (table["seconds"] >= 0).all()
+    np.testing.assert_allclose(table["us_per_voxel"], 1e6 * table["seconds"] / (12 * 12 * 6),
+                               atol=0.01 + 1e6 * 0.0005 / (12 * 12 * 6))
     ref = table.set_index("fit_method").loc["WLS"]
     assert ref["median_diff_percent"] == 0 and ref["p95_abs_diff_percent"] == 0
     truth = np.mean([sum(WM) / 3, sum(GM) / 3, sum(CSF) / 3])
@@ -193,6 +195,12 @@ def test_compare_fit_methods_agree_on_clean_data(rng):
         kt.compare_fit_methods(img, gtab, mask, methods=("OLS",))
     with pytest.raises(InputError):
         kt.compare_fit_methods(img, gtab, mask, methods=("LS", "WLS"))
+    with pytest.raises(InputError, match="repeats"):
+        kt.compare_fit_methods(img, gtab, mask, methods=("WLS",), repeats=0)
+    # repeats: the same maps, the fastest of the runs
+    again, again_maps = kt.compare_fit_methods(img, gtab, mask, methods=("WLS",), repeats=3,
+                                               return_maps=True)
+    np.testing.assert_array_equal(again_maps["WLS"].get_fdata(), maps["WLS"].get_fdata())
     # Against a map given from outside: the noise-free fit of the same phantom.
     clean, _, _ = _phantom()
     truth_md = kt.compare_fit_methods(clean, gtab, mask, methods=("WLS",), return_maps=True)[1]
@@ -296,10 +304,28 @@ def test_registration_errors_on_the_simulated_cohort(processed_idealised):
     assert got["max_error_mm"] == pytest.approx(err.max())
     assert got["planted_translation_mm"] == pytest.approx(np.linalg.norm(
         row[["trans_x_mm", "trans_y_mm", "trans_z_mm"]].to_numpy(float)))
+    # Post to pre through the halfway space: one row per participant, the same by hand.
+    from ketamine_nb.registration import read_transform
+
+    v = kt.visit_registration_errors(small_results).set_index("participant_id")
+    assert sorted(v.index) == sorted(small_results.sessions["participant_id"].unique())
+    P = {ses: np.array(json.loads(motion[(motion["participant_id"] == "sub-002")
+                                         & (motion["session"] == ses)]["mni_to_scanner"].iloc[0]))
+         for ses in ("pre", "post")}
+    H = {ses: read_transform(small_results.paths("sub-002", ses)["xfm_halfway"])
+         for ses in ("pre", "post")}
+    E = H["post"] @ np.linalg.inv(H["pre"]) @ P["pre"]
+    by_hand = np.linalg.norm((pts @ E[:3, :3].T + E[:3, 3])
+                             - (pts @ P["post"][:3, :3].T + P["post"][:3, 3]), axis=1)
+    assert v.loc["sub-002", "max_error_mm"] == pytest.approx(by_hand.max())
+    assert v.loc["sub-002", "mean_error_mm"] == pytest.approx(by_hand.mean())
+    assert v["max_error_mm"].median() < 0.5  # same brain, both visits: well within a voxel
     from dataclasses import replace
 
     with pytest.raises(InputError):
         kt.registration_errors(replace(small_results, bids_dir=None))
+    with pytest.raises(InputError):
+        kt.visit_registration_errors(replace(small_results, bids_dir=None))
 
 
 @pytest.mark.slow  # on the idealised cohort (shared with test_pipeline); CI runs it
