@@ -103,6 +103,7 @@ __all__ = [
     "cohort_table",
     "column_descriptions",
     "correlation_table",
+    "covariate_error",
     "delta_summary",
     "design_arms",
     "detect_outcomes",
