@@ -654,7 +654,10 @@ class PipelineResult:
     sessions : pandas.DataFrame
         One row per session: status (processed, reused, failed), seconds, QC.
     failures : pandas.DataFrame
-        ``participant_id``, ``session``, ``error`` (one line each).
+        ``participant_id``, ``session``, ``error`` (one line each). ``session``
+        is the session label at fault: the one that failed, or the one that is
+        missing or unusable when the other visit is fine; ``n/a`` when the
+        participant as a whole failed (both visits missing, or the halfway step).
     roi_md, roi_deltas : pandas.DataFrame
         The cohort tables (also written as TSV).
     """
