@@ -960,8 +960,8 @@ def magnitude_noise(clean, sigma, n_coils: int, rng):
     freedom (L = ``n_coils``; L = 1 is the Rician case). It is drawn exactly,
     with the fewest random numbers: ``(c + sigma z)^2 + sigma^2 chi^2(2 L - 1)``
     where a voxel has signal, ``sigma^2 chi^2(2 L)`` where it has none (the
-    background, about two thirds of the grid), each chi-square as twice a
-    gamma variate.
+    background: on the simulated grid, with the head's motion, about 40 %
+    of the voxels), each chi-square as twice a gamma variate.
 
     Parameters
     ----------

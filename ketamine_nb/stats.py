@@ -350,9 +350,13 @@ def covariate_error(missing, participants, scores) -> InputError:
     paired = [c for c in score_cols if str(c).endswith(("_pre", "_post"))]
     other = [c for c in score_cols if c not in paired]
     baseline = [c for c in paired if str(c).endswith("_pre")]
+    if participants is None:
+        where = "no participants table was given (participants=)"
+    else:
+        where = ("participants.tsv has "
+                 f"{', '.join(map(str, pcols)) or 'no column besides participant_id and arm'}")
     return InputError(
-        f"covariate(s) {', '.join(map(str, missing))} not found; participants.tsv has "
-        f"{', '.join(map(str, pcols)) or 'no column besides participant_id and arm'}"
+        f"covariate(s) {', '.join(map(str, missing))} not found; {where}"
         + (f"; the scores also have {', '.join(map(str, other))}" if other else "")
         + (f"; baseline scores usable as covariates: {', '.join(map(str, baseline))}"
            if baseline else "")

@@ -180,7 +180,8 @@ def test_grid_refuses_unknown_choices_with_one_line(rng):
         robustness_grid(voxels, scores, grid=dict(ONE_SPEC, fit_method=("NLLS",)))
     with pytest.raises(InputError, match="not in the voxel tables"):
         robustness_grid(voxels, scores, pre="baseline", grid=ONE_SPEC)
-    with pytest.raises(InputError, match="covariate.s. bmi not found; participants.tsv"):
+    with pytest.raises(InputError, match=r"covariate\(s\) bmi not found; no participants "
+                                         r"table was given \(participants=\)"):
         robustness_grid(voxels, scores, grid=dict(ONE_SPEC, covariates=(("bmi",),)))
 
 

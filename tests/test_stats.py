@@ -157,6 +157,11 @@ def test_covariates_enter_the_formula_and_unknown_ones_are_refused(rng):
         "covariate(s) height not found; participants.tsv has age; baseline scores usable "
         "as covariates: madrs_pre, qids_pre; add the column to participants.tsv or choose "
         "one of these")
+    # without a participants table the message says so, not "participants.tsv has nothing"
+    with pytest.raises(InputError) as err:
+        stats_input(deltas, scores, config=StatsConfig(covariates=("age",)))
+    assert str(err.value).startswith("covariate(s) age not found; no participants table was "
+                                     "given (participants=); baseline scores usable")
 
 
 @pytest.fixture(scope="module")
