@@ -163,3 +163,22 @@ def die_with_parent(parent_pid: int) -> None:
     if os.getppid() != parent_pid:
         os._exit(1)
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def without_grid_edge(mask):
+    """Return a copy of a 3D mask without the grid's outermost layer of voxels (bool).
+
+    Where a field of view cuts through the brain (a slab, or the bottom of a
+    simulated head) the mask ends in a flat face at the grid's edge. That face
+    lies at the same scanner position in every series, whatever the head did,
+    so a registration that sees it is pulled towards the scanner's frame
+    instead of the anatomy; registrations use the mask without it.
+    """
+    import numpy as np
+
+    m = np.array(mask, dtype=bool, copy=True)
+    m[[0, -1]] = False
+    m[:, [0, -1]] = False
+    m[:, :, [0, -1]] = False
+    return m
+

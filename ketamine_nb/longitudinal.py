@@ -66,6 +66,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ._utils import without_grid_edge
 from .exceptions import InputError
 from .regions import GLOBAL_GM
 
@@ -178,8 +179,12 @@ def register_visits(pre_img, post_img, *, pre_mask=None, post_mask=None,
     from dipy.align.transforms import RigidTransform3D
 
     p = dict(LONGITUDINAL_PARAMS, **(params or {}))
-    static = _masked(pre_img, pre_mask)
-    moving = _masked(post_img, post_mask)
+    # Without the grid's outer layer (``without_grid_edge``): on 8 simulated
+    # idealised participants, whose field of view cuts the brainstem, the
+    # masks' flat faces there took the registration error from 0.21 to 1.5 mm
+    # for one participant (ΔMD r 0.934 -> 0.861).
+    static = _masked(pre_img, _edge_free(pre_mask))
+    moving = _masked(post_img, _edge_free(post_mask))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         com = transform_centers_of_mass(static, pre_img.affine, moving, post_img.affine)
@@ -199,6 +204,15 @@ def register_visits(pre_img, post_img, *, pre_mask=None, post_mask=None,
     moved = resample_image(post_img if post_mask is None else _as_img(moving, post_img),
                            A, pre_img.affine, pre_img.shape[:3])
     return A, _similarity(static, np.asarray(moved.dataobj))
+
+
+def _edge_free(mask_img):
+    if mask_img is None:
+        return None
+    import nibabel as nib
+
+    return nib.Nifti1Image(without_grid_edge(np.asarray(mask_img.dataobj) > 0).astype(np.uint8),
+                           mask_img.affine)
 
 
 def _as_img(data, like):
@@ -760,10 +774,14 @@ def register_atlas(md_img, mask_img, *, method: str = DEFAULT_ATLAS_REGISTRATION
                                       starting_affine=start, ret_metric=True, **kw)
             if best is None or f < best[0]:
                 best = (f, r, start)
-        if len(starts) > 1:
+        partial = _share_inside(tissue, tpl.affine, np.linalg.inv(best[1].affine), fov_aff,
+                                fov_shape) < p["affine_min_fov"]
+        if len(starts) > 1 and partial:
             # In a slab the head's pitch is weakly held (measured on simulated
             # slabs: 5-6 degrees off from one start, the frontal pole's lower
-            # edge 10-12 mm low): the best start is also tried tilted.
+            # edge 10-12 mm low): the best start is also tried tilted. Not for
+            # a head that is whole but for its brainstem (the test above
+            # also takes a small head whose lowest slices are cut).
             found = np.argwhere(static > 0)
             centre = sub_aff[:3, :3] @ found.mean(axis=0) + sub_aff[:3, 3]
             base = best[2]
@@ -1063,10 +1081,12 @@ def align_visits(pre: Visit, post: Visit, maps, *, fit_method: str = "WLS",
                               pre_mask=pre.mask, post_mask=post.mask, params=params)
     affine, shape, to_pre, to_post = halfway_grid(pre.img, post.img, A)
     to_visit = {"pre": to_pre, "post": to_post}
-    md, fa, mask, fov, dwis, gtabs = {}, {}, {}, {}, {}, {}
+    md, fa, mask, fov, dwis, gtabs, inner = {}, {}, {}, {}, {}, {}, {}
     for name, v in visits.items():
         mask[name] = np.asarray(resample_image(v.mask, to_visit[name], affine, shape)
                                 .dataobj) >= 0.5
+        inner[name] = np.asarray(resample_image(_edge_free(v.mask), to_visit[name], affine,
+                                                shape).dataobj) >= 0.5
         # only the voxels the tensor is fitted in (the DWI is 0 elsewhere)
         img, g = resample_dwi(v.img, v.gtab, to_visit[name], affine, shape,
                               volume_transforms=v.volume_transforms, within=mask[name])
@@ -1075,8 +1095,10 @@ def align_visits(pre: Visit, post: Visit, maps, *, fit_method: str = "WLS",
         md[name], fa[name] = fit_dti(img, g, mask=mask[name], fit_method=fit_method)
     both = mask["pre"] & mask["post"]
     mean_md = np.mean([np.asarray(md[k].dataobj) for k in md], axis=0).astype(np.float32)
+    # The atlas is registered inside the masks without their grid edges too.
     mapping = register_atlas(nib.Nifti1Image(mean_md, affine),
-                             nib.Nifti1Image(both.astype(np.uint8), affine),
+                             nib.Nifti1Image((inner["pre"] & inner["post"]).astype(np.uint8),
+                                             affine),
                              method=atlas_registration, params=params)
     _, tissues = synthetic_md_template(float(dict(LONGITUDINAL_PARAMS, **(params or {}))
                                              ["atlas_resolution"]))

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._utils import without_grid_edge
 from .exceptions import InputError
 
 __all__ = [
@@ -331,7 +332,7 @@ class _Level:
         self.affine = _coarse_affine(affine, factors)
         self.inv = np.linalg.inv(self.affine)
         cmask = ndi.binary_dilation(cmask, iterations=1)       # the edge carries signal
-        cmask[[0, -1]] = cmask[:, [0, -1]] = cmask[:, :, [0, -1]] = False  # not the FOV's edge
+        cmask = without_grid_edge(cmask)                         # not the FOV's edge
         if step > 1:  # a regular subsample of the points (the sampled metric)
             sub = np.zeros_like(cmask)
             sub[::step, ::step, ::step] = True
@@ -557,7 +558,9 @@ def _estimate(data, affine, zooms, groups, ref_index, mask, model, bvals, g_worl
     # realistic simulated series (four channels, sigma varying by 30 %) the
     # link's error against the simulator's truth was 0.29 mm on average (at
     # most 0.49) with the mask dilated by two voxels, 0.18 (0.35) without.
-    link_mask = mask
+    # Nor on the grid's outermost layer, where a cut field of view ends the
+    # brain in a face fixed in the scanner's frame (see without_grid_edge).
+    link_mask = without_grid_edge(mask)
     for key, idx in groups.items():
         if key != "b0":
             # A second start where the b = 0 volumes say the head moved by more

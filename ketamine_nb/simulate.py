@@ -76,6 +76,7 @@ __all__ = [
     "simulate_session",
     "simulate_tables",
     "tensor_signal",
+    "true_field_of_view_coverage",
     "true_volume_transforms",
     "truth_agreement",
 ]
@@ -1309,6 +1310,73 @@ _MD_TABLES: dict = {}
 _MD_GRID = np.linspace(0.7, 1.3, 61)  # voxel MD multipliers tabulated
 
 
+def true_field_of_view_coverage(params: SimulationParams, *, seed: int = 0,
+                                head_transform=None,
+                                anatomy: ParticipantAnatomy | None = None,
+                                spacing: float = 1.5) -> dict:
+    """Share of each planted region inside a session's field of view: the truth.
+
+    The region is the one the simulator plants in (the default study regions
+    at ``planting_threshold``, carried into the participant's head), counted
+    over the whole head, whatever the field of view; the share inside the
+    session's scanner grid (its ``fov_slab``) is what the pipeline's
+    ``coverage_fov`` estimates.
+
+    Parameters
+    ----------
+    params : SimulationParams
+        Its ``fov_slab`` (``None``: the whole head, shares of 1).
+    seed : int, default=0
+        Cohort seed (the template anatomy).
+    head_transform : numpy.ndarray, shape (4, 4), optional
+        The session's head-to-scanner map (``mni_to_scanner`` in
+        ``head_motion.tsv``); identity if omitted.
+    anatomy : ParticipantAnatomy, optional
+        The participant's own anatomy (the template's if omitted).
+    spacing : float, default=1.5
+        Sampling step over the head (mm).
+
+    Returns
+    -------
+    dict
+        Region name -> share (0-1).
+    """
+    from scipy.ndimage import map_coordinates
+
+    anat = _anatomy(params, seed)
+    T = np.eye(4) if head_transform is None else np.asarray(head_transform, float)
+    full_shape, full_aff = _native_grid(params.voxel_size)
+    # The whole head's box in scanner mm (LAS grid: x runs from + to -).
+    corners = full_aff[:3, :3] @ (np.array([[0, 0, 0], full_shape]).T - 0.5) + full_aff[:3, 3:4]
+    lo, hi = corners.min(axis=1), corners.max(axis=1)
+    shape = tuple(int(n) for n in np.ceil((hi - lo) / spacing))
+    aff = np.diag([spacing, spacing, spacing, 1.0])
+    aff[:3, 3] = lo + spacing / 2
+    if anatomy is None:
+        to_work = np.linalg.inv(anat.affine) @ np.linalg.inv(T) @ aff
+        ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+        coords = to_work[:3, :3] @ ijk + to_work[:3, 3:4]
+    else:
+        inv_work = np.linalg.inv(anat.affine)
+        y = anatomy.to_template_grid(np.linalg.inv(T) @ aff, shape)
+        coords = inv_work[:3, :3] @ y + inv_work[:3, 3:4]
+    z = (aff[2, 2] * np.arange(shape[2]) + aff[2, 3])
+    if params.fov_slab is None:
+        inside_z = np.ones(shape[2], bool)
+    else:
+        s_shape, s_aff = _native_grid(params.voxel_size, slab=params.fov_slab)
+        z0 = s_aff[2, 3] - s_aff[2, 2] / 2
+        inside_z = (z >= z0) & (z < z0 + s_shape[2] * s_aff[2, 2])
+    inside = np.broadcast_to(inside_z, shape).reshape(-1)
+    out = {}
+    for k, name in enumerate(anat.region_names):
+        w = map_coordinates(anat.region_weight[..., k], coords, order=1, mode="constant",
+                            prefilter=False)
+        total = w.sum()
+        out[str(name)] = float(w[inside].sum() / total) if total > 0 else float("nan")
+    return out
+
+
 def _voxel_md_table(params, frac, orient):
     """Noise-free MD of each voxel (columns) at each multiplier of ``_MD_GRID`` (rows)."""
     bvals, bvecs = gradient_scheme(params.n_directions, params.n_b0, params.bval)
@@ -1541,7 +1609,12 @@ def _session_task(args):
                 "TotalReadoutTime": params.total_readout_time,
                 "SliceThickness": params.voxel_size},
                stem.with_name(stem.name + ".json"))
-    return str(stem)
+    if params.fov_slab is None:
+        return str(stem), []
+    cov = true_field_of_view_coverage(params, seed=seed, head_transform=T, anatomy=anatomy)
+    pid, ses = stem.name.split("_")[:2]
+    return str(stem), [{"participant_id": pid, "session": ses.removeprefix("ses-"),
+                        "region": r, "coverage_fov": round(c, 4)} for r, c in cov.items()]
 
 
 _DWI_SIDECAR = {
@@ -1739,7 +1812,11 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
     ``sub-*_ses-*_motion.tsv`` (one row per volume: motion, eddy currents,
     drift), ``anatomy.tsv`` (each participant's size and ventricles),
     ``sub-*_head_to_mni_displacement.nii.gz`` (with own anatomy: the map
-    from the head frame to MNI) and ``simulation_parameters.json``.
+    from the head frame to MNI), ``simulation_parameters.json`` and, with a
+    ``fov_slab``, ``ground_truth_coverage.tsv`` (each session's true share
+    of each region inside the field of view,
+    :func:`true_field_of_view_coverage`; the pipeline's ``coverage_fov``
+    estimates it).
     """
     from tqdm.auto import tqdm
 
@@ -1771,6 +1848,7 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
 
     bar = tqdm(total=len(tasks), desc="simulating DWI sessions", unit="session",
                disable=not progress)
+    coverage = []
     if n_jobs > 1:
         import multiprocessing as mp
         import os
@@ -1782,11 +1860,12 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
         with threadpool_limits(1), ProcessPoolExecutor(
                 n_jobs, mp_context=ctx, initializer=die_with_parent,
                 initargs=(os.getpid(),)) as ex:
-            for _ in ex.map(_session_task, tasks, chunksize=2):
+            for _, rows in ex.map(_session_task, tasks, chunksize=2):
+                coverage += rows
                 bar.update()
     else:
         for t in tasks:
-            _session_task(t)
+            coverage += _session_task(t)[1]
             bar.update()
     bar.close()
 
@@ -1829,6 +1908,8 @@ def simulate_cohort(out_dir, *, params: SimulationParams | None = None, seed: in
                sim / "dataset_description.json")
     rows = _truth_table(params, participants, subj_mult, sess_mult, changes)
     write_tsv(rows, sim / "ground_truth_roi.tsv")
+    if coverage:   # a reduced field of view: the true share of each region inside it
+        write_tsv(pd.DataFrame(coverage), sim / "ground_truth_coverage.tsv")
     eff = pd.DataFrame([{"region": r, "arm": a, "slope_per_madrs_point": params.slope(r, a)}
                         for r in STUDY_REGIONS for a in ("ketamine", "saline")])
     write_tsv(eff, sim / "planted_effects.tsv")

@@ -216,8 +216,14 @@ def test_roi_tables_have_the_documented_columns(processed):
     assert len(roi_md) == 8 * 2 * 8 and (roi_md["n_voxels"] > 5).all()
     assert set(roi_md["region"]) == {*STUDY_REGIONS, GLOBAL_GM}
     assert {"coverage_fov", "coverage_brain", "flag"} <= set(roi_md.columns)
-    # The simulated heads are whole: every region is inside the field of view and the brain.
-    assert (roi_md["coverage_fov"].dropna() > 0.99).all()
+    # The simulated heads are whole down to the cerebellum: every study region is
+    # inside the field of view and the brain. The field of view ends at scanner
+    # z = -60 mm, so the lowest cerebellar grey matter (0.4 % of the MNI
+    # template's below z = -60, 1.2 % below -56) falls out when a head sits low:
+    # global_gm measured 0.986 at least (sub-007 post, 2026-12-02).
+    study = roi_md["region"] != GLOBAL_GM
+    assert (roi_md.loc[study, "coverage_fov"] > 0.99).all()
+    assert (roi_md.loc[~study, "coverage_fov"] > 0.97).all()
     assert (roi_md.loc[roi_md["region"] != GLOBAL_GM, "coverage_brain"] >= 0.8).all()
     assert deltas.columns.tolist() == ["participant_id", "arm", "region", "md_pre", "md_post",
                                        "delta_md", "pct_delta_md", "flag"]
@@ -239,9 +245,9 @@ def test_regional_md_and_its_change_recover_the_ground_truth(cohort, min_r, requ
 
     The realistic cohort (the simulator's defaults: own anatomy, motion, eddy
     currents, susceptibility distortion, multi-channel noise) is harder: on
-    these 8 participants r = 0.84 (seed 3; 0.82 before the realignment's link
-    kept to the brain mask); the issue's r >= 0.85 is judged on the default 98
-    by benchmarks/bench_artefacts.py (0.864).
+    these 8 participants r = 0.80 (seed 3, 2026-12-02; 0.81 before the masks
+    kept the grid's edge slices, which registrations leave out); the issue's
+    r >= 0.85 is judged on the default 98 by benchmarks/bench_artefacts.py.
     """
     # Only the cohort asked for: the idealised one costs a pipeline run of its own.
     run = request.getfixturevalue("processed" if cohort == "realistic"

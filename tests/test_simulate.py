@@ -627,6 +627,32 @@ def test_drift_slab_and_second_shell():
         SimulationParams.idealised(fov_slab=(0.0, 5.0))
 
 
+def test_true_field_of_view_coverage_knows_where_the_regions_are():
+    from ketamine_nb.regions import STUDY_REGIONS
+    from ketamine_nb.simulate import true_field_of_view_coverage
+
+    whole = true_field_of_view_coverage(SimulationParams.idealised())
+    assert set(whole) == set(STUDY_REGIONS) and all(v == 1.0 for v in whole.values())
+    # Above MNI z = 0 (template head, no motion): no amygdala, the vACC
+    # (subcallosal) almost none, the hippocampus its upper tail only, BA10 in
+    # part (measured 0.0, 0.002, 0.09 and 0.60)
+    upper = true_field_of_view_coverage(SimulationParams.idealised(fov_slab=(0.0, 90.0)))
+    assert upper["amygdala_L"] < 0.02 and upper["amygdala_R"] < 0.02
+    assert upper["vACC"] < 0.05
+    assert upper["hippocampus_L"] < 0.15 and upper["hippocampus_R"] < 0.15
+    assert 0.4 < upper["BA10_L"] < 0.8 and 0.4 < upper["BA10_R"] < 0.8
+    lower = true_field_of_view_coverage(SimulationParams.idealised(fov_slab=(-60.0, 0.0)))
+    for r in STUDY_REGIONS:   # the two slabs split each region between them
+        assert upper[r] + lower[r] == pytest.approx(1.0, abs=0.01), r
+    # The head lifted by 10 mm in the scanner: the slab holds the part of BA10
+    # that lay 10 mm lower
+    T = np.eye(4)
+    T[2, 3] = 10.0
+    lifted = true_field_of_view_coverage(SimulationParams.idealised(fov_slab=(10.0, 100.0)),
+                                         head_transform=T)
+    assert lifted["BA10_L"] == pytest.approx(upper["BA10_L"], abs=0.03)
+
+
 @pytest.mark.slow
 def test_realistic_cohort_writes_motion_tables_and_stays_valid_bids(tmp_path):
     from ketamine_nb.simulate import REALISTIC
