@@ -1079,13 +1079,7 @@ def simulate_session(params: SimulationParams | None = None, *, seed: int = 0,
     # Voxel centres -> scanner mm -> head mm -> template (MNI) mm -> working-grid
     # voxel coordinates.
     ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
-    if anatomy is None:
-        to_work = np.linalg.inv(anat.affine) @ np.linalg.inv(T) @ affine
-        coords = to_work[:3, :3] @ ijk + to_work[:3, 3:4]
-    else:
-        inv_work = np.linalg.inv(anat.affine)
-        y = anatomy.to_template_grid(np.linalg.inv(T) @ affine, shape)
-        coords = (inv_work[:3, :3] @ y + inv_work[:3, 3:4]).astype(np.float32)
+    coords = _working_coords(anat, anatomy, T, affine, shape, ijk)
 
     def sample(vol):
         return map_coordinates(vol, coords, order=1, mode="constant", cval=0.0,
@@ -1310,6 +1304,18 @@ _MD_TABLES: dict = {}
 _MD_GRID = np.linspace(0.7, 1.3, 61)  # voxel MD multipliers tabulated
 
 
+def _working_coords(anat, anatomy, T, affine, shape, ijk=None):
+    """Voxel centres of a scanner grid -> head -> template (MNI) -> working-grid voxels, (3, N)."""
+    if anatomy is None:
+        if ijk is None:
+            ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+        to_work = np.linalg.inv(anat.affine) @ np.linalg.inv(T) @ affine
+        return to_work[:3, :3] @ ijk + to_work[:3, 3:4]
+    inv_work = np.linalg.inv(anat.affine)
+    y = anatomy.to_template_grid(np.linalg.inv(T) @ affine, shape)
+    return (inv_work[:3, :3] @ y + inv_work[:3, 3:4]).astype(np.float32)
+
+
 def true_field_of_view_coverage(params: SimulationParams, *, seed: int = 0,
                                 head_transform=None,
                                 anatomy: ParticipantAnatomy | None = None,
@@ -1320,7 +1326,8 @@ def true_field_of_view_coverage(params: SimulationParams, *, seed: int = 0,
     at ``planting_threshold``, carried into the participant's head), counted
     over the whole head, whatever the field of view; the share inside the
     session's scanner grid (its ``fov_slab``) is what the pipeline's
-    ``coverage_fov`` estimates.
+    ``coverage_fov`` estimates. The head is taken at the session's position
+    (``head_transform``), without the motion within the scan.
 
     Parameters
     ----------
@@ -1352,15 +1359,8 @@ def true_field_of_view_coverage(params: SimulationParams, *, seed: int = 0,
     shape = tuple(int(n) for n in np.ceil((hi - lo) / spacing))
     aff = np.diag([spacing, spacing, spacing, 1.0])
     aff[:3, 3] = lo + spacing / 2
-    if anatomy is None:
-        to_work = np.linalg.inv(anat.affine) @ np.linalg.inv(T) @ aff
-        ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
-        coords = to_work[:3, :3] @ ijk + to_work[:3, 3:4]
-    else:
-        inv_work = np.linalg.inv(anat.affine)
-        y = anatomy.to_template_grid(np.linalg.inv(T) @ aff, shape)
-        coords = inv_work[:3, :3] @ y + inv_work[:3, 3:4]
-    z = (aff[2, 2] * np.arange(shape[2]) + aff[2, 3])
+    coords = _working_coords(anat, anatomy, T, aff, shape)
+    z = aff[2, 2] * np.arange(shape[2]) + aff[2, 3]
     if params.fov_slab is None:
         inside_z = np.ones(shape[2], bool)
     else:
