@@ -34,13 +34,13 @@ images of about 6 mm voxels. When no volume then moves by more than
 resampled (interpolation would smooth a volume more than the motion
 misplaces it). Otherwise the estimate is refined on the acquired grid (a
 quarter of its voxels): the mean DW image of each shell is first linked to
-the mean b = 0 image by dipy's mutual-information registration within
-the brain mask (``dipy.align.imaffine``; a shift common to all DW volumes is invisible to
-the steps above), started from the identity and, when the b = 0 volumes
-moved by more than a voxel, also from where they were found (the better
-of the two is kept: from the identity alone, a head that turned early in
-the series could end in a wrong optimum inherited by every DW volume),
-then the b = 0 and
+the mean b = 0 image by dipy's mutual-information registration on a
+regular quarter of the brain mask's voxels (``dipy.align.imaffine``; a shift
+common to all DW volumes is invisible to the steps above), started from
+the identity and, when the b = 0 volumes moved by more than a voxel, also
+from where they were found (the better of the two is kept: from the
+identity alone, a head that turned early in the series could end in a
+wrong optimum inherited by every DW volume), then the b = 0 and
 predicted-signal registrations are repeated. The b-vectors are rotated as
 ``dipy.core.gradients.reorient_bvecs`` does (Leemans & Jones 2009), in the
 frame of the FSL b-vectors. ``benchmarks/bench_realign.py`` compares the
@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._utils import without_grid_edge
+from ._utils import sampled_mutual_information, without_grid_edge
 from .exceptions import InputError
 
 __all__ = [
@@ -136,6 +136,13 @@ _PREDICTION_ROUNDS = 2
 _COARSE_ROUNDS = 2
 #: Iterations of the mutual-information link per level (dipy's optimizer).
 _MI_ITERATIONS = [50, 20]
+#: Share of the grid's voxels the link samples (then kept inside the brain
+#: mask: ``_utils.sampled_mutual_information``). Against every voxel of the
+#: grid, on 2 x 16 realistic simulated sessions (seeds 0 and 3), the DW
+#: volumes' error against the simulator's truth was 0.251 vs 0.245 mm and
+#: 0.261 vs 0.266 mm on average, and the link took 0.45-0.48 s of CPU instead
+#: of 2.4-3.1 s (half of a moved series' realignment).
+_MI_SAMPLING = 0.25
 #: Stop iterating a volume when its update moves points by less than this (mm).
 _TOLERANCE_MM = 0.005
 
@@ -432,7 +439,8 @@ def _link_by_mutual_information(level, moving, static, c, mask, starts=()):
 
     dipy's mutual-information registration (``dipy.align.imaffine``), rigid,
     on two levels (half resolution smoothed by one voxel, then full
-    resolution), within the brain mask:
+    resolution), sampled on :data:`_MI_SAMPLING` of the grid's voxels and
+    within the brain mask (:func:`._utils.sampled_mutual_information`):
     the one registration per shell that links the DW contrast to the b0
     contrast. It runs from the identity and from each of ``starts`` (centred
     4 x 4 guesses, e.g. from where the b = 0 volumes were found) and keeps
@@ -441,7 +449,7 @@ def _link_by_mutual_information(level, moving, static, c, mask, starts=()):
     end in a wrong optimum (a rotation about one axis traded for another),
     which every DW volume would then inherit.
     """
-    from dipy.align.imaffine import AffineRegistration, MutualInformationMetric
+    from dipy.align.imaffine import AffineRegistration
     from dipy.align.transforms import RigidTransform3D
 
     C = np.eye(4)
@@ -449,8 +457,7 @@ def _link_by_mutual_information(level, moving, static, c, mask, starts=()):
     Cinv = np.linalg.inv(C)
     best, best_f = None, np.inf
     for Q0 in (np.eye(4), *starts):
-        reg = AffineRegistration(metric=MutualInformationMetric(nbins=32,
-                                                                sampling_proportion=None),
+        reg = AffineRegistration(metric=sampled_mutual_information(32, _MI_SAMPLING),
                                  level_iters=_MI_ITERATIONS, sigmas=[1.0, 0.0],
                                  factors=[2, 1], verbosity=0)
         amap, _, f = reg.optimize(static.astype(np.float64), moving.astype(np.float64),
