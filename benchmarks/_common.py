@@ -327,12 +327,14 @@ class TreeMemorySampler:
             self._stop.wait(self.interval)
 
 
-def run_measured(cmd, *, env=None, interval: float = 0.1, cwd=None):
+def run_measured(cmd, *, env=None, interval: float | None = 0.1, cwd=None):
     """Run a command; return (wall s, returncode, sampler, output text, CPU s of the tree).
 
     The CPU time (user + system) covers the command and every descendant it
     waited for (``RUSAGE_CHILDREN``), i.e. the forked workers too. Unlike the
-    wall time it hardly depends on how busy the machine is.
+    wall time it hardly depends on how busy the machine is. ``interval=None``
+    runs without the memory sampler (``sampler`` is then ``None``), for a
+    time untouched by the sampler's own reads of every process's memory map.
     """
     import resource
 
@@ -340,10 +342,11 @@ def run_measured(cmd, *, env=None, interval: float = 0.1, cwd=None):
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    sampler = TreeMemorySampler(proc.pid, interval).start()
+    sampler = TreeMemorySampler(proc.pid, interval).start() if interval else None
     out, _ = proc.communicate()
     wall = time.perf_counter() - t0
-    sampler.stop()
+    if sampler is not None:
+        sampler.stop()
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     return wall, proc.returncode, sampler, out, cpu

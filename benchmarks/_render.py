@@ -108,7 +108,8 @@ GOALS: tuple[Goal, ...] = (
     G("#7", "registration default vs earlier: largest error, excess", "bench_registration",
       "default_minus_dense4_error_max_mm", "<=", 0.1),
     # simulator #2 / #13
-    G("#13", "simulate the default cohort of 98 (realistic since 2026-12-01 07:07; warm), 2 cores",
+    G("#13", "simulate the default cohort of 98 (realistic since 2026-12-01 07:07; warm; "
+      "without the memory sampler since 2026-12-02), 2 cores",
       "bench_simulate",
       "warm_wall_s", "<=", 75),
     G("#13", "simulated cohort on disk", "bench_simulate", "warm_disk_bytes", "<=", 800e6),
