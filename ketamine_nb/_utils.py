@@ -190,21 +190,25 @@ def sampled_mutual_information(nbins: int = 32, sampling_proportion: float = 0.2
     dipy's ``MutualInformationMetric`` either uses every voxel of the static
     grid (dense; the masks then restrict the joint histogram, but the image
     gradient is still computed over the whole grid) or a regular sample of
-    the grid (jittered by a quarter voxel with a fixed seed, so reproducible)
-    and then ignores the masks with a warning. The metric returned here takes
-    the regular sample and keeps the points whose voxel lies inside
-    ``static_mask``, so a registration can be both sampled and masked: it then
-    sees neither the background's noise floor nor the cost of the grid around
-    the brain. The moving mask is not used (dipy's dense path only uses it
-    in the histogram too).
+    the grid (every k-th voxel in index order, k = ceil(1 / p), each point
+    jittered by a Gaussian of 0.25 voxel SD from a fixed seed, so
+    reproducible) and then ignores the masks with a warning. The metric
+    returned here takes the regular sample and keeps the points whose
+    nearest voxel lies inside ``static_mask`` (points beyond the grid's edge
+    are judged by the edge voxel), so a registration can be both sampled and
+    masked: it then sees neither the background's noise floor nor the cost of
+    the grid around the brain. ``AffineRegistration`` passes each pyramid
+    level's mask (resampled by nearest neighbour) to :meth:`setup`. A moving
+    mask is not supported (dipy's dense path drops moving voxels outside it
+    from the histogram); passing one raises.
 
     Parameters
     ----------
     nbins : int
         Bins of the joint histogram per image.
     sampling_proportion : float
-        Share of the static grid's voxels sampled (0 < p < 1) before the mask
-        is applied.
+        Share of the static grid's voxels sampled before the mask is applied
+        (0 < p < 1; dipy takes 1 / ceil(1 / p) of them, e.g. 0.25 for 0.3).
 
     Returns
     -------
@@ -212,8 +216,6 @@ def sampled_mutual_information(nbins: int = 32, sampling_proportion: float = 0.2
         A metric for ``AffineRegistration``; pass the mask as ``static_mask``
         to ``optimize``.
     """
-    import warnings
-
     import numpy as np
     from dipy.align.imaffine import MutualInformationMetric
 
@@ -224,13 +226,16 @@ def sampled_mutual_information(nbins: int = 32, sampling_proportion: float = 0.2
         def setup(self, transform, static, moving, static_grid2world=None,
                   moving_grid2world=None, starting_affine=None, static_mask=None,
                   moving_mask=None):
-            with warnings.catch_warnings():  # "Masking is not implemented ...": done below
-                warnings.simplefilter("ignore", UserWarning)
-                super().setup(transform, static, moving, static_grid2world, moving_grid2world,
-                              starting_affine, None, None)
+            if moving_mask is not None:
+                raise ValueError("sampled_mutual_information: a moving mask is not supported; "
+                                 "mask the static image's side (static_mask)")
+            super().setup(transform, static, moving, static_grid2world=static_grid2world,
+                          moving_grid2world=moving_grid2world, starting_affine=starting_affine,
+                          static_mask=None, moving_mask=None)
             if static_mask is None:
                 return
-            ijk = np.rint((self.static_world2grid @ self.samples.T).T[:, :3]).astype(int)
+            dim = self.samples.shape[1] - 1
+            ijk = np.rint((self.static_world2grid @ self.samples.T).T[:, :dim]).astype(int)
             ijk = np.clip(ijk, 0, np.array(static.shape) - 1)
             keep = np.asarray(static_mask)[tuple(ijk.T)] > 0
             if not keep.any():

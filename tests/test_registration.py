@@ -121,3 +121,21 @@ def test_sampled_mutual_information_stays_inside_the_mask_and_finds_a_known_shif
     assert np.abs(t_plain - shift).max() > 0.3, t_plain          # the mask is what helps
     with pytest.raises(ValueError, match="sampling_proportion"):
         sampled_mutual_information(32, 1.0)
+
+    # Axis order and offsets: an off-centre box on an anisotropic, shifted grid
+    # (a sphere in a cube, above, would not see the axes swapped). Judged on
+    # the points' continuous voxel coordinates, not by the code's rounding.
+    shape2 = (30, 24, 18)
+    A2 = np.array([[1.5, 0, 0, -20.0], [0, 2.0, 0, 7.0], [0, 0, 3.0, -11.0], [0, 0, 0, 1]])
+    box = np.zeros(shape2, np.int32)
+    box[3:11, 12:22, 5:9] = 1
+    img2 = rng.random(shape2)
+    m2 = sampled_mutual_information(32, 0.25)
+    m2.setup(TranslationTransform3D(), img2, img2, static_grid2world=A2, moving_grid2world=A2,
+             static_mask=box)
+    vox = (np.linalg.inv(A2) @ m2.samples.T).T[:, :3]
+    assert (vox >= np.array([3, 12, 5]) - 0.5).all() and (vox <= np.array([10, 21, 8]) + 0.5).all()
+    assert 0.15 < m2.ns / box.sum() < 0.35, m2.ns / box.sum()
+    with pytest.raises(ValueError, match="moving mask"):
+        m2.setup(TranslationTransform3D(), img2, img2, static_grid2world=A2,
+                 moving_grid2world=A2, static_mask=box, moving_mask=box)
