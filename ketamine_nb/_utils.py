@@ -183,7 +183,6 @@ def without_grid_edge(mask):
     return m
 
 
-
 def sampled_mutual_information(nbins: int = 32, sampling_proportion: float = 0.25):
     """Return dipy's sampled mutual-information metric, its sample points kept in a mask.
 
