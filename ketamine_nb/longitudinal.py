@@ -66,7 +66,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._utils import without_grid_edge
+from ._utils import sampled_mutual_information, without_grid_edge
 from .exceptions import InputError
 from .regions import GLOBAL_GM
 
@@ -108,18 +108,25 @@ MIN_VISIT_SIMILARITY = 0.9
 #: (Pierpaoli et al. 1996), CSF ~3.0e-3 (free water at 37 °C).
 TISSUE_MD = {"gm": 0.80e-3, "wm": 0.70e-3, "csf": 3.0e-3}
 
-#: Registration settings. Rigid post-to-pre: mutual information on every brain
-#: voxel at the DWI's resolution, two levels. Atlas: affine on a template at
-#: ``atlas_resolution`` mm, then SyN on the same grid with few iterations (the
-#: 3-4 mm data carry no detail finer than that). In a field of view that
-#: misses more than 2 cm of the brain, the affine's coarse start is tried from
-#: the centres of mass, the tops and the bottoms aligned, and the best of those
-#: also tilted by ``start_pitches`` (degrees about the left-right axis).
+#: Registration settings. Rigid post-to-pre: mutual information on a regular
+#: quarter of the grid's voxels, those inside the pre visit's brain mask
+#: (:func:`._utils.sampled_mutual_information`), two levels. Atlas: affine on
+#: a template at ``atlas_resolution`` mm (mutual information sampled the same
+#: way, inside the participant's mask), then SyN on the same grid with few
+#: iterations (the 3-4 mm data carry no detail finer than that). Measured on
+#: 24 realistic simulated participants against the simulator's truth
+#: (2026-12-02): post-to-pre error 0.27 mm on average (0.28 with every voxel),
+#: largest 0.90 mm (1.42), CPU 0.33 s (2.0); atlas error median 1.92 mm, 95th
+#: percentile 4.39 mm (1.92, 4.33 with every voxel), CPU 1.0 s (2.1). In a
+#: field of view that misses more than 2 cm of the brain, the affine's coarse
+#: start is tried from the centres of mass, the tops and the bottoms aligned,
+#: and the best of those also tilted by ``start_pitches`` (degrees about the
+#: left-right axis).
 LONGITUDINAL_PARAMS = {
     "visit_level_iters": (50, 20),
     "visit_sigmas": (2.0, 1.0),
     "visit_factors": (4, 2),
-    "visit_sampling": None,
+    "visit_sampling": 0.25,
     "atlas_resolution": 4.0,
     "start_level_iters": (20,),
     "start_sigmas": (1.0,),
@@ -131,7 +138,7 @@ LONGITUDINAL_PARAMS = {
     "syn_level_iters": (10, 5),
     "syn_cc_radius": 2,
     "nbins": 32,
-    "sampling_proportion": None,
+    "sampling_proportion": 0.25,
     "affine_min_fov": 0.9,
 }
 
@@ -183,14 +190,20 @@ def register_visits(pre_img, post_img, *, pre_mask=None, post_mask=None,
     # idealised participants, whose field of view cuts the brainstem, the
     # masks' flat faces there took the registration error from 0.21 to 1.5 mm
     # for one participant (ΔMD r 0.934 -> 0.861).
-    static = _masked(pre_img, _edge_free(pre_mask))
+    static_mask = _edge_free(pre_mask)
+    static = _masked(pre_img, static_mask)
     moving = _masked(post_img, _edge_free(post_mask))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         com = transform_centers_of_mass(static, pre_img.affine, moving, post_img.affine)
+        if p["visit_sampling"] is None:
+            metric, kw = MutualInformationMetric(nbins=p["nbins"]), {}
+        else:
+            metric = sampled_mutual_information(p["nbins"], p["visit_sampling"])
+            kw = {} if static_mask is None else \
+                {"static_mask": np.asarray(static_mask.dataobj, np.int32)}
         reg = AffineRegistration(
-            metric=MutualInformationMetric(nbins=p["nbins"],
-                                           sampling_proportion=p["visit_sampling"]),
+            metric=metric,
             level_iters=list(p["visit_level_iters"]), sigmas=list(p["visit_sigmas"]),
             factors=list(p["visit_factors"]), verbosity=0)
         # Start from the centres of mass. A start from the scanner's own
@@ -199,7 +212,7 @@ def register_visits(pre_img, post_img, *, pre_mask=None, post_mask=None,
         # unflagged; from the centres of mass none (max 0.65 mm).
         res = reg.optimize(static, moving, RigidTransform3D(), None,
                            static_grid2world=pre_img.affine, moving_grid2world=post_img.affine,
-                           starting_affine=com.affine)
+                           starting_affine=com.affine, **kw)
     A = np.asarray(res.affine, np.float64)
     moved = resample_image(post_img if post_mask is None else _as_img(moving, post_img),
                            A, pre_img.affine, pre_img.shape[:3])
@@ -749,9 +762,13 @@ def register_atlas(md_img, mask_img, *, method: str = DEFAULT_ATLAS_REGISTRATION
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         com = transform_centers_of_mass(static, sub_aff, moving, tpl.affine).affine
+        def metric():
+            if p["sampling_proportion"] is None:
+                return MutualInformationMetric(nbins=p["nbins"])
+            return sampled_mutual_information(p["nbins"], p["sampling_proportion"])
+
         reg = AffineRegistration(
-            metric=MutualInformationMetric(nbins=p["nbins"],
-                                           sampling_proportion=p["sampling_proportion"]),
+            metric=metric(),
             level_iters=list(p["affine_level_iters"]), sigmas=list(p["affine_sigmas"]),
             factors=list(p["affine_factors"]), verbosity=0)
         # A field of view that misses part of the brain (a slab) moves the
@@ -760,7 +777,7 @@ def register_atlas(md_img, mask_img, *, method: str = DEFAULT_ATLAS_REGISTRATION
         z_sub = _z_range(static > 0, sub_aff)
         z_tpl = _z_range(tissue > 0.5, tpl.affine)
         coarse = AffineRegistration(
-            metric=MutualInformationMetric(nbins=p["nbins"]),
+            metric=metric(),
             level_iters=list(p["start_level_iters"]), sigmas=list(p["start_sigmas"]),
             factors=list(p["start_factors"]), verbosity=0)
         best = None

@@ -59,7 +59,7 @@ __all__ = [
     "run_pipeline",
 ]
 
-PIPELINE_VERSION = "11"  # bump when per-session outputs change meaning
+PIPELINE_VERSION = "12"  # bump when per-session outputs change meaning
 
 #: Within-scan realignment models (:func:`ketamine_nb.motion.realign_series`);
 #: ``None`` (CLI ``none``) leaves the series as acquired.

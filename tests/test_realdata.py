@@ -205,5 +205,12 @@ def test_philips_slab_regions_it_does_not_contain_are_never_confident(philips):
         assert np.isnan(d.loc[("sub-01", region), "delta_md"])
     assert "atlas_partial_fov" in _qc(philips, "sub-01")["summary"]["flags"]
     # Same series twice: the post-to-pre registration finds the identity to
-    # within the optimiser's tolerance, so ΔMD is 0 to a few parts per million.
-    assert abs(d.loc[("sub-01", "global_gm"), "pct_delta_md"]) < 0.01
+    # within the optimiser's tolerance. With every voxel in the metric that was
+    # 1e-6 mm and ΔMD a few parts per million; with the sampled metric (a
+    # quarter of the brain's voxels, since 2026-12-02: 6x less CPU and closer
+    # to the truth on 24 simulated participants) the random sample leaves the
+    # optimum 0.02 mm from the identity here, and global ΔMD 0.013 %.
+    A = np.asarray(_qc(philips, "sub-01")["post_to_pre"])
+    assert np.abs(A[:3, 3]).max() < 0.05                      # mm
+    assert np.abs(A[:3, :3] - np.eye(3)).max() < 5e-4        # ~0.03 degrees
+    assert abs(d.loc[("sub-01", "global_gm"), "pct_delta_md"]) < 0.03
