@@ -116,7 +116,7 @@ TISSUE_MD = {"gm": 0.80e-3, "wm": 0.70e-3, "csf": 3.0e-3}
 #: iterations (the 3-4 mm data carry no detail finer than that). Measured on
 #: 24 realistic simulated participants against the simulator's truth
 #: (2026-12-02): post-to-pre error 0.27 mm on average (0.28 with every voxel),
-#: largest 0.90 mm (1.42), CPU 0.33 s (2.0); atlas error median 1.92 mm, 95th
+#: largest 0.75 mm (1.42), CPU 0.4 s (2.0); atlas error median 1.93 mm, 95th
 #: percentile 4.39 mm (1.92, 4.33 with every voxel), CPU 1.0 s (2.1). In a
 #: field of view that misses more than 2 cm of the brain, the affine's coarse
 #: start is tried from the centres of mass, the tops and the bottoms aligned,

@@ -133,9 +133,9 @@ _FINE_ITERATIONS = 5
 #: against the simulator's truth 0.235 -> 0.244, 0.260 -> 0.267 and 0.265 ->
 #: 0.276 mm on average, for 23-30 % less CPU per moved series (~0.6 s); but
 #: the b0 volumes' error rose to 0.11 mm (from <= 0.05), hence every other for
-#: them. As landed (seeds 0 and 3): 0.240 and 0.265 mm, worst volume 0.54 and
-#: 0.68 mm (0.53 and 0.66 with every other for both), 1.67 s of CPU per moved
-#: series (2.2-2.4 s).
+#: them. With b0s on every other and DW volumes on every third: 0.240 and
+#: 0.265 mm, worst volume 0.54 and 0.68 mm (0.53 and 0.66 with every other
+#: for both), 1.67 s of CPU per moved series (2.2-2.4 s).
 _FINE_B0_STEP = 2
 _FINE_STEP = 3
 #: Gaussian smoothing (voxels) of the fine level.
@@ -151,9 +151,10 @@ _MI_ITERATIONS = [50, 20]
 #: grid, on 2 x 16 realistic simulated sessions (seeds 0 and 3), the DW
 #: volumes' error against the simulator's truth was 0.251 vs 0.245 mm and
 #: 0.261 vs 0.266 mm on average, and the link took 0.45-0.48 s of CPU instead
-#: of 2.4-3.1 s (half of a moved series' realignment). With the sample drawn
-#: at random (since 2026-12-02, not dipy's every k-th voxel): 0.235 and
-#: 0.260 mm.
+#: of 2.4-3.1 s (half of a moved series' realignment). With the point drawn
+#: at random in each run of four voxels (since 2026-12-02; dipy's every
+#: fourth voxel can skip slices): 0.244 and 0.264 mm, worst volume 0.49 and
+#: 0.55 mm (with every third voxel for the DW volumes, below).
 _MI_SAMPLING = 0.25
 #: Stop iterating a volume when its update moves points by less than this (mm).
 _TOLERANCE_MM = 0.005

@@ -204,13 +204,22 @@ def test_philips_slab_regions_it_does_not_contain_are_never_confident(philips):
             assert np.isnan(row["md_wmean"]) and "coverage_fov" in row["flag"]
         assert np.isnan(d.loc[("sub-01", region), "delta_md"])
     assert "atlas_partial_fov" in _qc(philips, "sub-01")["summary"]["flags"]
-    # Same series twice: the post-to-pre registration finds the identity to
-    # within the optimiser's tolerance. With every voxel in the metric that was
-    # 1e-6 mm and ΔMD a few parts per million; with the sampled metric (a
-    # quarter of the brain's voxels, since 2026-12-02: 6x less CPU and closer
-    # to the truth on 24 simulated participants) the random sample leaves the
-    # optimum 0.02 mm from the identity here, and global ΔMD 0.013 %.
-    A = np.asarray(_qc(philips, "sub-01")["post_to_pre"])
-    assert np.abs(A[:3, 3]).max() < 0.05                      # mm
-    assert np.abs(A[:3, :3] - np.eye(3)).max() < 5e-4        # ~0.03 degrees
-    assert abs(d.loc[("sub-01", "global_gm"), "pct_delta_md"]) < 0.03
+    # Same series twice: the post-to-pre registration should find the identity.
+    # With every voxel in the metric it did to 1e-6 mm (ΔMD a few parts per
+    # million). The metric now samples a quarter of the brain's voxels (6x less
+    # CPU, closer to the truth on 24 simulated participants), and a sample's
+    # gradient is not exactly 0 at the identity: over 8 seeds of the sample
+    # the largest displacement over the brain was 0.004-0.32 mm, 0.13 mm at
+    # the package's seed, and global ΔMD -0.015 %. dipy's regular sample (every
+    # 4th voxel, 2 of 8 slices of this slab's coarse level) gave 0.47 mm and
+    # 0.3 degrees, 0.58 mm at most over the brain, and ΔMD 0.095 %.
+    import nibabel as nib
+
+    from ketamine_nb.derivatives import session_paths
+
+    E = np.asarray(_qc(philips, "sub-01")["post_to_pre"]) - np.eye(4)
+    mask = nib.load(session_paths(philips.out_dir, "sub-01", "pre")["mask"])
+    ijk = np.argwhere(np.asarray(mask.dataobj) > 0).T
+    xyz = mask.affine[:3, :3] @ ijk + mask.affine[:3, 3:4]
+    assert np.linalg.norm(E[:3, :3] @ xyz + E[:3, 3:4], axis=0).max() < 0.5   # mm
+    assert abs(d.loc[("sub-01", "global_gm"), "pct_delta_md"]) < 0.05
