@@ -140,8 +140,10 @@ def test_uih_single_visit_participant_has_its_coverage_checked(uih):
 def test_uih_same_day_rescan_ba10_reported_without_threshold_within_1_5_percent(uih):
     d = _deltas(uih, None)
     pct = d.loc[("sub-01", "BA10_L"), "pct_delta_md"]
-    # the issue's "at most": measured -1.06 % (2026-12-02, Intel Xeon; -1.18 % on
-    # an AMD EPYC, see the right BA10's test below); -0.87 % before the
+    # the issue's "at most": measured -0.34 % (2026-12-02, AMD EPYC, version 12;
+    # -0.66 to +1.22 % over four seeds of the post-to-pre registration's
+    # sample, see the right BA10's test below); -1.06 % (Intel Xeon) and
+    # -1.18 % (AMD EPYC) at version 11; -0.87 % before the
     # mask kept the slab's lowest slice and the atlas registration tried the
     # head tilted; -1.16 % before the realignment's start fix; -1.5 % before
     # the visit registration started from the centres of mass
@@ -153,32 +155,21 @@ def test_uih_same_day_rescan_ba10_reported_without_threshold_within_1_5_percent(
 
 
 def test_uih_same_day_rescan_right_ba10_without_threshold(uih):
-    """The right BA10 sits at the issue's 1.5 % "at most", on one side or the other by machine.
+    """The right BA10 within the issue's 1.5 % "at most" (the 1.0 % goal: ``bench_realdata``).
 
-    Same code, same package versions (numpy 2.4.6, scipy 1.17.1, dipy 1.12.1),
-    two machines: -1.63 % on an Intel Xeon (2026-12-02 03:05, bench_realdata)
-    and -1.43 % on an AMD EPYC (2026-12-02 05:40; BA10_L -1.06 / -1.18 %,
-    global grey matter -0.58 / -0.57 %). The region's coverage is 0.71-0.79,
-    below the default threshold: in this 84 mm slab the atlas placement is
-    weakly held, and the processors' different floating-point paths move it
-    by a fraction of a voxel, which moves the region's lower edge. The
-    issue's 1.5 % is therefore asserted for the left BA10 (above) and kept
-    in ``bench_realdata``'s verdict for the right; here the bound is what
-    holds on both machines measured, so that the test fails if the right
-    BA10 drifts further from the known answer (no change) than either.
+    Measured (2026-12-02, AMD EPYC, PIPELINE_VERSION 12): -0.66 % (left -0.34 %).
+    In this 84 mm slab the atlas placement is weakly held and the frontal
+    pole's lower edge lies at the slab's edge, so BA10's ΔMD moves with any
+    sub-voxel change of the registrations: over four seeds of the post-to-pre
+    registration's sample it was -0.64 to -1.18 % (left -0.66 to +1.22 %);
+    with every voxel in that metric (version 11) -1.43 % on this machine and
+    -1.63 % on an Intel Xeon, when this bound was 1.75 %. The 1.0 % goal
+    therefore sits inside the registrations' own noise on this pair:
+    ``bench_realdata`` gives its verdict rather than a test here.
     """
     d = _deltas(uih, None)
     pct = d.loc[("sub-01", "BA10_R"), "pct_delta_md"]
-    assert np.isfinite(pct) and abs(pct) <= 1.75, pct
-
-
-@pytest.mark.xfail(strict=True, reason="measured -1.06 % and -1.63 % (Intel Xeon), -1.18 % and "
-                   "-1.43 % (AMD EPYC) for BA10 on the same-day rescan (the rotated grid "
-                   "rotates the phase-encoding axis, so the frontal distortion differs); the "
-                   "issue's 1.0 % goal is not reached")
-def test_uih_same_day_rescan_ba10_within_the_goal(uih):
-    d = _deltas(uih, None)
-    assert all(abs(d.loc[("sub-01", r), "pct_delta_md"]) <= 1.0 for r in ("BA10_L", "BA10_R"))
+    assert np.isfinite(pct) and abs(pct) <= 1.5, pct
 
 
 def test_uih_reversed_phase_encoding_is_warned_about(uih):
