@@ -133,9 +133,10 @@ _FINE_ITERATIONS = 5
 #: against the simulator's truth 0.235 -> 0.244, 0.260 -> 0.267 and 0.265 ->
 #: 0.276 mm on average, for 23-30 % less CPU per moved series (~0.6 s); but
 #: the b0 volumes' error rose to 0.11 mm (from <= 0.05), hence every other for
-#: them. With b0s on every other and DW volumes on every third: 0.240 and
-#: 0.265 mm, worst volume 0.54 and 0.68 mm (0.53 and 0.66 with every other
-#: for both), 1.67 s of CPU per moved series (2.2-2.4 s).
+#: them. With b0s on every other, DW volumes on every third and the link's
+#: stratified sample (below): 0.244 and 0.264 mm (seeds 0 and 3), worst
+#: volume 0.49 and 0.55 mm, about 1.7 s of CPU per moved series (2.2-2.4 s
+#: at version 11).
 _FINE_B0_STEP = 2
 _FINE_STEP = 3
 #: Gaussian smoothing (voxels) of the fine level.
@@ -154,7 +155,7 @@ _MI_ITERATIONS = [50, 20]
 #: of 2.4-3.1 s (half of a moved series' realignment). With the point drawn
 #: at random in each run of four voxels (since 2026-12-02; dipy's every
 #: fourth voxel can skip slices): 0.244 and 0.264 mm, worst volume 0.49 and
-#: 0.55 mm (with every third voxel for the DW volumes, below).
+#: 0.55 mm (with the DW volumes on every third voxel, above).
 _MI_SAMPLING = 0.25
 #: Stop iterating a volume when its update moves points by less than this (mm).
 _TOLERANCE_MM = 0.005

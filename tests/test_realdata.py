@@ -22,11 +22,17 @@ same-day ΔMD is -1.06 % (left) and -1.63 % (right; -0.87 and -1.43 % before)
 on an Intel Xeon, and -1.18 / -1.43 % with the same code and packages on an
 AMD EPYC (the slab's atlas placement is that weakly held): the left within
 the issue's 1.5 % on both, the right on one machine only, neither within its
-1 % goal (kept below as a strict expected failure, so that it stays
-visible). Relative to the slab's grey matter (-0.58 %) they are -0.48 and
+1 % goal. Relative to the slab's grey matter (-0.58 %) they are -0.48 and
 -1.05 % on the Intel Xeon, -0.60 and -0.86 % on the AMD EPYC. The atlas
 placement in this 84 mm slab moves by a few mm with small changes of the
 input (BA10 coverage 0.67-0.93 across runs of the development).
+
+At PIPELINE_VERSION 12 (sampled post-to-pre registration; the atlas affine
+still on every voxel in a slab) the same-day ΔMD is -0.34 / -0.66 % (AMD
+EPYC), coverage_fov 0.85 / 0.77, coverage_brain 0.77 / 0.69: within the 1 %
+goal at the package's seed of the registration's sample, but -0.66 to +1.22
+% (left) and -0.64 to -1.18 % (right) over four seeds. The tests assert the
+issue's 1.5 % for both; the 1 % goal is ``bench_realdata``'s verdict.
 """
 
 from __future__ import annotations
@@ -149,8 +155,8 @@ def test_uih_same_day_rescan_ba10_reported_without_threshold_within_1_5_percent(
     # the visit registration started from the centres of mass
     assert np.isfinite(pct) and abs(pct) <= 1.5, pct
     # The grey-matter reference: the same tissue in both visits. Measured
-    # -0.58 % (-0.52 % before; its coverage of the slab is 0.56, so it is
-    # flagged by default).
+    # -0.33 % at version 12 (-0.58 % at version 11, -0.52 % before; its
+    # coverage of the slab is 0.56, so it is flagged by default).
     assert abs(d.loc[("sub-01", "global_gm"), "pct_delta_md"]) <= 0.75
 
 
@@ -197,8 +203,8 @@ def test_philips_slab_regions_it_does_not_contain_are_never_confident(philips):
     assert "atlas_partial_fov" in _qc(philips, "sub-01")["summary"]["flags"]
     # Same series twice: the post-to-pre registration should find the identity.
     # With every voxel in the metric it did to 1e-6 mm (ΔMD a few parts per
-    # million). The metric now samples a quarter of the brain's voxels (6x less
-    # CPU, closer to the truth on 24 simulated participants), and a sample's
+    # million). The metric now samples a quarter of the brain's voxels (a fifth
+    # of the CPU, closer to the truth on 24 simulated participants), and a sample's
     # gradient is not exactly 0 at the identity: over 8 seeds of the sample
     # the largest displacement over the brain was 0.004-0.32 mm, 0.13 mm at
     # the package's seed, and global ΔMD -0.015 %. dipy's regular sample (every
