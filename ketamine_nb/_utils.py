@@ -192,6 +192,20 @@ def without_grid_edge(mask):
     return m
 
 
+def mutual_information(nbins: int = 32, sampling_proportion: float | None = None):
+    """Return dipy's dense mutual-information metric, or the sampled one of this module.
+
+    ``sampling_proportion=None``: every voxel of the static grid (dipy's
+    ``MutualInformationMetric``); otherwise :func:`sampled_mutual_information`
+    (pass the mask as ``static_mask`` to ``optimize``).
+    """
+    if sampling_proportion is None:
+        from dipy.align.imaffine import MutualInformationMetric
+
+        return MutualInformationMetric(nbins=nbins)
+    return sampled_mutual_information(nbins, sampling_proportion)
+
+
 #: Seed of the sample of :func:`sampled_mutual_information` (fixed: reproducible).
 _SAMPLE_SEED = 1234
 

@@ -66,7 +66,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._utils import sampled_mutual_information, without_grid_edge
+from ._utils import mutual_information, without_grid_edge
 from .exceptions import InputError
 from .regions import GLOBAL_GM
 
@@ -182,7 +182,6 @@ def register_visits(pre_img, post_img, *, pre_mask=None, post_mask=None,
     """
     from dipy.align.imaffine import (
         AffineRegistration,
-        MutualInformationMetric,
         transform_centers_of_mass,
     )
     from dipy.align.transforms import RigidTransform3D
@@ -198,14 +197,12 @@ def register_visits(pre_img, post_img, *, pre_mask=None, post_mask=None,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         com = transform_centers_of_mass(static, pre_img.affine, moving, post_img.affine)
-        if p["visit_sampling"] is None:
-            metric, kw = MutualInformationMetric(nbins=p["nbins"]), {}
-        else:
-            metric = sampled_mutual_information(p["nbins"], p["visit_sampling"])
-            kw = {} if static_mask is None else \
-                {"static_mask": np.asarray(static_mask.dataobj, np.int32)}
+        # The sampled metric is kept inside the mask; the dense one sees the
+        # masked images whole (their zeros outside the brain included).
+        kw = {} if p["visit_sampling"] is None or static_mask is None else \
+            {"static_mask": np.asarray(static_mask.dataobj, np.int32)}
         reg = AffineRegistration(
-            metric=metric,
+            metric=mutual_information(p["nbins"], p["visit_sampling"]),
             level_iters=list(p["visit_level_iters"]), sigmas=list(p["visit_sigmas"]),
             factors=list(p["visit_factors"]), verbosity=0)
         # Start from the centres of mass. A start from the scanner's own
@@ -723,7 +720,6 @@ def register_atlas(md_img, mask_img, *, method: str = DEFAULT_ATLAS_REGISTRATION
     """
     from dipy.align.imaffine import (
         AffineRegistration,
-        MutualInformationMetric,
         transform_centers_of_mass,
     )
     from dipy.align.transforms import (
@@ -771,21 +767,17 @@ def register_atlas(md_img, mask_img, *, method: str = DEFAULT_ATLAS_REGISTRATION
         z_tpl = _z_range(tissue > 0.5, tpl.affine)
         slab = (z_tpl[1] - z_tpl[0]) - (z_sub[1] - z_sub[0]) > 20  # the FOV misses > 2 cm
 
-        def metric():
-            # Every voxel in a slab: there the placement is weakly held, and on
-            # uih-retest sub-01 (84 mm) the sampled metric put BA10's share in
-            # the field of view anywhere from 0.59 to 0.81 depending on the
-            # sample's seed (0.85 / 0.77 with every voxel).
-            if p["sampling_proportion"] is None or slab:
-                return MutualInformationMetric(nbins=p["nbins"])
-            return sampled_mutual_information(p["nbins"], p["sampling_proportion"])
-
+        # Every voxel in a slab: there the placement is weakly held, and on
+        # uih-retest sub-01 (84 mm) the sampled metric put BA10's share in the
+        # field of view anywhere from 0.59 to 0.81 depending on the sample's
+        # seed (0.85 / 0.77 with every voxel).
+        sampling = None if slab else p["sampling_proportion"]
         reg = AffineRegistration(
-            metric=metric(),
+            metric=mutual_information(p["nbins"], sampling),
             level_iters=list(p["affine_level_iters"]), sigmas=list(p["affine_sigmas"]),
             factors=list(p["affine_factors"]), verbosity=0)
         coarse = AffineRegistration(
-            metric=metric(),
+            metric=mutual_information(p["nbins"], sampling),
             level_iters=list(p["start_level_iters"]), sigmas=list(p["start_sigmas"]),
             factors=list(p["start_factors"]), verbosity=0)
         best = None

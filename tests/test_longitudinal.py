@@ -331,3 +331,33 @@ def test_coverage_of_a_simulated_slab_matches_the_simulators_truth(tmp_path):
         for r in ("amygdala_L", "amygdala_R"):
             assert truth[pid][r] < 0.1 and md.loc[(pid, r), "coverage_fov"] < 0.2
             assert "coverage_fov<0.8" in md.loc[(pid, r), "flag"]
+
+
+def test_atlas_affine_uses_every_voxel_in_a_slab(monkeypatch):
+    """A whole brain: the affine samples the brain (its seed matters); a slab: every voxel.
+
+    The template's own MD map, moved by a known shift, is the participant.
+    Whole, the sampled affine finds the shift, and another seed of the sample
+    moves the answer slightly (so the seed reaches it). Cut to an 84 mm slab,
+    the answer does not depend on the seed: in a slab the placement is weakly
+    held, and on uih-retest sub-01 the sampled metric put BA10's share in the
+    field of view anywhere from 0.59 to 0.81 with the seed.
+    """
+    from ketamine_nb import _utils
+
+    tpl, _ = L.synthetic_md_template(4.0)
+    md = np.asarray(tpl.dataobj, np.float32)
+    aff = tpl.affine.copy()
+    aff[:3, 3] += [2.0, -3.0, 1.5]                 # x_subject = x_mni + shift
+    z = aff[2, 2] * np.arange(md.shape[2]) + aff[2, 3]
+    found = {}
+    for name, keep in (("whole", np.ones(len(z), bool)), ("slab", (z > -10) & (z < 74))):
+        data = md * keep[None, None, :]
+        img = nib.Nifti1Image(data, aff)
+        mask = nib.Nifti1Image((data > 0).astype(np.uint8), aff)
+        for seed in (1234, 7):
+            monkeypatch.setattr(_utils, "_SAMPLE_SEED", seed)
+            found[name, seed] = L.register_atlas(img, mask, method="affine").affine
+    np.testing.assert_allclose(found["whole", 1234][:3, 3], [-2.0, 3.0, -1.5], atol=0.1)
+    assert np.abs(found["whole", 1234] - found["whole", 7]).max() > 0
+    np.testing.assert_array_equal(found["slab", 1234], found["slab", 7])
